@@ -1,0 +1,33 @@
+"""django-poolkit: SQLAlchemy connection pools as a first-class, observable part of Django.
+
+Importing this package has no side effects: nothing reads settings or connects until a
+function below is called.
+"""
+
+from .api import (
+    adispose_all,
+    all_pool_stats,
+    dispose_all,
+    get_async_engine,
+    get_engine,
+    pool_stats,
+)
+from .exceptions import PoolkitConfigurationError, PoolkitError, PoolTimeout, UnknownAlias
+from .stats import PoolStats
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "PoolStats",
+    "PoolTimeout",
+    "PoolkitConfigurationError",
+    "PoolkitError",
+    "UnknownAlias",
+    "__version__",
+    "adispose_all",
+    "all_pool_stats",
+    "dispose_all",
+    "get_async_engine",
+    "get_engine",
+    "pool_stats",
+]

@@ -1,0 +1,129 @@
+"""Pool event listeners: counters, Django signals and log lines for every pool.
+
+Listeners are attached to the *engine* (SQLAlchemy carries engine-level pool listeners over to
+the new pool after ``dispose()``). Each handler is a few attribute updates; it never raises,
+because an exception inside a pool event would break the checkout or checkin it reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from .. import signals
+from ..stats import Counters, PoolKind
+from .pool import CHECKOUT_AT, CONNECTION_ID
+
+__all__ = ["attach_listeners", "connection_id"]
+
+logger = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+_ID = CONNECTION_ID
+
+
+def connection_id(record: ConnectionPoolEntry) -> int | None:
+    """The process-unique number poolkit gave this pooled connection when it was opened."""
+    value = record.info.get(_ID)
+    return value if isinstance(value, int) else None
+
+
+def _describe(error: BaseException | None) -> str:
+    """An error's class and first line: enough to diagnose, never a DSN or a full chain."""
+    if error is None:
+        return "explicit invalidation"
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
+def _guarded(handler: Callable[..., None]) -> Callable[..., None]:
+    def run(*args: Any) -> None:
+        try:
+            handler(*args)
+        except Exception:
+            logger.exception("poolkit pool event handler %s failed", handler.__name__)
+
+    run.__name__ = handler.__name__
+    return run
+
+
+def attach_listeners(engine: Engine, alias: str, kind: PoolKind, counters: Counters) -> None:
+    """Wire connect, checkout, checkin, invalidate, soft invalidate, reset and close of
+    ``engine``'s pool to ``counters``, the ``django_poolkit.signals`` and the logger."""
+
+    def send(signal: Any, record: ConnectionPoolEntry | None, **extra: Any) -> None:
+        if signal.receivers:
+            signal.send_robust(sender=alias, alias=alias, kind=kind,
+                               connection_id=connection_id(record) if record else None,
+                               **extra)
+
+    @_guarded
+    def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_ID] = next(_ids)
+        counters.add("connections_opened")
+        logger.debug("pool %r (%s) opened connection #%s", alias, kind, record.info[_ID])
+        send(signals.pool_connect, record)
+
+    @_guarded
+    def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry,
+                    proxy: PoolProxiedConnection) -> None:
+        # Counted, timed and signalled by PoolkitQueuePool.connect(), which knows the wait.
+        logger.debug("pool %r (%s) checked out connection #%s", alias, kind,
+                     record.info.get(_ID))
+
+    @_guarded
+    def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        started = record.info.pop(CHECKOUT_AT, None)
+        hold = time.perf_counter() - started if started is not None else None
+        counters.checked_in(hold)
+        logger.debug("pool %r (%s) checked in connection #%s", alias, kind,
+                     record.info.get(_ID))
+        send(signals.pool_checkin, record,
+             hold_ms=hold * 1000.0 if hold is not None else None)
+
+    @_guarded
+    def on_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry,
+                      error: BaseException | None) -> None:
+        counters.add("invalidations")
+        logger.warning("pool %r (%s) invalidated connection #%s: %s", alias, kind,
+                       record.info.get(_ID), _describe(error))
+        send(signals.pool_invalidate, record, error=error)
+
+    @_guarded
+    def on_soft_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry,
+                           error: BaseException | None) -> None:
+        counters.add("soft_invalidations")
+        logger.info("pool %r (%s) will replace connection #%s at its next checkout: %s",
+                    alias, kind, record.info.get(_ID), _describe(error))
+        send(signals.pool_soft_invalidate, record, error=error)
+
+    @_guarded
+    def on_reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: Any) -> None:
+        counters.add("resets")
+        send(signals.pool_reset, record)
+
+    @_guarded
+    def on_close(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        counters.add("connections_closed")
+        logger.debug("pool %r (%s) closed connection #%s", alias, kind, record.info.get(_ID))
+        send(signals.pool_close, record)
+
+    @_guarded
+    def on_close_detached(dbapi_connection: Any) -> None:
+        counters.add("connections_closed")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "checkout", on_checkout)
+    event.listen(engine, "checkin", on_checkin)
+    event.listen(engine, "invalidate", on_invalidate)
+    event.listen(engine, "soft_invalidate", on_soft_invalidate)
+    event.listen(engine, "reset", on_reset)
+    event.listen(engine, "close", on_close)
+    event.listen(engine, "close_detached", on_close_detached)

@@ -1,0 +1,151 @@
+"""Turn a ``DATABASES`` alias (or an ``ENGINES`` URL) into what SQLAlchemy needs to connect.
+
+For a PostgreSQL alias the parameters come from Django's own
+``DatabaseWrapper.get_connection_params()``, so the pool connects exactly as the ORM would:
+same host, port, user, password, database, ``OPTIONS`` (``sslmode``, ``options``, ``service``,
+...), ``client_encoding`` and ``prepare_threshold``. Poolkit then adds what the pool settings
+ask for: ``connect_timeout``, ``application_name`` and, in the startup ``options``,
+``statement_timeout``, the time zone Django uses and ``assume_role``. Values sent at startup are
+the session defaults, so a ``RESET ALL`` or ``DISCARD ALL`` brings them back.
+
+The password travels only in ``connect_args``; the engine's URL (its repr, its log lines)
+never holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connections
+from sqlalchemy.engine import URL, make_url
+
+from ..conf import KNOBS, PoolSettings
+from ..exceptions import PoolkitError
+
+__all__ = ["ConnectSpec", "application_name", "spec_for_alias", "spec_for_url"]
+
+# Keys of Django's connection params that configure the Python side of a psycopg connection
+# (adapters, cursor class), not the server session. SQLAlchemy brings its own.
+_PYTHON_SIDE_KEYS = ("context", "cursor_factory")
+
+_ISOLATION_LEVELS = {
+    1: "READ UNCOMMITTED", 2: "READ COMMITTED", 3: "REPEATABLE READ", 4: "SERIALIZABLE",
+}
+
+# NAMEDATALEN - 1: the server silently truncates longer application names.
+_APPLICATION_NAME_MAX = 63
+
+_STATEMENT_TIMEOUT_IN_OPTIONS = re.compile(r"(?:-c\s*|--)statement[_-]timeout\s*=")
+
+
+@dataclass(frozen=True)
+class ConnectSpec:
+    """How to open one pool's connections: a password-free URL plus keyword arguments."""
+
+    vendor: str
+    url: URL
+    connect_args: dict[str, Any] = field(repr=False)
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def application_name(template: str, alias: str) -> str:
+    """Render the ``application_name`` template, shortening the host so the pid survives the
+    server's 63-byte limit."""
+    pid = str(os.getpid())
+    host = socket.gethostname()
+    name = template.format(alias=alias, host=host, pid=pid)
+    overflow = len(name.encode()) - _APPLICATION_NAME_MAX
+    if overflow > 0 and "{host}" in template:
+        host = host[: max(1, len(host) - overflow)]
+        name = template.format(alias=alias, host=host, pid=pid)
+    return name.encode()[:_APPLICATION_NAME_MAX].decode(errors="ignore")
+
+
+def _startup_options(existing: str | None, pool: PoolSettings, extra: dict[str, str]) -> str:
+    """Append ``-c name=value`` settings to libpq's ``options``, keeping the user's own."""
+    parts = [existing] if existing else []
+    user_has_timeout = bool(existing and _STATEMENT_TIMEOUT_IN_OPTIONS.search(existing))
+    if pool.statement_timeout is not None and not (
+        user_has_timeout and pool.origins.get("statement_timeout") == "default"
+    ):
+        parts.append(f"-c statement_timeout={pool.statement_timeout}")
+    for name, value in extra.items():
+        # Spaces and backslashes must be escaped inside libpq's options string.
+        escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
+        parts.append(f"-c {name}={escaped}")
+    return " ".join(parts)
+
+
+def spec_for_alias(alias: str, pool: PoolSettings) -> ConnectSpec:
+    """Connection spec of a ``DATABASES`` alias, from Django's own connection code."""
+    wrapper = connections.create_connection(alias)
+    vendor = wrapper.vendor
+    if vendor == "postgresql":
+        return _postgresql_spec(alias, wrapper, pool)
+    if vendor == "sqlite":
+        return _sqlite_spec(wrapper.settings_dict)
+    raise PoolkitError(
+        f"database {alias!r} uses {wrapper.settings_dict['ENGINE']!r} ({vendor}); poolkit "
+        "builds engines for PostgreSQL and SQLite aliases only"
+    )
+
+
+def _postgresql_spec(alias: str, wrapper: Any, pool: PoolSettings) -> ConnectSpec:
+    params: dict[str, Any] = dict(wrapper.get_connection_params())
+    for key in _PYTHON_SIDE_KEYS:
+        params.pop(key, None)
+    options_app_name = params.pop("application_name", None)
+    for key in KNOBS:
+        params.pop(key, None)  # pool settings given as DATABASE_URL query parameters
+    params["connect_timeout"] = pool.connect_timeout
+    if pool.application_name is not None:
+        params["application_name"] = application_name(pool.application_name, alias)
+    elif options_app_name is not None:
+        params["application_name"] = options_app_name
+
+    session: dict[str, str] = {"TimeZone": wrapper.timezone_name}
+    role = wrapper.settings_dict["OPTIONS"].get("assume_role")
+    if role:
+        session["role"] = role
+    params["options"] = _startup_options(params.get("options"), pool, session)
+
+    engine_kwargs: dict[str, Any] = {}
+    level = wrapper.settings_dict["OPTIONS"].get("isolation_level")
+    if level is not None:
+        engine_kwargs["isolation_level"] = _ISOLATION_LEVELS[int(level)]
+    url = URL.create(
+        "postgresql+psycopg",
+        username=params.get("user"),
+        host=params.get("host"),
+        port=int(params["port"]) if params.get("port") else None,
+        database=params.get("dbname"),
+    )
+    return ConnectSpec("postgresql", url, params, engine_kwargs)
+
+
+def _sqlite_spec(settings_dict: dict[str, Any]) -> ConnectSpec:
+    name = str(settings_dict["NAME"])
+    return ConnectSpec("sqlite", URL.create("sqlite", database=name), {})
+
+
+def spec_for_url(name: str, raw_url: str, pool: PoolSettings) -> ConnectSpec:
+    """Connection spec of a ``POOLKIT["ENGINES"]`` entry. The password stays in
+    ``connect_args``; ``postgresql://`` URLs use the psycopg 3 driver."""
+    url = make_url(raw_url)
+    if url.get_backend_name() == "sqlite":
+        return ConnectSpec("sqlite", url, {})
+    params: dict[str, Any] = {"connect_timeout": pool.connect_timeout}
+    if url.password is not None:
+        params["password"] = url.password
+    if pool.application_name is not None:
+        params["application_name"] = application_name(pool.application_name, name)
+    query = dict(url.query)
+    options = query.pop("options", None)
+    params["options"] = _startup_options(
+        options if isinstance(options, str) else None, pool, {})
+    url = url.set(drivername="postgresql+psycopg", password=None, query=query)
+    return ConnectSpec("postgresql", url, params)

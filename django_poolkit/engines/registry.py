@@ -1,0 +1,213 @@
+"""The engine registry: one sync and (on demand) one async SQLAlchemy engine per alias, per
+process.
+
+Engines are built on first use, never at import or in ``ready()``. Each is keyed by a
+fingerprint of everything that decides where its connections go (the resolved pool settings,
+the alias's ``NAME``, ``USER``, ``PASSWORD``, ``HOST``, ``PORT``, ``OPTIONS`` and time zone), so
+when Django's test runner switches ``NAME`` to ``test_...`` or ``override_settings`` changes
+``POOLKIT``, the next lookup builds a new pool and disposes the old one. A forked child never
+touches its parent's connections: ``os.register_at_fork`` drops them with
+``dispose(close=False)`` (closing would send a Terminate message on sockets the parent still
+uses), and the lookup also compares ``os.getpid()`` in case a fork escaped the hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any, NamedTuple
+
+from django.conf import settings
+from django.db import connections
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import Pool
+
+from ..conf import PoolSettings, get_settings
+from ..exceptions import PoolkitError, UnknownAlias
+from ..stats import PoolKind, counters_for, reset_counters
+from .events import attach_listeners
+from .params import ConnectSpec, spec_for_alias, spec_for_url
+from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
+
+__all__ = ["EngineRegistry", "registry"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Entry(NamedTuple):
+    engine: Any  # Engine or AsyncEngine
+    fingerprint: tuple[Any, ...]
+    pid: int
+
+
+def _is_memory_sqlite(spec: ConnectSpec) -> bool:
+    database = spec.url.database or ""
+    return spec.vendor == "sqlite" and (database in ("", ":memory:") or "mode=memory" in database)
+
+
+def _configure_pool(pool: Pool, alias: str, kind: PoolKind, settings_: PoolSettings) -> None:
+    if isinstance(pool, (PoolkitQueuePool, PoolkitAsyncQueuePool)):
+        pool.poolkit_alias = alias
+        pool.poolkit_kind = kind
+        pool.poolkit_counters = counters_for(alias, kind)
+        pool.poolkit_max_overflow = (
+            settings_.max_overflow if kind == "sync" else settings_.async_max_overflow)
+
+
+class EngineRegistry:
+    """Builds, caches and disposes the engines of this process. Use the module's
+    :data:`registry`; the public functions in ``django_poolkit`` wrap it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._entries: dict[tuple[str, PoolKind], _Entry] = {}
+
+    def __repr__(self) -> str:
+        return f"<EngineRegistry pools={sorted(f'{a}:{k}' for a, k in self._entries)}>"
+
+    def _fingerprint(self, alias: str) -> tuple[tuple[Any, ...], PoolSettings]:
+        config = get_settings()
+        pool = config.for_alias(alias)
+        if pool is None:
+            known = ", ".join(sorted(config.pools)) or "none"
+            raise UnknownAlias(
+                f"no database or engine named {alias!r} (known: {known}); add it to "
+                'settings.DATABASES or POOLKIT["ENGINES"]')
+        if pool.url is not None:
+            return (pool,), pool
+        database = connections.settings[alias]
+        return (
+            pool, database.get("ENGINE"), database.get("NAME"), database.get("USER"),
+            database.get("PASSWORD"), database.get("HOST"), database.get("PORT"),
+            repr(database.get("OPTIONS")), database.get("TIME_ZONE"), settings.USE_TZ,
+            settings.TIME_ZONE,
+        ), pool
+
+    def get(self, alias: str, kind: PoolKind) -> Any:
+        """The engine of ``alias`` (building or rebuilding it when its fingerprint changed)."""
+        fingerprint, pool = self._fingerprint(alias)
+        pid = os.getpid()
+        entry = self._entries.get((alias, kind))
+        if entry is not None and entry.pid == pid and entry.fingerprint == fingerprint:
+            return entry.engine
+        with self._lock:
+            entry = self._entries.get((alias, kind))
+            if entry is not None and entry.pid == pid and entry.fingerprint == fingerprint:
+                return entry.engine
+            if entry is not None:
+                self._retire(alias, kind, entry, same_process=entry.pid == pid)
+            engine = self._build(alias, kind, pool)
+            self._entries[(alias, kind)] = _Entry(engine, fingerprint, pid)
+            logger.info("built %s engine for %r: %s", kind, alias, _describe(engine))
+            return engine
+
+    def built(self, alias: str, kind: PoolKind) -> Any | None:
+        """The engine of ``alias`` if this process has built it, else None (never builds)."""
+        entry = self._entries.get((alias, kind))
+        return entry.engine if entry is not None and entry.pid == os.getpid() else None
+
+    def _build(self, alias: str, kind: PoolKind, pool: PoolSettings) -> Any:
+        spec = spec_for_url(alias, pool.url, pool) if pool.url else spec_for_alias(alias, pool)
+        kwargs: dict[str, Any] = {"connect_args": spec.connect_args, **spec.engine_kwargs}
+        if not _is_memory_sqlite(spec):
+            kwargs.update(
+                pool_pre_ping=pool.pool_pre_ping, pool_recycle=pool.pool_recycle,
+                pool_timeout=pool.pool_timeout, pool_use_lifo=pool.pool_use_lifo)
+        if kind == "sync":
+            if not _is_memory_sqlite(spec):
+                kwargs.update(poolclass=PoolkitQueuePool, pool_size=pool.pool_size,
+                              max_overflow=pool.max_overflow)
+            engine: Any = create_engine(spec.url, **kwargs)
+            sync_engine: Engine = engine
+        else:
+            url = spec.url
+            if spec.vendor == "sqlite":
+                url = url.set(drivername="sqlite+aiosqlite")
+            elif not _is_memory_sqlite(spec):
+                kwargs.update(poolclass=PoolkitAsyncQueuePool, pool_size=pool.async_pool_size,
+                              max_overflow=pool.async_max_overflow)
+            try:
+                engine = create_async_engine(url, **kwargs)
+            except ImportError as error:
+                raise PoolkitError(
+                    f"the async engine for {alias!r} needs a package that is not installed "
+                    f"({error.name}); install django-poolkit[async]") from error
+            sync_engine = engine.sync_engine
+        _configure_pool(sync_engine.pool, alias, kind, pool)
+        attach_listeners(sync_engine, alias, kind, counters_for(alias, kind))
+        return engine
+
+    def _retire(self, alias: str, kind: PoolKind, entry: _Entry, *, same_process: bool) -> None:
+        """Drop an engine whose fingerprint changed, closing its idle connections (only in
+        the process that opened them)."""
+        del self._entries[(alias, kind)]
+        sync_engine: Engine = entry.engine.sync_engine if kind == "async" else entry.engine
+        if not same_process:
+            sync_engine.dispose(close=False)
+        elif kind == "sync":
+            sync_engine.dispose()
+        else:
+            _close_async(entry.engine)
+        logger.info("disposed %s engine for %r", kind, alias)
+
+    def dispose(self, alias: str | None = None) -> None:
+        """Close the idle connections of ``alias``'s engines (all engines when None) and
+        forget them; checked-out connections are closed when they come back."""
+        with self._lock:
+            for key in [key for key in self._entries if alias is None or key[0] == alias]:
+                entry = self._entries[key]
+                self._retire(*key, entry, same_process=entry.pid == os.getpid())
+
+    async def adispose(self, alias: str | None = None) -> None:
+        """Like :meth:`dispose`, awaiting the async engines' connections on this loop."""
+        with self._lock:
+            keys = [key for key in self._entries if alias is None or key[0] == alias]
+            entries = [self._entries.pop(key) for key in keys]
+        for (_, kind), entry in zip(keys, entries, strict=True):
+            if entry.pid != os.getpid():
+                continue
+            if kind == "async":
+                await entry.engine.dispose()
+            else:
+                entry.engine.dispose()
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's engines without closing their sockets, and start fresh
+        counters: this process's pools begin empty."""
+        for entry in list(self._entries.values()):
+            engine = entry.engine
+            sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+            sync_engine.dispose(close=False)
+        self._entries.clear()
+        # The parent may have held the lock at fork time; the child has only this thread.
+        self._lock = threading.RLock()
+        reset_counters()
+
+
+def _close_async(engine: AsyncEngine) -> None:
+    """Dispose an async engine from sync code: on a private loop when none is running, else
+    schedule it on the running loop."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            asyncio.run(engine.dispose())
+        except Exception:
+            logger.debug("could not close async engine cleanly; dropping it", exc_info=True)
+            engine.sync_engine.dispose(close=False)
+    else:
+        loop.create_task(engine.dispose())
+
+
+def _describe(engine: Any) -> str:
+    # repr(URL) hides the password; ours never holds one anyway.
+    url = engine.url if not isinstance(engine, AsyncEngine) else engine.sync_engine.url
+    return url.render_as_string(hide_password=True)
+
+
+#: The process-wide registry.
+registry = EngineRegistry()

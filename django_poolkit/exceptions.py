@@ -1,0 +1,103 @@
+"""Exceptions raised by django-poolkit.
+
+Each keeps its natural base class, so code that already catches ``ImproperlyConfigured``,
+``ConnectionDoesNotExist`` or SQLAlchemy's ``TimeoutError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.connection import ConnectionDoesNotExist
+
+__all__ = [
+    "PoolTimeout",
+    "PoolkitConfigurationError",
+    "PoolkitError",
+    "Problem",
+    "UnknownAlias",
+]
+
+
+class PoolkitError(Exception):
+    """Base class of every django-poolkit error."""
+
+    __module__ = "django_poolkit"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration.
+
+    ``path`` names where it is (``POOLKIT["DATABASES"]["default"]["pool_size"]`` or
+    ``environment variable POOLKIT_POOL_SIZE``), ``message`` what is wrong, ``hint`` what to
+    write instead, and ``check_id`` the system check that reports it.
+    """
+
+    path: str
+    message: str
+    hint: str
+    check_id: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}. {self.hint}"
+
+
+class PoolkitConfigurationError(PoolkitError, ImproperlyConfigured):
+    """``POOLKIT`` (or a ``POOLKIT_*`` environment variable) is wrong.
+
+    Raised when the settings are first used; ``manage.py check`` reports the same problems as
+    ``poolkit.E0xx`` errors. ``problems`` lists every problem found, not just the first.
+    """
+
+    __module__ = "django_poolkit"
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            text = str(self.problems[0])
+        else:
+            lines = "\n".join(f"  - {problem}" for problem in self.problems)
+            text = f"{len(self.problems)} problems in the poolkit configuration:\n{lines}"
+        super().__init__(text)
+
+
+class UnknownAlias(PoolkitError, ConnectionDoesNotExist):
+    """No database in ``DATABASES`` and no engine in ``POOLKIT["ENGINES"]`` has this name."""
+
+    __module__ = "django_poolkit"
+
+
+class PoolTimeout(PoolkitError, sqlalchemy.exc.TimeoutError):
+    """No connection became free within ``pool_timeout``.
+
+    Still a SQLAlchemy ``TimeoutError``; the message names the alias, the pool's size,
+    overflow and timeout, and how many connections were checked out, so the log line alone
+    says which pool ran dry. ``PoolkitMiddleware`` answers it with HTTP 503.
+    """
+
+    __module__ = "django_poolkit"
+
+    def __init__(
+        self, alias: str, pool_size: int, max_overflow: int, timeout: float, checked_out: int
+    ) -> None:
+        self.alias = alias
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
+        self.timeout = timeout
+        self.checked_out = checked_out
+        super().__init__(
+            f"pool {alias!r} exhausted: no connection free within {timeout:g} s "
+            f"(pool_size={pool_size}, max_overflow={max_overflow}, "
+            f"checked out={checked_out}); raise pool_size/max_overflow for this alias, "
+            f"release connections sooner, or shed load"
+        )
+
+    def __reduce__(self) -> tuple[type[PoolTimeout], tuple[str, int, int, float, int]]:
+        return (
+            type(self),
+            (self.alias, self.pool_size, self.max_overflow, self.timeout, self.checked_out),
+        )

@@ -1,0 +1,1 @@
+"""A runnable Django project that uses django-poolkit: the demo and the test suite's project."""

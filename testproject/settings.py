@@ -1,0 +1,78 @@
+"""Demo settings, configured from the environment through django-environ.
+
+- ``DATABASE_URL``: the primary database (default: an SQLite file, so the demo runs anywhere).
+  Pool settings may ride along as query parameters, e.g.
+  ``postgres://app@127.0.0.1:5432/app?pool_size=10&pool_timeout=5``.
+- ``REPLICA_URLS``: comma-separated read replicas of the primary (optional); each becomes an
+  alias ``replica1``, ``replica2``, ... that mirrors ``default`` in tests.
+- ``POOLKIT_*``: pool settings (see the README's environment variable table).
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="demo-only-not-a-secret")
+DEBUG = env.bool("DEBUG", default=True)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.staticfiles",
+    "django_poolkit",
+    "testproject.demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+]
+
+ROOT_URLCONF = "testproject.urls"
+WSGI_APPLICATION = "testproject.wsgi.application"
+ASGI_APPLICATION = "testproject.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'demo.sqlite3'}"),
+}
+for number, url in enumerate(env.list("REPLICA_URLS", default=[]), start=1):
+    DATABASES[f"replica{number}"] = {
+        **environ.Env.db_url_config(url),
+        "TEST": {"MIRROR": "default"},
+    }
+
+POOLKIT = {
+    "DATABASES": {"default": {"preset": "small_api"}},
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+STATIC_URL = "static/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "django_poolkit": {"handlers": ["console"], "level": env.str("LOG_LEVEL",
+                                                                      default="INFO")},
+    },
+}
