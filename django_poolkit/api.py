@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .conf import get_settings
-from .engines import registry
+from .engines import engine_registry as registry
 from .exceptions import UnknownAlias
 from .stats import PoolKind, PoolStats, counters_for
 
@@ -65,8 +65,8 @@ def pool_stats(alias: str = "default", *, kind: PoolKind = "sync") -> PoolStats:
                 # QueuePool.overflow() counts up from -pool_size; report connections beyond it.
                 pool_overflow=max(0, pool.overflow()),
             )
-    return PoolStats(alias=alias, kind=kind, built=engine is not None, **gauges,
-                     **counters_for(alias, kind).snapshot())
+    counters: dict[str, Any] = counters_for(alias, kind).snapshot()
+    return PoolStats(alias=alias, kind=kind, built=engine is not None, **gauges, **counters)
 
 
 def all_pool_stats() -> list[PoolStats]:

@@ -17,7 +17,7 @@ def _install_process_hooks() -> None:
     if _hooks_installed:
         return
     from .api import dispose_all
-    from .engines import registry
+    from .engines import engine_registry as registry
 
     os.register_at_fork(after_in_child=registry.after_fork_in_child)
     atexit.register(dispose_all)

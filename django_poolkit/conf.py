@@ -33,6 +33,7 @@ import environ
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -177,7 +178,7 @@ KNOBS: dict[str, Knob] = _knobs(
          "a template string using {alias}, {host} and {pid}, or None",
          "Names the pool's connections in pg_stat_activity; None leaves OPTIONS' value.",
          _text, str),
-    Knob("preset", None, "one of " + ", ".join(f'"{name}"' for name in sizing.PRESETS) + ", or None",
+    Knob("preset", None, "one of " + ", ".join(f'"{n}"' for n in sizing.PRESETS) + ", or None",
          "A named size from the seed's table: sets pool_size and max_overflow.",
          _choice(sizing.PRESETS), str),
     Knob("sizing", None, "one of " + ", ".join(f'"{name}"' for name in sizing.SIZING_FORMULAS)
@@ -211,6 +212,12 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "ENGINES": "extra SQLAlchemy-only engines: name -> {url, pool settings}",
     "ENV_PREFIX": "prefix of the environment variables poolkit reads, or None to read none",
 }
+
+#: Top-level sections owned by other modules: key -> dotted path of a parser
+#: ``parse(value, databases, report) -> object``. ``report(path, message, hint, check_id)``
+#: records a problem; the parser's result lands in ``PoolkitSettings.sections[key]``. Each
+#: feature validates its own section this way, and still only ``conf`` reads ``POOLKIT``.
+SECTION_PARSERS: dict[str, str] = {}
 
 #: Origins a resolved value can have, weakest first.
 ORIGINS = ("default", "preset", "sizing", "setting", "url", "environment")
@@ -261,7 +268,7 @@ class PoolkitSettings:
 
     pools: Mapping[str, PoolSettings]
     env_prefix: str | None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    sections: Mapping[str, Any] = field(default_factory=dict)
 
     def for_alias(self, alias: str) -> PoolSettings | None:
         """The settings of ``alias``, or None when no such pool is configured."""
@@ -451,7 +458,7 @@ def _resolve(
 
     for key, (index, origin, value) in derived.items():
         # An explicit value in the same layer as the preset, or a stronger one, wins.
-        if key not in strength or strength[key] < index or layers[strength[key]].origin == "default":
+        if key not in strength or strength[key] < index:
             values[key] = value
             origins[key] = origin
     for key in ("async_pool_size", "async_max_overflow"):
@@ -504,6 +511,10 @@ def build_settings(
         if key not in TOP_LEVEL_KEYS:
             problems.add(_path(str(key)), f"unknown key{_did_you_mean(str(key), TOP_LEVEL_KEYS)}",
                          _accepted_keys(TOP_LEVEL_KEYS), E_UNKNOWN_KEY)
+    sections = {
+        key: import_string(parser)(poolkit.get(key), databases, problems.add)
+        for key, parser in SECTION_PARSERS.items()
+    }
 
     prefix = poolkit.get("ENV_PREFIX", DEFAULT_ENV_PREFIX)
     if prefix is not None and not (isinstance(prefix, str) and prefix):
@@ -555,7 +566,7 @@ def build_settings(
 
     if problems.problems:
         return None, problems.problems
-    return PoolkitSettings(pools=pools, env_prefix=prefix), []
+    return PoolkitSettings(pools=pools, env_prefix=prefix, sections=sections), []
 
 
 def _with_url(pool: PoolSettings, url: str) -> PoolSettings:
@@ -567,7 +578,7 @@ def _sections(value: Any, name: str, problems: _Collector) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         problems.add(_path(name), f"must be a dict of alias -> pool settings, got "
-                     f"{type(value).__name__}", f'Write {{"default": {{"pool_size": 10}}}}.',
+                     f"{type(value).__name__}", 'Write {"default": {"pool_size": 10}}.',
                      E_NOT_A_DICT)
         return {}
     return {str(alias): section for alias, section in value.items()}

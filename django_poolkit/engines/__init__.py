@@ -1,5 +1,5 @@
 """SQLAlchemy engines built from Django's ``DATABASES`` and ``POOLKIT["ENGINES"]``."""
 
-from .registry import EngineRegistry, registry
+from .registry import EngineRegistry, engine_registry
 
-__all__ = ["EngineRegistry", "registry"]
+__all__ = ["EngineRegistry", "engine_registry"]

@@ -33,7 +33,7 @@ from .events import attach_listeners
 from .params import ConnectSpec, spec_for_alias, spec_for_url
 from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 
-__all__ = ["EngineRegistry", "registry"]
+__all__ = ["EngineRegistry", "engine_registry"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _configure_pool(pool: Pool, alias: str, kind: PoolKind, settings_: PoolSetti
 
 class EngineRegistry:
     """Builds, caches and disposes the engines of this process. Use the module's
-    :data:`registry`; the public functions in ``django_poolkit`` wrap it."""
+    :data:`engine_registry`; the public functions in ``django_poolkit`` wrap it."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -200,7 +200,13 @@ def _close_async(engine: AsyncEngine) -> None:
             logger.debug("could not close async engine cleanly; dropping it", exc_info=True)
             engine.sync_engine.dispose(close=False)
     else:
-        loop.create_task(engine.dispose())
+        task = loop.create_task(engine.dispose())
+        _pending_disposals.add(task)
+        task.add_done_callback(_pending_disposals.discard)
+
+
+# Tasks must be referenced until done, or the loop may garbage-collect them mid-flight.
+_pending_disposals: set[asyncio.Task[None]] = set()
 
 
 def _describe(engine: Any) -> str:
@@ -210,4 +216,4 @@ def _describe(engine: Any) -> str:
 
 
 #: The process-wide registry.
-registry = EngineRegistry()
+engine_registry = EngineRegistry()

@@ -1,0 +1,66 @@
+"""Shared fixtures: the real PostgreSQL, a clean registry per test, and server-side probes.
+
+Every test that needs the server gets it through ``server_dsn`` or ``django_db``; when the
+server is missing the test *fails* with the reason (CI must never pass by skipping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connections
+
+from django_poolkit import conf
+from django_poolkit.engines import engine_registry
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pools() -> Iterator[None]:
+    """Each test starts with no engines and the configuration rebuilt from its settings and
+    environment, and leaves no pooled connection open behind it."""
+    conf.reload()
+    yield
+    engine_registry.dispose()
+    conf.reload()
+
+
+def _dsn(alias: str = "default", dbname: str | None = None) -> str:
+    settings_dict = connections.settings[alias]
+    parts = {
+        "host": settings_dict["HOST"] or "127.0.0.1",
+        "port": settings_dict["PORT"] or 5432,
+        "user": settings_dict["USER"] or "postgres",
+        "dbname": dbname or settings_dict["NAME"],
+    }
+    if settings_dict["PASSWORD"]:
+        parts["password"] = settings_dict["PASSWORD"]
+    return " ".join(f"{key}={value}" for key, value in parts.items())
+
+
+@pytest.fixture
+def server_dsn() -> str:
+    """A libpq DSN of the server's ``postgres`` database; fails loudly when unreachable."""
+    dsn = _dsn(dbname="postgres")
+    try:
+        psycopg.connect(dsn, connect_timeout=5).close()
+    except psycopg.OperationalError as error:
+        pytest.fail(f"the test suite needs PostgreSQL (DATABASE_URL): {error}")
+    return dsn
+
+
+@pytest.fixture
+def admin(server_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection outside every pool, for asking the server what it sees."""
+    with psycopg.connect(server_dsn, autocommit=True) as connection:
+        yield connection
+
+
+def server_connections(admin: psycopg.Connection[Any], application_name_like: str) -> list[Any]:
+    """Rows of ``pg_stat_activity`` whose application_name matches a LIKE pattern."""
+    return admin.execute(
+        "SELECT pid, datname, application_name, state FROM pg_stat_activity "
+        "WHERE application_name LIKE %s", (application_name_like,)
+    ).fetchall()
