@@ -12,16 +12,19 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connections
+from psycopg.rows import namedtuple_row
 
 from django_poolkit import conf
 from django_poolkit.engines import engine_registry
+from django_poolkit.stats import reset_counters
 
 
 @pytest.fixture(autouse=True)
 def _fresh_pools() -> Iterator[None]:
-    """Each test starts with no engines and the configuration rebuilt from its settings and
-    environment, and leaves no pooled connection open behind it."""
+    """Each test starts with no engines, zero counters and the configuration rebuilt from its
+    settings and environment, and leaves no pooled connection open behind it."""
     conf.reload()
+    reset_counters()
     yield
     engine_registry.dispose()
     conf.reload()
@@ -54,7 +57,7 @@ def server_dsn() -> str:
 @pytest.fixture
 def admin(server_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection outside every pool, for asking the server what it sees."""
-    with psycopg.connect(server_dsn, autocommit=True) as connection:
+    with psycopg.connect(server_dsn, autocommit=True, row_factory=namedtuple_row) as connection:
         yield connection
 
 
