@@ -35,7 +35,8 @@ def test_every_preset_and_formula_is_documented(name):
 
 def test_every_check_id_is_documented():
     source = (Path(__file__).resolve().parent.parent / "django_poolkit").rglob("*.py")
-    ids = {match for path in source for match in re.findall(r"poolkit\.[EW]\d{3}", path.read_text())}
+    pattern = re.compile(r"poolkit\.[EW]\d{3}")
+    ids = {match for path in source for match in pattern.findall(path.read_text())}
     assert ids
     missing = sorted(check_id for check_id in ids if f"``{check_id}``" not in README)
     assert missing == []

@@ -35,7 +35,8 @@ def note_list_sqlalchemy(request: HttpRequest) -> JsonResponse:
                  "LIMIT 50")
         ).all()
     return JsonResponse({"notes": [
-        {"id": row.id, "title": row.title, "created_at": row.created_at.isoformat()}
+        # SQLite hands timestamps back as text, PostgreSQL as datetimes.
+        {"id": row.id, "title": row.title, "created_at": str(row.created_at)}
         for row in rows
     ]})
 
