@@ -101,8 +101,15 @@ def counters_for(alias: str, kind: PoolKind) -> Counters:
     return found
 
 
-def reset_counters() -> None:
-    """Drop every counter (a forked child starts its own process-lifetime totals)."""
+def reset_counters(*, after_fork: bool = False) -> None:
+    """Drop every counter (a forked child starts its own process-lifetime totals).
+
+    ``after_fork`` also replaces the lock: another thread of the parent may have held it at
+    fork time, and that thread does not exist in the child to release it.
+    """
+    global _counters_lock
+    if after_fork:
+        _counters_lock = threading.Lock()
     with _counters_lock:
         _counters.clear()
 

@@ -185,7 +185,7 @@ class EngineRegistry:
         self._entries.clear()
         # The parent may have held the lock at fork time; the child has only this thread.
         self._lock = threading.RLock()
-        reset_counters()
+        reset_counters(after_fork=True)
 
 
 def _close_async(engine: AsyncEngine) -> None:
