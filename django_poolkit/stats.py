@@ -24,9 +24,11 @@ __all__ = [
 
 PoolKind = Literal["sync", "async"]
 
-#: Gauge keys, in display order. ``pool_capacity`` is None when overflow is unlimited.
+#: Gauge keys, in display order. ``pool_capacity`` is None when overflow is unlimited;
+#: ``pool_waiting`` counts callers inside a checkout right now (queued for a slot, opening or
+#: pinging a connection).
 GAUGE_KEYS = ("pool_size", "pool_checked_in", "pool_checked_out", "pool_overflow",
-              "pool_capacity")
+              "pool_capacity", "pool_waiting")
 
 #: Counter keys, in display order. Times are milliseconds.
 COUNTER_KEYS = (
@@ -42,6 +44,7 @@ class Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.waiting = 0  # a gauge kept here because only the pool's connect() sees it
         self.connections_opened = 0
         self.connections_closed = 0
         self.connect_errors = 0
@@ -81,9 +84,11 @@ class Counters:
                     self.hold_ms_max = hold_ms
 
     def snapshot(self) -> dict[str, float]:
-        """The counters as a plain dict, read consistently."""
+        """The counters (and the ``pool_waiting`` gauge) as a plain dict, read consistently."""
         with self._lock:
-            return {key: getattr(self, key) for key in COUNTER_KEYS}
+            values = {key: getattr(self, key) for key in COUNTER_KEYS}
+            values["pool_waiting"] = self.waiting
+            return values
 
 
 _counters: dict[tuple[str, PoolKind], Counters] = {}
@@ -130,6 +135,7 @@ class PoolStats:
     pool_checked_out: int
     pool_overflow: int
     pool_capacity: int | None
+    pool_waiting: int
     connections_opened: int
     connections_closed: int
     connect_errors: int

@@ -77,7 +77,8 @@ def test_stats_keys_are_stable():
     stats = pool_stats().as_dict()
     assert list(stats) == ["alias", "kind", "built", "gauges", "counters"]
     assert tuple(stats["gauges"]) == GAUGE_KEYS == (
-        "pool_size", "pool_checked_in", "pool_checked_out", "pool_overflow", "pool_capacity")
+        "pool_size", "pool_checked_in", "pool_checked_out", "pool_overflow", "pool_capacity",
+        "pool_waiting")
     assert tuple(stats["counters"]) == COUNTER_KEYS == (
         "connections_opened", "connections_closed", "connect_errors", "checkouts", "checkins",
         "invalidations", "soft_invalidations", "resets", "timeouts",
@@ -160,19 +161,24 @@ def test_pool_timeout_names_the_numbers_and_is_counted(settings, received, caplo
     assert "pool 'default' (sync) timed out after" in caplog.text
 
 
-def test_waiting_checkout_is_measured(settings):
+def test_waiting_checkout_is_measured_and_visible_while_it_waits(settings):
     settings.POOLKIT = {"DEFAULTS": {"pool_size": 1, "max_overflow": 0, "pool_timeout": 5}}
     engine = get_engine()
     holder = engine.connect()
+    seen_waiting = []
 
     def release_later():
         time.sleep(0.3)
+        seen_waiting.append(pool_stats().pool_waiting)
         holder.close()
 
     threading.Thread(target=release_later).start()
     with engine.connect():
         pass
-    assert pool_stats().checkout_wait_ms_max >= 250.0
+    assert seen_waiting == [1]
+    stats = pool_stats()
+    assert stats.pool_waiting == 0
+    assert stats.checkout_wait_ms_max >= 250.0
 
 
 def test_failed_connect_is_counted_and_leaks_no_slot(settings):

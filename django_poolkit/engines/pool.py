@@ -10,17 +10,28 @@ alias and the numbers.
 from __future__ import annotations
 
 import logging
+import select
 import time
 from typing import Any
 
 import sqlalchemy.exc
+from sqlalchemy import event
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection, QueuePool
 
 from .. import signals
 from ..exceptions import PoolTimeout
 from ..stats import Counters, PoolKind
 
-__all__ = ["PoolkitAsyncQueuePool", "PoolkitQueuePool"]
+__all__ = [
+    "PRISTINE",
+    "RESET_SQL",
+    "PoolkitAsyncQueuePool",
+    "PoolkitQueuePool",
+    "UnusableConnection",
+    "install_pre_ping",
+    "install_session_hygiene",
+    "sqlalchemy_cursor_classes",
+]
 
 # Key in a checked-out connection's ``info`` dict: perf_counter() at checkout, read at checkin
 # to compute the hold time.
@@ -42,18 +53,22 @@ class _TimedCheckout:
 
     def connect(self) -> PoolProxiedConnection:
         started = time.perf_counter()
+        counters = self.poolkit_counters
+        counters.add("waiting")
         try:
             connection: PoolProxiedConnection = super().connect()  # type: ignore[misc]
         except sqlalchemy.exc.TimeoutError as error:
-            self.poolkit_counters.add("timeouts")
+            counters.add("timeouts")
             raise self._poolkit_timeout(time.perf_counter() - started) from error
         except Exception:
-            self.poolkit_counters.add("connect_errors")
+            counters.add("connect_errors")
             raise
+        finally:
+            counters.add("waiting", -1)
         now = time.perf_counter()
         # The checkout event already ran inside super().connect(); the wait is only known now.
         connection.info[CHECKOUT_AT] = now
-        self.poolkit_counters.checked_out(now - started)
+        counters.checked_out(now - started)
         if signals.pool_checkout.receivers:
             signals.pool_checkout.send_robust(
                 sender=self.poolkit_alias, alias=self.poolkit_alias, kind=self.poolkit_kind,
@@ -95,3 +110,184 @@ class PoolkitAsyncQueuePool(_TimedCheckout, AsyncAdaptedQueuePool):
     """The async engine's pool (same accounting, asyncio-safe queue)."""
 
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
+
+
+# --- Session hygiene of PostgreSQL (psycopg 3) sync pools -------------------------------------
+
+#: Key in a record's ``info``: True while the server session is known to hold nothing a user
+#: set (just opened, or reset by ``reset_all``/``discard_all`` at the last checkin). The ORM
+#: backend reads it to skip a ``SET ROLE`` the startup options already made.
+PRISTINE = "poolkit_pristine"
+
+#: The statements each ``reset_on_return`` policy sends at checkin, after the rollback (one
+#: round trip; none for ``rollback``). ``RESET ALL`` alone keeps ``SET ROLE`` (``role`` is
+#: exempt from it), hence ``RESET SESSION AUTHORIZATION`` and ``RESET ROLE``. psycopg clears
+#: its own prepared-statement cache when it sees ``DEALLOCATE ALL`` or ``DISCARD ALL``.
+RESET_SQL: dict[str, str | None] = {
+    "rollback": None,
+    "reset_all": "CLOSE ALL; RESET SESSION AUTHORIZATION; RESET ALL; RESET ROLE; "
+                 "DEALLOCATE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all()",
+    "discard_all": "DISCARD ALL",
+}
+
+
+class UnusableConnection(Exception):
+    """Raised inside a checkin when a connection cannot be made clean; SQLAlchemy then
+    invalidates it (closes it) instead of putting it back."""
+
+
+def _text_loaders() -> list[tuple[int, type[Any]]]:
+    """psycopg's own text loaders for the types Django's adapter context loads differently
+    (jsonb and inet/cidr as text, timestamptz in a fixed zone)."""
+    from psycopg import adapters
+    from psycopg.postgres import types
+    from psycopg.pq import Format
+
+    found = []
+    for name in ("jsonb", "inet", "cidr", "timestamptz"):
+        oid = types[name].oid
+        loader = adapters.get_loader(oid, Format.TEXT)
+        if loader is not None:
+            found.append((oid, loader))
+    return found
+
+
+def sqlalchemy_cursor_classes() -> tuple[type[Any], type[Any]]:
+    """Cursor classes for SQLAlchemy's use of a connection that Django's code opened.
+
+    Such a connection carries Django's adapter context, which loads ``jsonb`` as ``str``
+    (Django's JSONField decodes it itself). SQLAlchemy's psycopg dialect expects psycopg's
+    defaults (``jsonb`` -> ``dict``, ``inet`` -> ``ipaddress``). These cursors register those
+    defaults on themselves (psycopg's per-cursor adapters are copies, so the ORM's cursors on
+    the same connection keep Django's), and psycopg's own range dumper.
+    """
+    import psycopg
+    from psycopg.types.range import Range, RangeDumper
+
+    loaders = _text_loaders()
+
+    class SQLAlchemyCursor(psycopg.Cursor[Any]):
+        def __init__(self, connection: Any, *, row_factory: Any = None) -> None:
+            super().__init__(connection, row_factory=row_factory)
+            for oid, loader in loaders:
+                self.adapters.register_loader(oid, loader)
+            self.adapters.register_dumper(Range, RangeDumper)
+
+    class SQLAlchemyServerCursor(psycopg.ServerCursor[Any]):
+        def __init__(self, connection: Any, name: str, **kwargs: Any) -> None:
+            super().__init__(connection, name, **kwargs)
+            for oid, loader in loaders:
+                self.adapters.register_loader(oid, loader)
+            self.adapters.register_dumper(Range, RangeDumper)
+
+    return SQLAlchemyCursor, SQLAlchemyServerCursor
+
+
+def _readable(dbapi_connection: Any) -> bool:
+    """Whether the server has sent anything on an idle connection (zero-timeout poll).
+
+    An idle session receives nothing unless the server is ending it (a terminated backend
+    sends a FATAL error and closes the socket) or it has asynchronous news (NOTIFY, a NOTICE,
+    a ParameterStatus). Either way, a real ping then decides.
+    """
+    fd = dbapi_connection.pgconn.socket
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover (Windows)
+    return bool(readable)
+
+
+def install_pre_ping(engine: Any, mode: str) -> None:
+    """Make ``pool_pre_ping`` cheap and transaction-neutral for a psycopg engine.
+
+    SQLAlchemy's ping runs ``SELECT 1`` on a cursor, which on a connection outside autocommit
+    opens a transaction and hands the connection out INTRANS. This ping sends an empty query
+    in autocommit (as psycopg_pool's ``check_connection`` does: nothing is left behind), and
+    in ``"socket"`` mode sends it only when the socket is readable or the connection broken.
+    SQLAlchemy still does the rest: on failure it replaces the connection and invalidates
+    every older one in the pool.
+    """
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        if mode == "socket" and not dbapi_connection.broken and not dbapi_connection.closed:
+            try:
+                if not _readable(dbapi_connection):
+                    return True
+            except (OSError, ValueError):
+                pass  # no usable socket: let the round trip fail properly
+        if dbapi_connection.autocommit:
+            dbapi_connection.execute("")
+        else:
+            dbapi_connection.autocommit = True
+            try:
+                dbapi_connection.execute("")
+            finally:
+                if not dbapi_connection.closed:
+                    dbapi_connection.autocommit = False
+        return True
+
+    # Per engine: every create_engine() has its own dialect instance.
+    engine.dialect.do_ping = do_ping
+
+
+def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: bool) -> None:
+    """Normalise every connection of a psycopg sync pool at checkin.
+
+    The engine is built with ``pool_reset_on_return=None``; this ``reset`` listener does the
+    reset instead (SQLAlchemy documents this pattern for PostgreSQL): roll back (psycopg sends
+    nothing when the session is idle), restore the pooled state (autocommit off, the alias's
+    isolation level, read-write, SQLAlchemy's cursor classes on a shared pool), then run the
+    policy's statements. A connection that cannot be cleaned (COPY in progress, broken, a
+    failed rollback or reset) makes the listener raise, and SQLAlchemy invalidates it.
+    """
+    from psycopg.pq import TransactionStatus
+
+    sql = RESET_SQL[policy]
+    cursor_classes = sqlalchemy_cursor_classes() if shared else None
+    isolation_key = "poolkit_isolation_level"
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        # Runs after SQLAlchemy's own connect hooks (engine isolation level applied).
+        record.info[isolation_key] = dbapi_connection.isolation_level
+        record.info[PRISTINE] = True
+        if cursor_classes is not None:
+            dbapi_connection.cursor_factory, dbapi_connection.server_cursor_factory = (
+                cursor_classes)
+
+    def on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+        if state.terminate_only or record is None:
+            return
+        connection = dbapi_connection
+        if connection.closed or connection.broken:
+            raise UnusableConnection("the connection is closed or broken")
+        status = connection.info.transaction_status
+        if status == TransactionStatus.ACTIVE:
+            raise UnusableConnection("returned with a command in progress (COPY or a stream)")
+        if status != TransactionStatus.IDLE:
+            logger.warning("pool %r: connection #%s returned %s; rolling back", alias,
+                           record.info.get(CONNECTION_ID), status.name)
+        record.info[PRISTINE] = False
+        connection.rollback()  # psycopg sends nothing when the session is idle
+        connection.autocommit = False
+        level = record.info.get(isolation_key)
+        if connection.isolation_level != level:
+            connection.isolation_level = level
+        if connection.read_only is not None:
+            connection.read_only = None
+        if connection.deferrable is not None:
+            connection.deferrable = None
+        if cursor_classes is not None:
+            connection.cursor_factory, connection.server_cursor_factory = cursor_classes
+        if sql is not None:
+            connection.autocommit = True
+            try:
+                connection.execute(sql)
+            finally:
+                if not connection.closed:
+                    connection.autocommit = False
+            record.info[PRISTINE] = True
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "reset", on_reset)
