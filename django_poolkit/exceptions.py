@@ -43,7 +43,8 @@ class Problem:
     check_id: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}. {self.hint}"
+        end = "" if self.message.endswith(("?", ".", "!")) else "."
+        return f"{self.path}: {self.message}{end} {self.hint}"
 
 
 class PoolkitConfigurationError(PoolkitError, ImproperlyConfigured):
