@@ -23,13 +23,13 @@ configuration on first use, caches it, and the cache is dropped on ``setting_cha
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import environ
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
@@ -47,7 +47,9 @@ __all__ = [
     "Knob",
     "PoolSettings",
     "PoolkitSettings",
+    "accepted_keys",
     "build_settings",
+    "did_you_mean",
     "get_settings",
     "reload",
     "validate",
@@ -81,21 +83,44 @@ class Knob:
     cast: type = str
 
     def parse(self, value: Any, *, from_text: bool) -> Any:
-        """Return the checked value, converting text from the environment or a URL first."""
+        """Return the checked value, converting text from the environment or a URL first.
+
+        django-environ turns digit-only URL query values into ints (``?pool_pre_ping=1``
+        arrives as ``1``), so numbers from a text source are read as their text again.
+        """
+        if from_text and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
         if from_text and isinstance(value, str):
             value = _from_text(value, self.cast)
         return self.check(value)
 
 
+#: Spellings of a boolean accepted in environment variables and URL query parameters.
+TRUE_TEXT = ("true", "yes", "on", "1")
+FALSE_TEXT = ("false", "no", "off", "0")
+
+
 def _from_text(raw: str, cast: type) -> Any:
-    if raw.strip().lower() in ("", "none", "null"):
+    """Read one value written as text, strictly.
+
+    django-environ's own casts are too forgiving for settings that size pools: any unknown
+    word is a silent ``False`` and ``"5s"`` becomes ``5.0``. A typo must be an error instead.
+    """
+    text = raw.strip()
+    if text.lower() in ("", "none", "null"):
         return None
     if cast is str:
-        return raw
+        return text  # a stray space must not turn "production" into a different environment
+    if cast is bool:
+        if text.lower() in TRUE_TEXT:
+            return True
+        if text.lower() in FALSE_TEXT:
+            return False
+        raise _Invalid(f"got {raw!r}")
     try:
-        return environ.Env.parse_value(raw, cast)
+        return cast(text)
     except ValueError as error:
-        raise _Invalid(f"cannot read {raw!r} as {cast.__name__}") from error
+        raise _Invalid(f"got {raw!r}") from error
 
 
 def _is_int(value: Any) -> bool:
@@ -115,7 +140,8 @@ def _integer(minimum: int, *, none: bool = False, minus_one: bool = False) -> Ca
 
 def _number(*, positive: bool) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
-        if (_is_int(value) or isinstance(value, float)) and (value > 0 or not positive):
+        if ((_is_int(value) or (isinstance(value, float) and math.isfinite(value)))
+                and (value > 0 or not positive)):
             return value
         raise _Invalid(f"got {value!r}")
 
@@ -134,7 +160,7 @@ def _choice(options: Iterable[str]) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value is None or value in choices:
             return value
-        raise _Invalid(f"got {value!r}{_did_you_mean(str(value), choices)}")
+        raise _Invalid(f"got {value!r}{did_you_mean(str(value), choices)}")
 
     return check
 
@@ -143,6 +169,13 @@ def _text(value: Any) -> Any:
     if value is None or (isinstance(value, str) and value):
         return value
     raise _Invalid(f"got {value!r}")
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def optional(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return optional
 
 
 def _knobs(*knobs: Knob) -> dict[str, Knob]:
@@ -200,6 +233,21 @@ KNOBS: dict[str, Knob] = _knobs(
     Knob("async_max_overflow", None, "an integer >= 0, -1, or None for max_overflow",
          "max_overflow of the async engine's own pool.",
          _integer(0, none=True, minus_one=True), int),
+    Knob("reset_on_return", "rollback", '"rollback", "reset_all" or "discard_all"',
+         "What a checkin does besides the rollback: nothing, RESET ALL and friends (keeps "
+         "temporary tables and plans), or DISCARD ALL.",
+         _choice(("rollback", "reset_all", "discard_all")), str),
+    Knob("pre_ping_mode", "socket", '"socket" or "query"',
+         "How pool_pre_ping tests a connection: a zero-timeout look at its socket (a real "
+         "ping only when the server sent something), or a round trip every checkout.",
+         _choice(("socket", "query")), str),
+    Knob("pgbouncer", None, '"transaction", "session", or None (a server, no PgBouncer)',
+         "The pool connects through a PgBouncer in this pooling mode: no startup options; "
+         "in transaction mode also no prepared statements and no server-side cursors.",
+         _choice(("transaction", "session")), str),
+    Knob("leak_detection_threshold", None, "a number of seconds > 0, or None (off)",
+         "Log once, with the checkout's stack, a connection held longer than this.",
+         _optional(_number(positive=True)), float),
 )
 
 #: Keys an ``ENGINES`` entry accepts besides the knobs.
@@ -211,13 +259,20 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "DATABASES": "per-alias pool settings for aliases of settings.DATABASES",
     "ENGINES": "extra SQLAlchemy-only engines: name -> {url, pool settings}",
     "ENV_PREFIX": "prefix of the environment variables poolkit reads, or None to read none",
+    "HEALTH": "health endpoints and poolcheck: timeout, cache, token, databases, policy",
+    "ROUTING": "primary/replica clusters and read routing (see django_poolkit.clusters)",
+    "DEPLOYMENT": "the process model (hosts, workers, threads) for the connection budget",
 }
 
 #: Top-level sections owned by other modules: key -> dotted path of a parser
 #: ``parse(value, databases, report) -> object``. ``report(path, message, hint, check_id)``
 #: records a problem; the parser's result lands in ``PoolkitSettings.sections[key]``. Each
 #: feature validates its own section this way, and still only ``conf`` reads ``POOLKIT``.
-SECTION_PARSERS: dict[str, str] = {}
+SECTION_PARSERS: dict[str, str] = {
+    "HEALTH": "django_poolkit.health.parse_settings",
+    "ROUTING": "django_poolkit.clusters.parse",
+    "DEPLOYMENT": "django_poolkit.deployment.parse",
+}
 
 #: Origins a resolved value can have, weakest first.
 ORIGINS = ("default", "preset", "sizing", "setting", "url", "environment")
@@ -251,6 +306,10 @@ class PoolSettings:
     async_max_overflow: int
     url: str | None = None
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+    reset_on_return: str = "rollback"
+    pre_ping_mode: str = "socket"
+    leak_detection_threshold: float | None = None
+    pgbouncer: str | None = None
 
     @property
     def capacity(self) -> int | None:
@@ -275,13 +334,43 @@ class PoolkitSettings:
         return self.pools.get(alias)
 
 
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f'; did you mean "{match[0]}"?' if match else ""
+def _nearest(word: str, candidates: Iterable[str]) -> str | None:
+    """The closest candidate, ignoring case: ``"POOL_SIZE"`` in ``POOLKIT`` (Django's own
+    settings are upper case) must still suggest ``"pool_size"``."""
+    by_lower = {candidate.lower(): candidate for candidate in candidates}
+    match = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[match[0]] if match else None
 
 
-def _accepted_keys(keys: Iterable[str]) -> str:
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``'; did you mean "x"?'`` for the nearest candidate (case-insensitive), or ``""``.
+    Every section parser uses it, so suggestions read the same everywhere."""
+    near = _nearest(word, candidates)
+    return f'; did you mean "{near}"?' if near else ""
+
+
+def accepted_keys(keys: Iterable[str]) -> str:
+    """The hint listing a section's valid keys."""
     return "Accepted keys: " + ", ".join(f'"{key}"' for key in keys) + "."
+
+
+#: How a section parser reports a problem: ``report(key path, message, hint, check id)``.
+Report = Callable[[str, str, str, str], None]
+
+
+def known_items(section: Mapping[Any, Any], base: str, rules: Mapping[str, Any],
+                report: Report, unknown_key_id: str) -> Iterator[tuple[str, Any, str, Any]]:
+    """``(key, value, key path, rule)`` for each key of a settings section that ``rules``
+    knows; each other key is reported (with the nearest valid one) and left out, so one pass
+    finds every mistake of a section."""
+    for key, value in section.items():
+        path = f'{base}["{key}"]'
+        rule = rules.get(str(key))
+        if rule is None:
+            report(path, "unknown key" + did_you_mean(str(key), rules), accepted_keys(rules),
+                   unknown_key_id)
+            continue
+        yield str(key), value, path, rule
 
 
 def _path(*parts: str) -> str:
@@ -328,14 +417,34 @@ def _read_knobs(
             continue
         knob = KNOBS.get(key)
         if knob is None:
-            problems.add(key_path, f"unknown key{_did_you_mean(str(key), accepted)}",
-                         _accepted_keys(accepted), E_UNKNOWN_KEY)
+            problems.add(key_path, f"unknown key{did_you_mean(str(key), accepted)}",
+                         accepted_keys(accepted), E_UNKNOWN_KEY)
             continue
         try:
             values[key] = knob.parse(value, from_text=False)
         except _Invalid as error:
-            problems.add(key_path, f"must be {knob.accepted}, {error}", knob.doc, E_BAD_VALUE)
+            problems.add(key_path, f"must be {knob.accepted}, {error}",
+                         _quoted_hint(knob, value) or knob.doc, E_BAD_VALUE)
     return values
+
+
+def _text_hint(knob: Knob) -> str:
+    """The hint for a value that came as text: how to spell a boolean, else what it does."""
+    if knob.cast is bool:
+        return "Write true or false (yes/no, on/off and 1/0 work too)."
+    return knob.doc
+
+
+def _quoted_hint(knob: Knob, value: Any) -> str | None:
+    """For ``"10"`` where 10 belongs: say so, since only the environment and URLs are text."""
+    if knob.cast is str or not isinstance(value, str):
+        return None
+    try:
+        parsed = knob.parse(value, from_text=True)
+    except _Invalid:
+        return None
+    return (f"Write {parsed!r} without quotes: only environment variables and DATABASE_URL "
+            "parameters are read as text.")
 
 
 def _url_options(alias: str, database: Mapping[str, Any], problems: _Collector) -> dict[str, Any]:
@@ -350,7 +459,7 @@ def _url_options(alias: str, database: Mapping[str, Any], problems: _Collector) 
             values[key] = knob.parse(value, from_text=True)
         except _Invalid as error:
             problems.add(f'DATABASES["{alias}"]["OPTIONS"]["{key}"]',
-                         f"must be {knob.accepted}, {error}", knob.doc, E_BAD_VALUE)
+                         f"must be {knob.accepted}, {error}", _text_hint(knob), E_BAD_VALUE)
     return values
 
 
@@ -359,14 +468,30 @@ def _env_key(alias: str) -> str:
 
 
 def _read_environment(
-    prefix: str | None, environ_: Mapping[str, str], names: Iterable[str], problems: _Collector
+    prefix: str | None,
+    environ_: Mapping[str, str],
+    databases: Iterable[str],
+    engines: Iterable[str],
+    problems: _Collector,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Split ``POOLKIT_*`` variables into global knobs and per-alias knobs, checking each."""
+    """Split ``POOLKIT_*`` variables into global knobs and per-alias knobs, checking each.
+
+    ``<ALIAS>__URL`` is accepted for ``ENGINES`` names only: a ``DATABASES`` alias connects
+    where ``settings.DATABASES`` says, and a URL beside it would silently point its pool
+    elsewhere.
+    """
     global_values: dict[str, Any] = {}
     per_alias: dict[str, dict[str, Any]] = {}
     if not prefix:
         return global_values, per_alias
-    aliases = {_env_key(name): name for name in names}
+    engine_names = [name for name in engines if name not in databases]
+    aliases: dict[str, str] = {}
+    clashes: dict[str, list[str]] = {}  # "replica-1" and "replica_1" are both REPLICA_1
+    for name in (*databases, *engine_names):
+        key = _env_key(name)
+        if key in aliases:
+            clashes.setdefault(key, [aliases[key]]).append(name)
+        aliases[key] = name
     for variable in sorted(environ_):
         if not variable.startswith(prefix):
             continue
@@ -377,19 +502,34 @@ def _read_environment(
             alias_key, knob_key = rest.split("__", 1)
             alias = aliases.get(alias_key)
             if alias is None:
+                near = _nearest(alias_key, aliases)
                 problems.add(path, f'names no database or engine "{alias_key}"'
-                             f"{_did_you_mean(alias_key, aliases)}",
+                             + (f'; did you mean "{prefix}{near}__{knob_key}"?' if near else ""),
                              "Per-alias variables are named "
                              f"{prefix}<ALIAS>__<SETTING>, e.g. {prefix}DEFAULT__POOL_SIZE.",
                              E_ENVIRONMENT)
                 continue
+            if alias_key in clashes:
+                problems.add(path, f"is ambiguous: {alias_key} stands for "
+                             + " and ".join(f'"{name}"' for name in clashes[alias_key]),
+                             'Set this per alias in POOLKIT["DATABASES"] or POOLKIT["ENGINES"] '
+                             "instead, or rename one of them.", E_ENVIRONMENT)
+                continue
         else:
             knob_key = rest
         name = knob_key.lower()
-        accepted = [*KNOBS, *ENGINE_ONLY_KEYS] if alias else list(KNOBS)
+        accepted = [*KNOBS, *ENGINE_ONLY_KEYS] if alias in engine_names else list(KNOBS)
+        if alias is not None and name in ENGINE_ONLY_KEYS and name not in accepted:
+            problems.add(path, f'sets a {name}, but "{alias}" is a DATABASES alias',
+                         f'Its connection comes from settings.DATABASES["{alias}"] (e.g. '
+                         f"DATABASE_URL); only POOLKIT[\"ENGINES\"] entries take a {name}.",
+                         E_ENVIRONMENT)
+            continue
         if name not in accepted:
-            suggestion = _did_you_mean(knob_key, [key.upper() for key in accepted])
-            problems.add(path, f"unknown setting {knob_key}{suggestion}",
+            near = _nearest(knob_key, [key.upper() for key in accepted])
+            scope = f"{alias_key}__" if alias else ""
+            problems.add(path, f'unknown setting "{knob_key}"'
+                         + (f'; did you mean "{prefix}{scope}{near}"?' if near else ""),
                          f"Variables are {prefix}<SETTING> or {prefix}<ALIAS>__<SETTING> with "
                          "SETTING one of " + ", ".join(key.upper() for key in accepted) + ".",
                          E_ENVIRONMENT)
@@ -398,8 +538,8 @@ def _read_environment(
             value = (environ_[variable] if name in ENGINE_ONLY_KEYS
                      else KNOBS[name].parse(environ_[variable], from_text=True))
         except _Invalid as error:
-            problems.add(path, f"must be {KNOBS[name].accepted}, {error}", KNOBS[name].doc,
-                         E_ENVIRONMENT)
+            problems.add(path, f"must be {KNOBS[name].accepted}, {error}",
+                         _text_hint(KNOBS[name]), E_ENVIRONMENT)
             continue
         target = per_alias.setdefault(alias, {}) if alias else global_values
         target[name] = value
@@ -407,9 +547,20 @@ def _read_environment(
 
 
 def _resolve(
-    alias: str, layers: list[_Layer], problems: _Collector, path: str
+    alias: str,
+    layers: list[_Layer],
+    problems: _Collector,
+    path: str,
+    environ_: Mapping[str, str],
 ) -> PoolSettings | None:
-    """Merge the layers of one pool and apply its preset and sizing formula."""
+    """Merge the layers of one pool and apply its preset and sizing formula.
+
+    A preset and a formula each size the pool from the layer that set them; when both apply,
+    the one from the stronger layer wins (in the same layer the formula wins for the keys it
+    computes, so ``high_traffic`` + ``cores`` keeps the preset's overflow). ``$ENV`` for the
+    auto formula is read from ``environ_``, not ``os.environ``, so the result depends only
+    on the inputs.
+    """
     problems_before = len(problems.problems)
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -421,11 +572,16 @@ def _resolve(
             strength[key] = index
 
     derived: dict[str, tuple[int, str, Any]] = {}
+
+    def derive(key: str, index: int, origin: str, value: int) -> None:
+        if key not in derived or derived[key][0] <= index:
+            derived[key] = (index, origin, value)
+
     preset = values.get("preset")
     if preset is not None:
         size = sizing.PRESETS[preset]
         for key, value in size._asdict().items():
-            derived[key] = (strength["preset"], f"preset:{preset}", value)
+            derive(key, strength["preset"], f"preset:{preset}", value)
 
     formula = values.get("sizing")
     if formula is not None:
@@ -448,13 +604,13 @@ def _resolve(
         else:
             environment = values.get("environment")
             if environment is None:
-                environment = os.environ.get("ENV", "")
+                environment = environ_.get("ENV", "")
             result = sizing.auto_pool_size(cores, environment)
         if result is not None:
-            derived["pool_size"] = (strength["sizing"], f"sizing:{formula}", result.pool_size)
+            derive("pool_size", strength["sizing"], f"sizing:{formula}", result.pool_size)
             if formula in ("production", "auto"):
-                derived["max_overflow"] = (
-                    strength["sizing"], f"sizing:{formula}", result.max_overflow)
+                derive("max_overflow", strength["sizing"], f"sizing:{formula}",
+                       result.max_overflow)
 
     for key, (index, origin, value) in derived.items():
         # An explicit value in the same layer as the preset, or a stronger one, wins.
@@ -479,7 +635,7 @@ def _engine_url(name: str, value: Any, problems: _Collector) -> str | None:
         return None
     try:
         url = make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Never echo the URL: it may hold a password.
         problems.add(path, "is not a database URL SQLAlchemy can parse",
                      "Use the form postgresql://user:password@host:port/dbname.", E_ENGINE_URL)
@@ -500,17 +656,19 @@ def build_settings(
     from ``os.cpu_count()``, so tests can pass any ``POOLKIT``, ``DATABASES`` and environment.
     """
     problems = _Collector()
+    # Sections registered by other modules are top-level keys too.
+    top_level = list(dict.fromkeys([*TOP_LEVEL_KEYS, *SECTION_PARSERS]))
     if poolkit is None:
         poolkit = {}
     if not isinstance(poolkit, Mapping):
         problems.add("POOLKIT", f"must be a dict, got {type(poolkit).__name__}",
-                     "Write POOLKIT = {...} with the keys " + ", ".join(TOP_LEVEL_KEYS) + ".",
+                     "Write POOLKIT = {...} with the keys " + ", ".join(top_level) + ".",
                      E_NOT_A_DICT)
         return None, problems.problems
     for key in poolkit:
-        if key not in TOP_LEVEL_KEYS:
-            problems.add(_path(str(key)), f"unknown key{_did_you_mean(str(key), TOP_LEVEL_KEYS)}",
-                         _accepted_keys(TOP_LEVEL_KEYS), E_UNKNOWN_KEY)
+        if key not in top_level:
+            problems.add(_path(str(key)), f"unknown key{did_you_mean(str(key), top_level)}",
+                         accepted_keys(top_level), E_UNKNOWN_KEY)
     sections = {
         key: import_string(parser)(poolkit.get(key), databases, problems.add)
         for key, parser in SECTION_PARSERS.items()
@@ -527,12 +685,14 @@ def build_settings(
     per_database = _sections(poolkit.get("DATABASES"), "DATABASES", problems)
     per_engine = _sections(poolkit.get("ENGINES"), "ENGINES", problems)
 
-    for alias in per_database:
+    for alias, section in per_database.items():
         if alias not in databases:
             problems.add(_path("DATABASES", alias),
-                         f'unknown database alias{_did_you_mean(alias, databases)}',
+                         f'unknown database alias{did_you_mean(alias, databases)}',
                          "settings.DATABASES has: "
                          + ", ".join(f'"{name}"' for name in databases) + ".", E_UNKNOWN_ALIAS)
+            # Still check its keys, so one run reports every problem.
+            _read_knobs(section, ("DATABASES", alias), problems)
     for name in per_engine:
         if name in databases:
             problems.add(_path("ENGINES", name),
@@ -540,8 +700,7 @@ def build_settings(
                          f'Configure that alias under POOLKIT["DATABASES"]["{name}"], or give '
                          "the engine another name.", E_CONFLICT)
 
-    env_global, env_alias = _read_environment(
-        prefix, environ_, [*databases, *per_engine], problems)
+    env_global, env_alias = _read_environment(prefix, environ_, databases, per_engine, problems)
     builtin = _Layer("default", {name: knob.default for name, knob in KNOBS.items()})
 
     pools: dict[str, PoolSettings] = {}
@@ -551,7 +710,7 @@ def build_settings(
                   _Layer("url", _url_options(alias, database, problems)),
                   _Layer("environment", env_global),
                   _Layer("environment", env_alias.get(alias, {}))]
-        resolved = _resolve(alias, layers, problems, _path("DATABASES", alias))
+        resolved = _resolve(alias, layers, problems, _path("DATABASES", alias), environ_)
         if resolved is not None:
             pools[alias] = resolved
     for name, section in per_engine.items():
@@ -560,7 +719,7 @@ def build_settings(
         url = _engine_url(name, env_own.pop("url", own.pop("url", None)), problems)
         layers = [builtin, _Layer("setting", defaults), _Layer("setting", own),
                   _Layer("environment", env_global), _Layer("environment", env_own)]
-        resolved = _resolve(name, layers, problems, _path("ENGINES", name))
+        resolved = _resolve(name, layers, problems, _path("ENGINES", name), environ_)
         if resolved is not None and url is not None and name not in databases:
             pools[name] = _with_url(resolved, url)
 
@@ -577,9 +736,15 @@ def _sections(value: Any, name: str, problems: _Collector) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        problems.add(_path(name), f"must be a dict of alias -> pool settings, got "
-                     f"{type(value).__name__}", 'Write {"default": {"pool_size": 10}}.',
-                     E_NOT_A_DICT)
+        if name == "ENGINES":
+            problems.add(_path(name), "must be a dict of engine name -> {url, pool settings}, "
+                         f"got {type(value).__name__}",
+                         'Write {"analytics": {"url": "postgresql://user@host/dbname"}}.',
+                         E_NOT_A_DICT)
+        else:
+            problems.add(_path(name), "must be a dict of alias -> pool settings, got "
+                         f"{type(value).__name__}", 'Write {"default": {"pool_size": 10}}.',
+                         E_NOT_A_DICT)
         return {}
     return {str(alias): section for alias, section in value.items()}
 

@@ -14,12 +14,16 @@ from typing import NamedTuple
 __all__ = [
     "PRESETS",
     "SIZING_FORMULAS",
+    "PgBouncerSettings",
     "PoolSize",
     "async_pool_size",
     "auto_pool_size",
     "cores_pool_size",
     "default_cores",
+    "fleet_connections",
+    "pgbouncer_settings",
     "production_pool_size",
+    "threaded_pool_size",
 ]
 
 
@@ -88,3 +92,47 @@ def fleet_connections(pool: PoolSize, processes: int, hosts: int = 1) -> int:
     if pool.max_overflow < 0:
         raise ValueError("an unlimited max_overflow (-1) has no connection budget")
     return (pool.pool_size + pool.max_overflow) * processes * hosts
+
+
+def threaded_pool_size(threads: int, cores: int, spindles: int) -> PoolSize:
+    """The sync pool of one process that serves ``threads`` requests at once.
+
+    Each thread holds at most one connection of an alias at a time, so ``threads`` is the
+    most a process can use: the cores rule (``cores x 2 + spindles``) caps the persistent
+    connections and overflow covers the remaining threads, so no thread ever waits for a
+    connection while the process as a whole stays within ``threads``.
+    """
+    size = max(1, min(threads, cores * 2 + spindles))
+    return PoolSize(size, max(0, threads - size))
+
+
+class PgBouncerSettings(NamedTuple):
+    """PgBouncer (transaction mode) settings for one server, and the app pool behind it."""
+
+    default_pool_size: int
+    max_db_connections: int
+    max_client_conn: int
+    app_pool: PoolSize
+
+
+def pgbouncer_settings(
+    available: int, databases: int, client_connections: int, cores: int, spindles: int,
+    threads: int,
+) -> PgBouncerSettings:
+    """Size a transaction-mode PgBouncer in front of a server with ``available`` slots.
+
+    ``max_db_connections`` keeps the server within its slots; ``default_pool_size`` is the
+    cores rule applied where it belongs, to the database server, split across the
+    ``databases`` (database/user pairs) sharing those slots; ``max_client_conn`` admits every
+    app connection (``client_connections``). Behind the bouncer, client connections are
+    cheap and server connections are shared per transaction, so each process keeps one
+    connection per thread and no overflow.
+    """
+    max_db = max(1, available)
+    per_database = max(1, max_db // max(1, databases))
+    return PgBouncerSettings(
+        default_pool_size=max(1, min(per_database, cores * 2 + spindles)),
+        max_db_connections=max_db,
+        max_client_conn=max(client_connections, 1),
+        app_pool=PoolSize(max(1, threads), 0),
+    )
