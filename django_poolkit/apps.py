@@ -32,5 +32,6 @@ class PoolkitConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .db import checks as backend_checks  # noqa: F401  (the pooled backend's checks)
 
         _install_process_hooks()

@@ -34,6 +34,8 @@ pool_connect = Signal()
 pool_checkout = Signal()
 
 #: A connection came back to the pool. Extra kwarg: ``hold_ms`` (time it was checked out, ms).
+#: Sent while it is being returned (SQLAlchemy's checkin event), before it is back in the
+#: queue: ``pool_stats()`` inside a receiver still counts it as checked out.
 pool_checkin = Signal()
 
 #: A connection was declared unusable and will be closed. Extra kwarg: ``error`` (the exception

@@ -23,6 +23,9 @@ from django_poolkit.stats import reset_counters
 def _fresh_pools() -> Iterator[None]:
     """Each test starts with no engines, zero counters and the configuration rebuilt from its
     settings and environment, and leaves no pooled connection open behind it."""
+    # pytest-django's teardown of a transactional test flushes through the ORM after this
+    # fixture's own teardown, and the pooled backend's ORM builds the pool again: drop it.
+    engine_registry.dispose()
     conf.reload()
     reset_counters()
     yield

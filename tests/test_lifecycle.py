@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from django.db import connections
@@ -60,14 +61,34 @@ def test_dispose_all_closes_every_pooled_connection(admin):
     pattern = f"poolkit:default:%:{os.getpid()}"
     assert len(server_connections(admin, pattern)) == 2
     dispose_all()
-    # The server sees the disconnects asynchronously; give it a moment.
-    for _ in range(50):
-        if not server_connections(admin, pattern):
-            break
-        import time
-
-        time.sleep(0.02)
+    _wait_until_gone(admin, pattern)
     assert server_connections(admin, pattern) == []
+
+
+def test_a_connection_checked_out_across_dispose_is_closed_when_it_comes_back(admin):
+    engine = get_engine()
+    held = engine.connect()
+    held.execute(text("SELECT 1"))
+    dbapi_connection = held.connection.dbapi_connection
+    dispose_all()
+    assert not _closed(dbapi_connection)  # still the caller's until returned
+    held.close()
+    assert _closed(dbapi_connection)
+    pattern = f"poolkit:default:%:{os.getpid()}"
+    _wait_until_gone(admin, pattern)
+    assert server_connections(admin, pattern) == []
+
+
+def _closed(dbapi_connection) -> bool:
+    return bool(dbapi_connection.closed)
+
+
+def _wait_until_gone(admin, pattern: str) -> None:
+    # The server sees disconnects asynchronously.
+    for _ in range(100):
+        if not server_connections(admin, pattern):
+            return
+        time.sleep(0.02)
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:

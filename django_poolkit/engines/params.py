@@ -26,11 +26,17 @@ from sqlalchemy.engine import URL, make_url
 from ..conf import KNOBS, PoolSettings
 from ..exceptions import PoolkitError
 
-__all__ = ["ConnectSpec", "application_name", "spec_for_alias", "spec_for_url"]
+__all__ = [
+    "POOLED_BACKEND",
+    "ConnectSpec",
+    "application_name",
+    "is_shared",
+    "spec_for_alias",
+    "spec_for_url",
+]
 
-# Keys of Django's connection params that configure the Python side of a psycopg connection
-# (adapters, cursor class), not the server session. SQLAlchemy brings its own.
-_PYTHON_SIDE_KEYS = ("context", "cursor_factory")
+#: The ENGINE of poolkit's pooled ORM backend: its alias's sync pool is shared with the ORM.
+POOLED_BACKEND = "django_poolkit.db.backends.postgresql"
 
 _ISOLATION_LEVELS = {
     1: "READ UNCOMMITTED", 2: "READ COMMITTED", 3: "REPEATABLE READ", 4: "SERIALIZABLE",
@@ -80,12 +86,24 @@ def _startup_options(existing: str | None, pool: PoolSettings, extra: dict[str, 
     return " ".join(parts)
 
 
-def spec_for_alias(alias: str, pool: PoolSettings) -> ConnectSpec:
-    """Connection spec of a ``DATABASES`` alias, from Django's own connection code."""
+def is_shared(alias: str) -> bool:
+    """Whether ``alias`` runs on the pooled ORM backend, so its sync pool serves the ORM too."""
+    return bool(connections.settings[alias].get("ENGINE") == POOLED_BACKEND)
+
+
+def spec_for_alias(alias: str, pool: PoolSettings, *, shared: bool = False) -> ConnectSpec:
+    """Connection spec of a ``DATABASES`` alias, from Django's own connection code.
+
+    ``shared``: the pool also serves the ORM (the alias's sync pool on poolkit's backend).
+    Its connections then keep Django's adapter context, so ORM cursors get exactly the types
+    the stock backend gives them; SQLAlchemy's cursors put psycopg's defaults back on
+    themselves (see :func:`~django_poolkit.engines.pool.sqlalchemy_cursor_classes`).
+    Otherwise SQLAlchemy's psycopg dialect brings its own context.
+    """
     wrapper = connections.create_connection(alias)
     vendor = wrapper.vendor
     if vendor == "postgresql":
-        return _postgresql_spec(alias, wrapper, pool)
+        return _postgresql_spec(alias, wrapper, pool, shared=shared)
     if vendor == "sqlite":
         return _sqlite_spec(wrapper.settings_dict)
     raise PoolkitError(
@@ -94,10 +112,15 @@ def spec_for_alias(alias: str, pool: PoolSettings) -> ConnectSpec:
     )
 
 
-def _postgresql_spec(alias: str, wrapper: Any, pool: PoolSettings) -> ConnectSpec:
+def _postgresql_spec(
+    alias: str, wrapper: Any, pool: PoolSettings, *, shared: bool
+) -> ConnectSpec:
     params: dict[str, Any] = dict(wrapper.get_connection_params())
-    for key in _PYTHON_SIDE_KEYS:
-        params.pop(key, None)
+    # The cursor class is set per user: SQLAlchemy's at connect and checkin, Django's by the
+    # ORM backend at checkout.
+    params.pop("cursor_factory", None)
+    if not shared:
+        params.pop("context", None)
     options_app_name = params.pop("application_name", None)
     for key in KNOBS:
         params.pop(key, None)  # pool settings given as DATABASE_URL query parameters
@@ -107,11 +130,14 @@ def _postgresql_spec(alias: str, wrapper: Any, pool: PoolSettings) -> ConnectSpe
     elif options_app_name is not None:
         params["application_name"] = options_app_name
 
-    session: dict[str, str] = {"TimeZone": wrapper.timezone_name}
-    role = wrapper.settings_dict["OPTIONS"].get("assume_role")
-    if role:
-        session["role"] = role
-    params["options"] = _startup_options(params.get("options"), pool, session)
+    if pool.pgbouncer is None:
+        session: dict[str, str] = {"TimeZone": wrapper.timezone_name}
+        role = wrapper.settings_dict["OPTIONS"].get("assume_role")
+        if role:
+            session["role"] = role
+        params["options"] = _startup_options(params.get("options"), pool, session)
+    else:
+        _behind_pgbouncer(params, pool)
 
     engine_kwargs: dict[str, Any] = {}
     level = wrapper.settings_dict["OPTIONS"].get("isolation_level")
@@ -125,6 +151,19 @@ def _postgresql_spec(alias: str, wrapper: Any, pool: PoolSettings) -> ConnectSpe
         database=params.get("dbname"),
     )
     return ConnectSpec("postgresql", url, params, engine_kwargs)
+
+
+def _behind_pgbouncer(params: dict[str, Any], pool: PoolSettings) -> None:
+    """Connection parameters for a PgBouncer in front of the server.
+
+    PgBouncer accepts only the startup parameters it tracks, and drops (or refuses) libpq's
+    ``options``: poolkit adds nothing to it (the user's own ``OPTIONS["options"]`` is sent as
+    given). In transaction mode a server-side prepared statement lives on a server connection
+    the next transaction may not get, so psycopg must never prepare (``prepare_threshold``
+    None, whatever ``OPTIONS`` says).
+    """
+    if pool.pgbouncer == "transaction":
+        params["prepare_threshold"] = None
 
 
 def _sqlite_spec(settings_dict: dict[str, Any]) -> ConnectSpec:
@@ -145,7 +184,12 @@ def spec_for_url(name: str, raw_url: str, pool: PoolSettings) -> ConnectSpec:
         params["application_name"] = application_name(pool.application_name, name)
     query = dict(url.query)
     options = query.pop("options", None)
-    params["options"] = _startup_options(
-        options if isinstance(options, str) else None, pool, {})
+    if pool.pgbouncer is None:
+        params["options"] = _startup_options(
+            options if isinstance(options, str) else None, pool, {})
+    else:
+        if isinstance(options, str):
+            params["options"] = options
+        _behind_pgbouncer(params, pool)
     url = url.set(drivername="postgresql+psycopg", password=None, query=query)
     return ConnectSpec("postgresql", url, params)

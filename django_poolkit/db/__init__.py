@@ -1,0 +1,1 @@
+"""Django database backends backed by poolkit's pools."""

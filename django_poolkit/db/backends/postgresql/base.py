@@ -1,0 +1,219 @@
+"""The pooled ``DatabaseWrapper``: Django's PostgreSQL backend whose connections come from,
+and go back to, the alias's SQLAlchemy pool.
+
+Everything but where a connection comes from and where it goes is Django's own code:
+connection parameters (``get_connection_params()``), autocommit, transactions, savepoints,
+time zone, cursors and error wrapping. The differences:
+
+- ``get_new_connection()`` checks a connection out of ``engine_registry.get(alias, "sync")``,
+  the pool ``get_engine(alias)`` uses, so the ORM and SQLAlchemy share one budget. The pool's
+  pre-ping, timeout (:class:`~django_poolkit.PoolTimeout`) and recycling apply.
+- ``_close()`` returns the connection instead of closing it. The pool's checkin rolls back
+  and normalises it (``reset_on_return``). A connection closed inside ``atomic()``, broken,
+  or belonging to a pool disposed meanwhile is closed instead of returned.
+- ``SET ROLE`` for ``OPTIONS["assume_role"]`` is skipped when the session is known pristine:
+  the role is then already the session default, sent in the startup ``options``.
+- Unfinished server-side cursors (an abandoned ``.iterator()``) are closed before the
+  connection goes back, so they cannot outlive the request on someone else's checkout.
+
+A wrapper whose ``settings_dict`` is not the alias's configured one (Django's
+``_nodb_cursor()`` wrapper with ``NAME=None``, ``connection.copy()``) connects directly, as
+the stock backend does: a pool built for other parameters must not serve it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any
+
+import psycopg
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.postgresql import base
+from django.utils.asyncio import async_unsafe
+from sqlalchemy.pool import PoolProxiedConnection
+
+from ....conf import get_settings
+from ....engines import engine_registry
+from ....engines.pool import PRISTINE
+from ....exceptions import PoolkitConfigurationError
+from ...checks import backend_problems
+from .creation import DatabaseCreation
+
+__all__ = ["DatabaseWrapper"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    """Django's PostgreSQL ``DatabaseWrapper`` with pooled connections (psycopg 3 only)."""
+
+    creation_class = DatabaseCreation
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._poolkit_fairy: PoolProxiedConnection | None = None
+        self._poolkit_pool: Any = None
+        self._poolkit_pristine = False
+        self._poolkit_pid = 0
+        self._poolkit_server_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        if self.poolkit_pooled and self._poolkit_pgbouncer() == "transaction":
+            # Django reads this before it connects (QuerySet.iterator()): a server-side
+            # cursor would outlive the transaction's server connection behind PgBouncer.
+            self.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
+
+    def _poolkit_pgbouncer(self) -> str | None:
+        """The alias's ``pgbouncer`` mode (None when the configuration is broken: the error
+        surfaces when the pool is built)."""
+        try:
+            pool = get_settings().for_alias(self.alias)
+        except PoolkitConfigurationError:
+            return None
+        return pool.pgbouncer if pool is not None else None
+
+    @property
+    def pool(self) -> None:
+        """Django's own psycopg pool (Django >= 5.1): never, poolkit's pool replaces it."""
+        return None
+
+    def close_pool(self) -> None:
+        """Django calls this when a pool must not outlive a change (test database clone or
+        destroy, a new time zone): dispose this alias's pools."""
+        if self.poolkit_pooled:
+            engine_registry.dispose(self.alias)
+
+    @property
+    def poolkit_pooled(self) -> bool:
+        """Whether this wrapper draws from the alias's pool: only when its settings are the
+        alias's configured settings object (the test runner updates that object in place).
+        Copies, and Django's ``_nodb_cursor()`` wrapper, connect directly."""
+        if self.alias == NO_DB_ALIAS:
+            return False
+        return self.settings_dict is connections.settings.get(self.alias)
+
+    @property
+    def poolkit_checked_out(self) -> bool:
+        """Whether this wrapper holds a connection checked out of the pool right now."""
+        return self._poolkit_fairy is not None
+
+    def check_settings(self) -> None:
+        """Django's checks, plus the pooled backend's rules (``poolkit.E010``/``E011``),
+        raised at connect for deployments that never run ``manage.py check``."""
+        super().check_settings()
+        if self.poolkit_pooled:
+            problems = backend_problems(self.alias, self.settings_dict)
+            if problems:
+                raise PoolkitConfigurationError(problems)
+
+    @async_unsafe
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if not self.poolkit_pooled:
+            return super().get_new_connection(conn_params)
+        # As Django: the wrapper's isolation_level is the OPTIONS value or READ COMMITTED.
+        options = self.settings_dict["OPTIONS"]
+        set_isolation_level = "isolation_level" in options
+        if set_isolation_level:
+            try:
+                self.isolation_level = psycopg.IsolationLevel(options["isolation_level"])
+            except ValueError:
+                raise ImproperlyConfigured(
+                    f"Invalid transaction isolation level {options['isolation_level']} "
+                    "specified. Use one of the psycopg.IsolationLevel values."
+                ) from None
+        else:
+            self.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        pool = engine_registry.get(self.alias, "sync").pool
+        fairy = pool.connect()
+        try:
+            connection = fairy.driver_connection
+            # The pool hands out SQLAlchemy's cursor classes; the ORM uses Django's.
+            connection.cursor_factory = conn_params["cursor_factory"]
+            connection.server_cursor_factory = psycopg.ServerCursor
+            if set_isolation_level:
+                connection.isolation_level = self.isolation_level
+        except BaseException:
+            fairy.invalidate()
+            raise
+        self._poolkit_fairy = fairy
+        self._poolkit_pool = pool
+        self._poolkit_pid = os.getpid()
+        self._poolkit_pristine = bool(fairy.info.get(PRISTINE))
+        return connection
+
+    def _poolkit_role_is_default(self) -> bool:
+        """``SET ROLE`` would change nothing: the role travelled in the startup options (not
+        behind PgBouncer, which drops them) and no one has used the session since it was
+        opened or fully reset."""
+        return (self._poolkit_fairy is not None and self._poolkit_pristine
+                and self._poolkit_pgbouncer() is None)
+
+    def _configure_role(self, connection: Any) -> bool:  # Django >= 5.1
+        if self._poolkit_role_is_default():
+            return False
+        result: bool = super()._configure_role(connection)  # type: ignore[misc]
+        return result
+
+    def ensure_role(self) -> bool:  # Django 4.2 and 5.0
+        if self._poolkit_role_is_default():
+            return False
+        result: bool = super().ensure_role()  # type: ignore[misc]
+        return result
+
+    @async_unsafe
+    def create_cursor(self, name: str | None = None) -> Any:
+        cursor = super().create_cursor(name)
+        if name is not None and self._poolkit_fairy is not None:
+            self._poolkit_server_cursors.add(cursor)
+        return cursor
+
+    def _close(self) -> None:
+        fairy = self._poolkit_fairy
+        if fairy is None:
+            super()._close()  # type: ignore[misc]
+            return
+        pool, self._poolkit_fairy, self._poolkit_pool = self._poolkit_pool, None, None
+        if self._poolkit_pid != os.getpid():
+            # Inherited through fork: the socket is the parent's. Closing it would end the
+            # parent's session; just let go (psycopg never closes it from another process).
+            return
+        connection = self.connection
+        with self.wrap_database_errors:
+            if connection.broken:
+                # The server went away (killed, restarted, network): the pool's idle
+                # connections are most likely gone too, so replace them all, as SQLAlchemy
+                # does on a disconnect. Without pre-ping, only this use failed.
+                fairy.invalidate()
+                current = engine_registry.built(self.alias, "sync")
+                if current is not None and current.pool is pool:
+                    logger.warning("database %r: connection lost; replacing the pool's idle "
+                                   "connections", self.alias)
+                    current.dispose()
+                return
+            if self.in_atomic_block or connection.closed:
+                # Closed mid-transaction (the stock backend closes the socket, so the
+                # server rolls back) or closed under us: never hand it out again.
+                fairy.invalidate()
+                return
+            try:
+                self._close_server_cursors()
+            except BaseException:
+                fairy.invalidate()
+                raise
+            current = engine_registry.built(self.alias, "sync")
+            if current is None or current.pool is not pool:
+                # The pool was disposed while we held this connection: nobody would use it.
+                fairy.detach()
+                fairy.close()
+                return
+            fairy.close()
+
+    def _close_server_cursors(self) -> None:
+        """Close the named cursors this checkout left open (``WITH HOLD`` ones outlive the
+        transaction), while the connection is still ours."""
+        cursors = [cursor for cursor in self._poolkit_server_cursors if not cursor.closed]
+        self._poolkit_server_cursors.clear()
+        for cursor in cursors:
+            cursor.close()
