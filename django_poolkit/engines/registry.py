@@ -30,8 +30,15 @@ from ..conf import PoolSettings, get_settings
 from ..exceptions import PoolkitError, UnknownAlias
 from ..stats import PoolKind, counters_for, reset_counters
 from .events import attach_listeners
-from .params import ConnectSpec, spec_for_alias, spec_for_url
-from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
+from .params import ConnectSpec, is_shared, spec_for_alias, spec_for_url
+from .pool import (
+    PoolkitAsyncQueuePool,
+    PoolkitQueuePool,
+    install_leak_detection,
+    install_pre_ping,
+    install_session_hygiene,
+)
+from .recycle import install_recycle_jitter
 
 __all__ = ["EngineRegistry", "engine_registry"]
 
@@ -111,12 +118,22 @@ class EngineRegistry:
         return entry.engine if entry is not None and entry.pid == os.getpid() else None
 
     def _build(self, alias: str, kind: PoolKind, pool: PoolSettings) -> Any:
-        spec = spec_for_url(alias, pool.url, pool) if pool.url else spec_for_alias(alias, pool)
+        shared = kind == "sync" and pool.url is None and is_shared(alias)
+        spec = (spec_for_url(alias, pool.url, pool) if pool.url
+                else spec_for_alias(alias, pool, shared=shared))
         kwargs: dict[str, Any] = {"connect_args": spec.connect_args, **spec.engine_kwargs}
         if not _is_memory_sqlite(spec):
             kwargs.update(
                 pool_pre_ping=pool.pool_pre_ping, pool_recycle=pool.pool_recycle,
                 pool_timeout=pool.pool_timeout, pool_use_lifo=pool.pool_use_lifo)
+        # psycopg sync pools reset connections with poolkit's own listener (the policy).
+        hygiene = kind == "sync" and spec.vendor == "postgresql"
+        if hygiene:
+            kwargs["pool_reset_on_return"] = None
+        if shared:
+            # SQLAlchemy would register psycopg's hstore adapter on the first connection
+            # only (the others keep Django's context): let its HSTORE type convert instead.
+            kwargs["use_native_hstore"] = False
         if kind == "sync":
             if not _is_memory_sqlite(spec):
                 kwargs.update(poolclass=PoolkitQueuePool, pool_size=pool.pool_size,
@@ -139,28 +156,52 @@ class EngineRegistry:
             sync_engine = engine.sync_engine
         _configure_pool(sync_engine.pool, alias, kind, pool)
         attach_listeners(sync_engine, alias, kind, counters_for(alias, kind))
+        install_recycle_jitter(sync_engine)  # pool_recycle minus 0-10 % per connection
+        if hygiene:
+            install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",
+                                    shared=shared)
+            install_pre_ping(sync_engine, pool.pre_ping_mode or "socket")
+        if pool.leak_detection_threshold is not None:
+            install_leak_detection(sync_engine, alias, kind, pool.leak_detection_threshold)
         return engine
 
     def _retire(self, alias: str, kind: PoolKind, entry: _Entry, *, same_process: bool) -> None:
-        """Drop an engine whose fingerprint changed, closing its idle connections (only in
-        the process that opened them)."""
+        """Forget an engine whose fingerprint changed or that was disposed. In the process
+        that opened them, idle connections close now and checked-out ones when they come
+        back; in a forked child nothing is closed (the sockets are the parent's)."""
         del self._entries[(alias, kind)]
         sync_engine: Engine = entry.engine.sync_engine if kind == "async" else entry.engine
         if not same_process:
             sync_engine.dispose(close=False)
-        elif kind == "sync":
-            sync_engine.dispose()
         else:
-            _close_async(entry.engine)
+            sync_engine.pool.poolkit_retired = True  # type: ignore[attr-defined]
+            if kind == "sync":
+                sync_engine.dispose()
+            else:
+                _close_async(entry.engine)
         logger.info("disposed %s engine for %r", kind, alias)
 
     def dispose(self, alias: str | None = None) -> None:
         """Close the idle connections of ``alias``'s engines (all engines when None) and
-        forget them; checked-out connections are closed when they come back."""
+        forget them; connections checked out now are closed when they come back."""
         with self._lock:
             for key in [key for key in self._entries if alias is None or key[0] == alias]:
                 entry = self._entries[key]
                 self._retire(*key, entry, same_process=entry.pid == os.getpid())
+
+    def dispose_database(self, name: str) -> list[str]:
+        """Dispose every engine whose connections go to the PostgreSQL database ``name``
+        (the test runner calls this before it drops, clones or recreates that database,
+        which needs no other session on it). Returns the aliases disposed."""
+        with self._lock:
+            found = []
+            for key, entry in list(self._entries.items()):
+                engine = entry.engine
+                url = (engine.sync_engine if isinstance(engine, AsyncEngine) else engine).url
+                if url.get_backend_name() == "postgresql" and url.database == name:
+                    self._retire(*key, entry, same_process=entry.pid == os.getpid())
+                    found.append(key[0])
+            return found
 
     async def adispose(self, alias: str | None = None) -> None:
         """Like :meth:`dispose`, awaiting the async engines' connections on this loop."""
@@ -170,6 +211,8 @@ class EngineRegistry:
         for (_, kind), entry in zip(keys, entries, strict=True):
             if entry.pid != os.getpid():
                 continue
+            engine = entry.engine
+            (engine.sync_engine if kind == "async" else engine).pool.poolkit_retired = True
             if kind == "async":
                 await entry.engine.dispose()
             else:
