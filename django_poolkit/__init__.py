@@ -13,6 +13,8 @@ from .api import (
     pool_stats,
 )
 from .exceptions import PoolkitConfigurationError, PoolkitError, PoolTimeout, UnknownAlias
+from .pinning import use_primary
+from .sessions import read_session, write_session
 from .stats import PoolStats
 
 __version__ = "0.1.0.dev0"
@@ -30,4 +32,7 @@ __all__ = [
     "get_async_engine",
     "get_engine",
     "pool_stats",
+    "read_session",
+    "use_primary",
+    "write_session",
 ]

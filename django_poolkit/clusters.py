@@ -1,0 +1,451 @@
+"""``POOLKIT["ROUTING"]``: primary/replica clusters and the routing options, validated.
+
+::
+
+    POOLKIT = {
+        "ROUTING": {
+            "CLUSTERS": {
+                "main": {"primary": "default", "replicas": ["replica1", "replica2"]},
+                "events": {"primary": "events", "replicas": {"events_ro": {"weight": 2}},
+                           "apps": ["tracking"], "strategy": "weighted"},
+            },
+            "max_lag": 5,          # seconds; every cluster unless it sets its own
+            "pin_seconds": 15,     # read-your-writes window across requests
+        },
+    }
+
+``conf`` calls :func:`parse` through ``conf.SECTION_PARSERS`` (so only ``conf`` reads
+``POOLKIT``); every problem is reported with its key path and a ``poolkit.E02x`` id, and the
+result is reachable with :func:`routing_settings`. A cluster without ``apps`` is the default
+cluster: models of apps no cluster names are routed there. At most one cluster may be the
+default; with none, unlisted models are left to Django (``None`` from the router).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .conf import Report, accepted_keys, did_you_mean
+
+__all__ = [
+    "CLUSTER_OPTIONS",
+    "ROUTING_OPTIONS",
+    "ClusterConfig",
+    "ReplicaConfig",
+    "RoutingSettings",
+    "parse",
+    "routing_settings",
+]
+
+# Check ids, never reused.
+E_TYPE = "poolkit.E020"  # a routing section or entry has the wrong type
+E_UNKNOWN_KEY = "poolkit.E021"  # a key poolkit does not know (with did-you-mean)
+E_BAD_VALUE = "poolkit.E022"  # a value of the wrong type or out of range
+E_UNKNOWN_ALIAS = "poolkit.E023"  # a cluster names an alias settings.DATABASES lacks
+E_DUPLICATE = "poolkit.E024"  # one alias plays two roles (two clusters, primary and replica)
+E_CONFLICT = "poolkit.E025"  # options that cannot be combined
+E_NOT_POSTGRES = "poolkit.E026"  # a cluster member is not a PostgreSQL database
+
+Strategy = Literal["round_robin", "random", "weighted"]
+Fallback = Literal["primary", "raise"]
+PinMode = Literal["lsn", "time", "off"]
+SameSite = Literal["Lax", "Strict", "None"]
+
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _number(*, none: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None and none:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise _Invalid(f"got {value!r}")
+
+    return check
+
+
+def _bytes(value: Any) -> Any:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise _Invalid(f"got {value!r}")
+
+
+def _boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"got {value!r}")
+
+
+def _choice(*options: str | None) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value in options:
+            return value
+        names = [option for option in options if option is not None]
+        raise _Invalid(f"got {value!r}{did_you_mean(str(value), names)}")
+
+    return check
+
+
+def _text(*, none: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if (value is None and none) or (isinstance(value, str) and value.strip()):
+            return value
+        raise _Invalid(f"got {value!r}")
+
+    return check
+
+
+@dataclass(frozen=True)
+class _Option:
+    default: Any
+    accepted: str
+    doc: str
+    check: Callable[[Any], Any]
+
+
+#: Options a cluster may set for itself; at the ``ROUTING`` level they are every cluster's
+#: default.
+CLUSTER_OPTIONS: dict[str, _Option] = {
+    "strategy": _Option("round_robin", '"round_robin", "random" or "weighted"',
+                        "How a read picks among the healthy replicas.",
+                        _choice("round_robin", "random", "weighted")),
+    "max_lag": _Option(5.0, "a number of seconds > 0",
+                       "A replica further behind than this serves no reads.", _number()),
+    "readmit_lag": _Option(None, "a number of seconds > 0 and <= max_lag, or None for "
+                           "max_lag / 2",
+                           "A lagging replica comes back only once below this (hysteresis).",
+                           _number(none=True)),
+    "max_lag_bytes": _Option(None, "an integer of bytes >= 0, or None to not check",
+                             "A replica whose replay is more WAL bytes behind serves no reads.",
+                             _bytes),
+    "readmit_lag_bytes": _Option(None, "an integer of bytes >= 0 and <= max_lag_bytes, or None "
+                                 "for max_lag_bytes / 2",
+                                 "Byte lag below which a lagging replica comes back.", _bytes),
+    "fallback": _Option("primary", '"primary" or "raise"',
+                        "What a read does when no replica qualifies: use the primary, or raise "
+                        "NoHealthyReplica.", _choice("primary", "raise")),
+}
+
+#: Options only the ``ROUTING`` level takes (they are per process, not per cluster).
+ROUTING_OPTIONS: dict[str, _Option] = {
+    "sticky": _Option(True, "True or False",
+                      "Keep the replica chosen first for the rest of a request or task scope.",
+                      _boolean),
+    "probe_interval": _Option(1.0, "a number of seconds > 0, or None to probe only on demand",
+                              "How often a background thread refreshes replica health and lag.",
+                              _number(none=True)),
+    "probe_timeout": _Option(2.0, "a number of seconds > 0",
+                             "statement_timeout of one probe query.", _number()),
+    "pin_mode": _Option("lsn", '"lsn", "time" or "off"',
+                        "Read-your-writes across requests: until a replica has replayed the "
+                        "write (lsn), for the whole window (time), or not at all (off).",
+                        _choice("lsn", "time", "off")),
+    "pin_seconds": _Option(15.0, "a number of seconds > 0",
+                           "Read-your-writes window across requests (the cap in lsn mode).",
+                           _number()),
+    "cookie_name": _Option("poolkit_pin", "a non-empty string",
+                           "Name of the signed read-your-writes cookie.", _text()),
+    "cookie_secure": _Option(False, "True or False", "Send the cookie over HTTPS only.",
+                             _boolean),
+    "cookie_samesite": _Option("Lax", '"Lax", "Strict", "None" or None',
+                               "SameSite attribute of the cookie.",
+                               _choice("Lax", "Strict", "None", None)),
+    "header_name": _Option("X-Poolkit-Pin", "an HTTP header name, or None to use no header",
+                           "Header that carries the same signed token for API clients.",
+                           _text(none=True)),
+}
+
+_CLUSTER_ONLY = ("primary", "replicas", "apps")
+_REPLICA_KEYS = ("weight",)
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """One replica of a cluster. ``weight`` is its share of reads under ``"weighted"``."""
+
+    alias: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A primary and its replicas, with the cluster's effective routing options."""
+
+    name: str
+    primary: str
+    replicas: tuple[ReplicaConfig, ...]
+    apps: tuple[str, ...]
+    strategy: Strategy
+    max_lag: float
+    readmit_lag: float
+    max_lag_bytes: int | None
+    readmit_lag_bytes: int | None
+    fallback: Fallback
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The primary first, then the replicas."""
+        return (self.primary, *(replica.alias for replica in self.replicas))
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """The validated ``POOLKIT["ROUTING"]``: clusters plus the per-process options."""
+
+    clusters: Mapping[str, ClusterConfig]
+    sticky: bool
+    probe_interval: float | None
+    probe_timeout: float
+    pin_mode: PinMode
+    pin_seconds: float
+    cookie_name: str
+    cookie_secure: bool
+    cookie_samesite: SameSite | None
+    header_name: str | None
+    default_cluster: str | None = None
+    _by_alias: dict[str, ClusterConfig] = field(default_factory=dict, repr=False, compare=False)
+    _by_app: dict[str, ClusterConfig] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for cluster in self.clusters.values():
+            for alias in cluster.aliases:
+                self._by_alias[alias] = cluster
+            for app in cluster.apps:
+                self._by_app[app] = cluster
+
+    def cluster_of_alias(self, alias: str | None) -> ClusterConfig | None:
+        """The cluster ``alias`` belongs to (as primary or replica), or None."""
+        return self._by_alias.get(alias) if alias is not None else None
+
+    def cluster_of_model(self, app_label: str, model_name: str | None) -> ClusterConfig | None:
+        """The cluster serving a model: ``"app_label.ModelName"`` in some ``apps``, else its
+        app label, else the default cluster (None when there is none)."""
+        if model_name is not None:
+            found = self._by_app.get(f"{app_label}.{model_name}".lower())
+            if found is not None:
+                return found
+        found = self._by_app.get(app_label.lower())
+        if found is not None:
+            return found
+        return self.clusters.get(self.default_cluster) if self.default_cluster else None
+
+
+def _path(*parts: str) -> str:
+    return 'POOLKIT["ROUTING"]' + "".join(f'["{part}"]' for part in parts)
+
+
+def _read_options(
+    section: Mapping[str, Any], options: Mapping[str, _Option], path: tuple[str, ...],
+    report: Report, *, skip: Iterable[str] = (), accepted: Iterable[str] = (),
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    skipped = tuple(skip)
+    for key, value in section.items():
+        if key in skipped:
+            continue
+        option = options.get(key)
+        if option is None:
+            known = list(accepted)
+            report(_path(*path, str(key)), f"unknown key{did_you_mean(str(key), known)}",
+                   accepted_keys(known), E_UNKNOWN_KEY)
+            continue
+        try:
+            values[key] = option.check(value)
+        except _Invalid as error:
+            report(_path(*path, str(key)), f"must be {option.accepted}, {error}", option.doc,
+                   E_BAD_VALUE)
+    return values
+
+
+def _is_postgres(database: Mapping[str, Any]) -> bool:
+    engine = str(database.get("ENGINE", ""))
+    return "postgresql" in engine or "postgis" in engine
+
+
+def _alias(
+    value: Any, path: tuple[str, ...], databases: Mapping[str, Mapping[str, Any]],
+    report: Report,
+) -> str | None:
+    if not isinstance(value, str) or not value:
+        report(_path(*path), f"must be a DATABASES alias, got {value!r}",
+               'Write the alias as a string, such as "default".', E_BAD_VALUE)
+        return None
+    if value not in databases:
+        report(_path(*path), f'names the alias "{value}", which settings.DATABASES lacks'
+               f"{did_you_mean(value, databases)}",
+               "settings.DATABASES has: " + ", ".join(f'"{name}"' for name in databases) + ".",
+               E_UNKNOWN_ALIAS)
+        return None
+    if not _is_postgres(databases[value]):
+        report(_path(*path), f'names "{value}", which is not a PostgreSQL database',
+               "Primaries and replicas are routed by their WAL positions: use a PostgreSQL "
+               "ENGINE for every cluster member.", E_NOT_POSTGRES)
+        return None
+    return value
+
+
+def _replicas(
+    value: Any, path: tuple[str, ...], databases: Mapping[str, Mapping[str, Any]],
+    report: Report,
+) -> list[ReplicaConfig]:
+    if value is None:
+        return []
+    entries: list[tuple[Any, Any]]
+    if isinstance(value, Mapping):
+        entries = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        entries = [(item, None) for item in value]
+    else:
+        report(_path(*path), f"must be a list of aliases or a dict alias -> {{\"weight\": n}}, "
+               f"got {type(value).__name__}", 'Write ["replica1", "replica2"].', E_TYPE)
+        return []
+    found: list[ReplicaConfig] = []
+    for alias_value, options in entries:
+        alias = _alias(alias_value, (*path, str(alias_value)), databases, report)
+        weight = 1.0
+        if options is not None:
+            if not isinstance(options, Mapping):
+                report(_path(*path, str(alias_value)), "must be a dict such as {\"weight\": 2}, "
+                       f"got {type(options).__name__}", "Only \"weight\" can be set.", E_TYPE)
+                continue
+            for key, option_value in options.items():
+                key_path = _path(*path, str(alias_value), str(key))
+                if key != "weight":
+                    report(key_path, f"unknown key{did_you_mean(str(key), _REPLICA_KEYS)}",
+                           accepted_keys(_REPLICA_KEYS), E_UNKNOWN_KEY)
+                    continue
+                try:
+                    weight = _number()(option_value)
+                except _Invalid as error:
+                    report(key_path, f"must be a number > 0, {error}",
+                           'The replica\'s share of reads under strategy "weighted".',
+                           E_BAD_VALUE)
+        if alias is not None:
+            found.append(ReplicaConfig(alias, weight))
+    return found
+
+
+def _apps(value: Any, path: tuple[str, ...], report: Report) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(item, str) and item for item in value):
+        return tuple(item.lower() for item in value)
+    report(_path(*path), f"must be a list of app labels or \"app_label.ModelName\", got "
+           f"{value!r}", 'Write ["analytics", "shop.Order"].', E_BAD_VALUE)
+    return ()
+
+
+def _thresholds(options: dict[str, Any], path: tuple[str, ...], report: Report) -> None:
+    """Fill the readmit thresholds and check they sit below the exclusion thresholds."""
+    if options["readmit_lag"] is None:
+        options["readmit_lag"] = options["max_lag"] / 2
+    elif options["readmit_lag"] > options["max_lag"]:
+        report(_path(*path, "readmit_lag"), f"must be <= max_lag ({options['max_lag']:g} s), "
+               f"got {options['readmit_lag']:g}",
+               "A replica is readmitted below readmit_lag, after being excluded above max_lag.",
+               E_CONFLICT)
+    if options["max_lag_bytes"] is None:
+        if options["readmit_lag_bytes"] is not None:
+            report(_path(*path, "readmit_lag_bytes"), "is set but max_lag_bytes is not",
+                   "Set max_lag_bytes too, or remove readmit_lag_bytes.", E_CONFLICT)
+    elif options["readmit_lag_bytes"] is None:
+        options["readmit_lag_bytes"] = options["max_lag_bytes"] // 2
+    elif options["readmit_lag_bytes"] > options["max_lag_bytes"]:
+        report(_path(*path, "readmit_lag_bytes"),
+               f"must be <= max_lag_bytes ({options['max_lag_bytes']}), got "
+               f"{options['readmit_lag_bytes']}", "Lower it below max_lag_bytes.", E_CONFLICT)
+
+
+def parse(
+    value: Any, databases: Mapping[str, Mapping[str, Any]], report: Report
+) -> RoutingSettings | None:
+    """Validate ``POOLKIT["ROUTING"]`` (None when absent: no routing). Called by ``conf``."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        report(_path(), f"must be a dict, got {type(value).__name__}",
+               'Write {"CLUSTERS": {"main": {"primary": "default", "replicas": [...]}}}.',
+               E_TYPE)
+        return None
+    top_keys = ["CLUSTERS", *CLUSTER_OPTIONS, *ROUTING_OPTIONS]
+    shared = _read_options(value, {**CLUSTER_OPTIONS, **ROUTING_OPTIONS}, (), report,
+                           skip=("CLUSTERS",), accepted=top_keys)
+    defaults = {name: option.default for name, option in CLUSTER_OPTIONS.items()}
+    defaults.update({key: shared[key] for key in CLUSTER_OPTIONS if key in shared})
+    routing = {name: option.default for name, option in ROUTING_OPTIONS.items()}
+    routing.update({key: shared[key] for key in ROUTING_OPTIONS if key in shared})
+
+    raw_clusters = value.get("CLUSTERS")
+    if not isinstance(raw_clusters, Mapping) or not raw_clusters:
+        report(_path("CLUSTERS"), "is required: a dict of cluster name -> {primary, replicas}"
+               if raw_clusters is None else
+               f"must be a non-empty dict of clusters, got {raw_clusters!r}",
+               'Write "CLUSTERS": {"main": {"primary": "default", "replicas": ["replica1"]}}.',
+               E_TYPE)
+        return None
+
+    clusters: dict[str, ClusterConfig] = {}
+    roles: dict[str, str] = {}
+    apps_seen: dict[str, str] = {}
+    defaults_clusters: list[str] = []
+    cluster_keys = [*_CLUSTER_ONLY, *CLUSTER_OPTIONS]
+    for name, section in raw_clusters.items():
+        name = str(name)
+        path = ("CLUSTERS", name)
+        if not isinstance(section, Mapping):
+            report(_path(*path), f"must be a dict, got {type(section).__name__}",
+                   'Write {"primary": "default", "replicas": ["replica1"]}.', E_TYPE)
+            continue
+        own = _read_options(section, CLUSTER_OPTIONS, path, report, skip=_CLUSTER_ONLY,
+                            accepted=cluster_keys)
+        options = {**defaults, **own}
+        _thresholds(options, path, report)
+        if "primary" not in section:
+            report(_path(*path, "primary"), "is required: the alias writes go to",
+                   'Add "primary": "default".', E_TYPE)
+            continue
+        primary = _alias(section["primary"], (*path, "primary"), databases, report)
+        replicas = _replicas(section.get("replicas"), (*path, "replicas"), databases, report)
+        apps = _apps(section.get("apps"), (*path, "apps"), report)
+        for alias, role in [(primary, "primary"), *((r.alias, "replica") for r in replicas)]:
+            if alias is None:
+                continue
+            where = f'{role} of cluster "{name}"'
+            if alias in roles:
+                report(_path(*path), f'uses "{alias}" as {role}, but it is already the '
+                       f"{roles[alias]}", "Each alias belongs to one cluster, in one role.",
+                       E_DUPLICATE)
+            roles[alias] = where
+        for app in apps:
+            if app in apps_seen:
+                report(_path(*path, "apps"), f'lists "{app}", already routed to cluster '
+                       f'"{apps_seen[app]}"', "Route each app to one cluster.", E_CONFLICT)
+            apps_seen[app] = name
+        if not apps:
+            defaults_clusters.append(name)
+        if primary is not None:
+            clusters[name] = ClusterConfig(name=name, primary=primary, replicas=tuple(replicas),
+                                           apps=apps, **options)
+    if len(defaults_clusters) > 1:
+        report(_path("CLUSTERS"), "has several clusters without \"apps\": "
+               + ", ".join(f'"{name}"' for name in defaults_clusters),
+               'Only one cluster may be the default; give the others "apps": [...].',
+               E_CONFLICT)
+    return RoutingSettings(clusters=clusters,
+                           default_cluster=defaults_clusters[0] if defaults_clusters else None,
+                           **routing)
+
+
+def routing_settings() -> RoutingSettings | None:
+    """The validated routing configuration, or None when ``POOLKIT`` has no ``ROUTING``."""
+    from .conf import get_settings
+
+    found = get_settings().sections.get("ROUTING")
+    return found if isinstance(found, RoutingSettings) else None

@@ -1,0 +1,564 @@
+"""The one shared replica state: health, lag, exclusion and readmission, per process.
+
+The router, ``read_session()``, the health views, ``poolstatus`` and metrics all read
+:data:`replica_state`, so they tell the same story about which replica is out and why.
+
+The state is refreshed by probes, never on the request path: a background thread (started by
+the first routed read, one per process, restarted after a fork) probes every cluster each
+``probe_interval`` seconds; with ``probe_interval=None`` probes run only when someone calls
+:meth:`ReplicaState.refresh`. A probe asks the primary for ``pg_current_wal_lsn()`` and each
+replica for ``pg_is_in_recovery()``, ``pg_last_wal_replay_lsn()``, its receive position and
+the age of its last replayed transaction, through the same pools the application uses.
+
+Rules, per replica:
+
+- a probe that cannot connect or query takes the replica out (``down``) at once, and so does
+  a failed connection attempt in the replica's pool (the ORM's or SQLAlchemy's), noticed at
+  the next routed read from the pool's counter; the next successful probe brings it back;
+- a server that is not in recovery is out (``not_replica``): it was promoted, or the alias
+  points at a primary, and its data may be behind the real primary;
+- lag (while behind: the age of the last replayed commit, or of the last probe that found
+  the replica caught up if that is younger; and the WAL bytes behind) above
+  ``max_lag``/``max_lag_bytes`` takes it out (``lagging``); it comes back only below
+  ``readmit_lag``/``readmit_lag_bytes`` (hysteresis, so it does not flap at the threshold).
+  A replica that has replayed everything it was sent and everything the primary wrote has lag
+  0, however long ago its last commit was (an idle primary is not lag);
+- a replica never probed yet (``unknown``) serves plain reads, as it would without poolkit,
+  but never a read-your-writes read: its replay position is not known.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sqlalchemy import text
+
+from .clusters import ClusterConfig, RoutingSettings, routing_settings
+from .exceptions import PoolkitError
+from .pinning import format_lsn, parse_lsn
+from .stats import counters_for
+
+__all__ = [
+    "ClusterStatus",
+    "NoHealthyReplica",
+    "ReplicaState",
+    "ReplicaStatus",
+    "replica_state",
+]
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["unknown", "healthy", "lagging", "down", "not_replica"]
+
+
+class NoHealthyReplica(PoolkitError):
+    """A read found no replica to serve it and the cluster's ``fallback`` is ``"raise"``.
+
+    ``PoolkitMiddleware`` answers it with HTTP 503, like a pool timeout.
+    """
+
+    __module__ = "django_poolkit.replicas"
+
+    def __init__(self, cluster: str, reasons: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.reasons = reasons
+        detail = "; ".join(f"{alias}: {why}" for alias, why in reasons.items()) or "none"
+        super().__init__(f"no replica of cluster {cluster!r} can serve reads ({detail}) and "
+                         'its fallback is "raise"')
+
+
+@dataclass
+class _Replica:
+    alias: str
+    cluster: str
+    weight: float
+    status: Status = "unknown"
+    reason: str | None = None
+    out_since: float | None = None
+    lag_seconds: float | None = None
+    lag_bytes: int | None = None
+    replay_lsn: int | None = None
+    replay_paused: bool | None = None
+    last_probe_at: float | None = None
+    last_ok_at: float | None = None
+    last_error: str | None = None
+    failures: int = 0
+    reads: int = 0
+    caught_up_at: float | None = None
+    # The pool's connect_errors when last probed; more since means a connection failed.
+    errors_seen: int | None = None
+
+    @property
+    def in_rotation(self) -> bool:
+        return self.status in ("unknown", "healthy")
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """A snapshot of one replica. Times are ``time.time()`` seconds; ``reason`` says why it is
+    out of rotation (None when in); ``lag_seconds``/``lag_bytes`` are None until measured."""
+
+    alias: str
+    cluster: str
+    weight: float
+    status: Status
+    in_rotation: bool
+    reason: str | None
+    out_since: float | None
+    lag_seconds: float | None
+    lag_bytes: int | None
+    replay_lsn: str | None
+    replay_paused: bool | None
+    last_probe_at: float | None
+    last_ok_at: float | None
+    last_error: str | None
+    failures: int
+    reads: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with times as ISO 8601 UTC strings."""
+        values = asdict(self)
+        for key in ("out_since", "last_probe_at", "last_ok_at"):
+            values[key] = _iso(values[key])
+        return values
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """A snapshot of one cluster: its replicas; ``fallbacks``, the reads that went to the
+    primary because no replica qualified (with the latest reason and time); and
+    ``primary_reads``, the reads sent there on purpose (``use_primary()``, ``atomic()``,
+    read-your-writes). Counters are per process, since it started."""
+
+    name: str
+    primary: str
+    fallback: str
+    replicas: tuple[ReplicaStatus, ...]
+    primary_lsn: str | None
+    primary_error: str | None
+    fallbacks: int
+    primary_reads: int
+    last_fallback_at: float | None
+    last_fallback_reason: str | None
+
+    @property
+    def degraded(self) -> bool:
+        """True when the cluster has replicas and none of them serves reads."""
+        return bool(self.replicas) and not any(r.in_rotation for r in self.replicas)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with ``degraded`` included."""
+        values = asdict(self)
+        values["replicas"] = [replica.as_dict() for replica in self.replicas]
+        values["last_fallback_at"] = _iso(self.last_fallback_at)
+        values["degraded"] = self.degraded
+        return values
+
+
+def _iso(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class _Cluster:
+    config: ClusterConfig
+    replicas: dict[str, _Replica]
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+    primary_lsn: int | None = None
+    primary_probed_at: float | None = None
+    primary_error: str | None = None
+    fallbacks: int = 0
+    primary_reads: int = 0
+    last_fallback_at: float | None = None
+    last_fallback_reason: str | None = None
+
+
+def _pool_errors(alias: str) -> int:
+    """Connections the pools of ``alias`` (sync and async) failed to open, since start."""
+    return int(counters_for(alias, "sync").connect_errors
+               + counters_for(alias, "async").connect_errors)
+
+
+def describe_error(error: BaseException) -> str:
+    """An error's class and first line: enough to diagnose, never a DSN or a chain.
+    (libpq never puts the password in its messages.)"""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+_PRIMARY_SQL = text("SELECT pg_current_wal_lsn()::text")
+_REPLICA_SQL = text(
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+    "pg_last_wal_receive_lsn()::text, "
+    "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8, "
+    "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END"
+)
+
+
+class ReplicaState:
+    """Health and lag of every replica of every cluster in this process.
+
+    Thread-safe. Reads (:meth:`candidates`) only look at cached values; :meth:`refresh` and the
+    background prober do the I/O. Rebuilt from the configuration when it changes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._routing: RoutingSettings | None = None
+        self._clusters: dict[str, _Cluster] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pid = os.getpid()
+        # Serialises probes: a caller of refresh() waits for a probe already running.
+        self._probe_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<ReplicaState clusters={sorted(self._clusters)}>"
+
+    # Configuration -----------------------------------------------------------------------
+
+    def _current(self, routing: RoutingSettings | None = None) -> dict[str, _Cluster]:
+        _hook_reload()
+        if routing is None:
+            routing = routing_settings()
+        if routing is self._routing and self._pid == os.getpid():
+            return self._clusters
+        with self._lock:
+            if routing is not self._routing or self._pid != os.getpid():
+                if self._pid != os.getpid():
+                    # A forked child: the parent's thread does not exist here.
+                    self._thread = None
+                    self._stop = threading.Event()
+                    self._pid = os.getpid()
+                self._clusters = {
+                    name: _Cluster(config, {r.alias: _Replica(r.alias, name, r.weight)
+                                            for r in config.replicas})
+                    for name, config in (routing.clusters.items() if routing else ())
+                }
+                self._routing = routing
+            return self._clusters
+
+    def reset(self) -> None:
+        """Forget every measurement and stop the prober (on configuration reload, and for
+        tests whose test database just appeared on the replica)."""
+        self.stop()
+        with self._lock:
+            self._routing = None
+            self._clusters = {}
+
+    # Reading -----------------------------------------------------------------------------
+
+    def candidates(self, cluster: ClusterConfig, min_lsn: int | None = None,
+                   routing: RoutingSettings | None = None) -> list[tuple[str, float]]:
+        """``(alias, weight)`` of the replicas of ``cluster`` that may serve a read now; with
+        ``min_lsn``, only those whose last probed replay position is at least that.
+
+        A replica whose pool failed to open a connection since its last probe is taken out
+        here, at once (reading a counter, no I/O); the next good probe brings it back.
+        """
+        found = self._current(routing).get(cluster.name)
+        if found is None:
+            return []
+        result = []
+        for r in found.replicas.values():
+            if not r.in_rotation:
+                continue
+            if r.errors_seen is not None:
+                errors = _pool_errors(r.alias)
+                if errors > r.errors_seen:
+                    with self._lock:
+                        self._mark(r, "down", f"connection failed: {errors - r.errors_seen} "
+                                   "connect error(s) in its pool since the last probe")
+                    continue
+            if min_lsn is None or (r.replay_lsn is not None and r.replay_lsn >= min_lsn):
+                result.append((r.alias, r.weight))
+        return result
+
+    def next_index(self, cluster: str, routing: RoutingSettings | None = None) -> int:
+        """The round-robin counter of ``cluster`` (``next()`` on a count is atomic in CPython)."""
+        found = self._current(routing).get(cluster)
+        return next(found.counter) if found is not None else 0
+
+    def out_reasons(self, cluster: str,
+                    routing: RoutingSettings | None = None) -> dict[str, str]:
+        """Why each replica of ``cluster`` that is out of rotation is out."""
+        found = self._current(routing).get(cluster)
+        if found is None:
+            return {}
+        return {r.alias: r.reason or r.status for r in found.replicas.values()
+                if not r.in_rotation}
+
+    def record_read(self, cluster: str, alias: str, kind: str,
+                    routing: RoutingSettings | None = None) -> None:
+        """Count one routed read: ``kind`` is ``replica`` or ``primary`` (sent there on
+        purpose; fallbacks are counted by :meth:`record_fallback`)."""
+        found = self._current(routing).get(cluster)
+        if found is None:
+            return
+        if kind == "replica":
+            replica = found.replicas.get(alias)
+            if replica is not None:
+                replica.reads += 1
+        else:
+            found.primary_reads += 1
+
+    def record_fallback(self, cluster: str, reason: str,
+                        routing: RoutingSettings | None = None) -> None:
+        """Count a read that went to the primary because no replica qualified."""
+        found = self._current(routing).get(cluster)
+        if found is None:
+            return
+        with self._lock:
+            if found.fallbacks == 0 or found.last_fallback_reason != reason:
+                logger.warning("cluster %r: reads fall back to primary %r: %s", cluster,
+                               found.config.primary, reason)
+            found.fallbacks += 1
+            found.last_fallback_at = time.time()
+            found.last_fallback_reason = reason
+
+    def snapshot(self) -> list[ClusterStatus]:
+        """Every cluster as it stands now (no I/O)."""
+        result = []
+        for found in list(self._current().values()):
+            replicas = tuple(
+                ReplicaStatus(
+                    alias=r.alias, cluster=r.cluster, weight=r.weight, status=r.status,
+                    in_rotation=r.in_rotation, reason=r.reason, out_since=r.out_since,
+                    lag_seconds=r.lag_seconds, lag_bytes=r.lag_bytes,
+                    replay_lsn=format_lsn(r.replay_lsn) if r.replay_lsn is not None else None,
+                    replay_paused=r.replay_paused, last_probe_at=r.last_probe_at,
+                    last_ok_at=r.last_ok_at, last_error=r.last_error, failures=r.failures,
+                    reads=r.reads)
+                for r in found.replicas.values())
+            result.append(ClusterStatus(
+                name=found.config.name, primary=found.config.primary,
+                fallback=found.config.fallback, replicas=replicas,
+                primary_lsn=(format_lsn(found.primary_lsn)
+                             if found.primary_lsn is not None else None),
+                primary_error=found.primary_error, fallbacks=found.fallbacks,
+                primary_reads=found.primary_reads,
+                last_fallback_at=found.last_fallback_at,
+                last_fallback_reason=found.last_fallback_reason))
+        return result
+
+    def replica(self, alias: str) -> ReplicaStatus | None:
+        """The snapshot of one replica, or None when no cluster has it."""
+        for cluster in self.snapshot():
+            for replica in cluster.replicas:
+                if replica.alias == alias:
+                    return replica
+        return None
+
+    # Probing -----------------------------------------------------------------------------
+
+    def after_fork_in_child(self) -> None:
+        """A forked child: the parent's prober thread does not exist here, and a lock it
+        held at fork time would never be released. Start over with fresh locks."""
+        self._lock = threading.RLock()
+        self._probe_lock = threading.Lock()
+        self._thread = None
+        self._stop = threading.Event()
+        self._pid = os.getpid()
+        self._routing = None
+        self._clusters = {}
+
+    def refresh(self, clusters: Iterable[str] | None = None) -> list[ClusterStatus]:
+        """Probe now (blocking) and return the new snapshot. Probes of one process never
+        overlap: a caller waits for a probe already running instead of starting another."""
+        wanted = set(clusters) if clusters is not None else None
+        with self._probe_lock:
+            for found in list(self._current().values()):
+                if wanted is None or found.config.name in wanted:
+                    self._probe_cluster(found)
+        return self.snapshot()
+
+    def report_failure(self, alias: str, error: BaseException) -> None:
+        """Take a replica out after a connection failure seen outside a probe; the next
+        successful probe brings it back."""
+        for found in self._current().values():
+            replica = found.replicas.get(alias)
+            if replica is not None:
+                with self._lock:
+                    self._mark(replica, "down", f"connection failed: {describe_error(error)}")
+                    replica.last_error = describe_error(error)
+                    replica.failures += 1
+
+    def _probe_cluster(self, found: _Cluster) -> None:
+        from .api import get_engine
+
+        routing = self._routing
+        timeout_ms = int((routing.probe_timeout if routing else 2.0) * 1000)
+        found.primary_probed_at = time.time()
+        try:
+            with get_engine(found.config.primary).connect() as connection:
+                found.primary_lsn = parse_lsn(connection.execute(_PRIMARY_SQL).scalar_one())
+                found.primary_error = None
+        except Exception as error:
+            # Lag is then measured against what each replica has received.
+            found.primary_lsn = None
+            found.primary_error = describe_error(error)
+            logger.warning("cluster %r: cannot read the primary's WAL position: %s",
+                           found.config.name, found.primary_error)
+        for replica in list(found.replicas.values()):
+            now = time.time()
+            try:
+                with get_engine(replica.alias).connect() as connection:
+                    connection.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
+                    row = connection.execute(_REPLICA_SQL).one()
+            except Exception as error:
+                with self._lock:
+                    replica.errors_seen = _pool_errors(replica.alias)
+                    replica.last_probe_at = now
+                    replica.last_error = describe_error(error)
+                    replica.failures += 1
+                    self._mark(replica, "down", f"connection failed: {replica.last_error}")
+                continue
+            with self._lock:
+                replica.errors_seen = _pool_errors(replica.alias)
+                self._judge(found, replica, row, now)
+
+    def _judge(self, found: _Cluster, replica: _Replica, row: Any, now: float) -> None:
+        in_recovery, replay_text, receive_text, replay_age, paused = row
+        replica.last_probe_at = now
+        replica.last_ok_at = now
+        replica.failures = 0
+        replica.replay_paused = paused
+        if not in_recovery:
+            replica.replay_lsn = None
+            replica.lag_seconds = replica.lag_bytes = None
+            self._mark(replica, "not_replica", "not in recovery: the server accepts writes "
+                       "(promoted, or the alias points at a primary)")
+            return
+        replay = parse_lsn(replay_text) if replay_text else None
+        receive = parse_lsn(receive_text) if receive_text else None
+        replica.replay_lsn = replay
+        target = found.primary_lsn if found.primary_lsn is not None else receive
+        if replay is None or target is None:
+            replica.lag_bytes = None
+            replica.lag_seconds = None
+        else:
+            replica.lag_bytes = max(0, target - replay)
+            if replica.lag_bytes == 0:
+                # Caught up means no lag, however old the last replayed commit (idle primary).
+                replica.lag_seconds = 0.0
+                if found.primary_lsn is not None:
+                    replica.caught_up_at = found.primary_probed_at
+            else:
+                # Behind: its data is at most as old as its last replayed commit, and at most
+                # as old as the last probe that found it caught up. The second bound matters
+                # after an idle spell, when the last commit is old but the gap is a moment.
+                ages = [float(replay_age)] if replay_age is not None else []
+                if replica.caught_up_at is not None:
+                    ages.append(now - replica.caught_up_at)
+                replica.lag_seconds = max(0.0, min(ages)) if ages else None
+        config = found.config
+        lagging = replica.status == "lagging"
+        seconds_limit = config.readmit_lag if lagging else config.max_lag
+        bytes_limit = config.readmit_lag_bytes if lagging else config.max_lag_bytes
+        too_far = []
+        if replica.lag_seconds is None:
+            too_far.append("lag unknown (no replay position yet)")
+        elif replica.lag_seconds > seconds_limit:
+            too_far.append(f"lag {replica.lag_seconds:.1f} s > {seconds_limit:g} s")
+        if (bytes_limit is not None and replica.lag_bytes is not None
+                and replica.lag_bytes > bytes_limit):
+            too_far.append(f"lag {replica.lag_bytes} bytes > {bytes_limit} bytes")
+        if too_far:
+            reason = "; ".join(too_far)
+            if lagging:
+                reason += " (readmit threshold)"
+            if paused:
+                reason += "; replay is paused"
+            self._mark(replica, "lagging", reason)
+        else:
+            self._mark(replica, "healthy", None)
+
+    def _mark(self, replica: _Replica, status: Status, reason: str | None) -> None:
+        was_in = replica.in_rotation
+        previous = replica.status
+        replica.status = status
+        replica.reason = reason
+        if status == "healthy":
+            replica.out_since = None
+            replica.last_error = None
+            if previous not in ("healthy", "unknown"):
+                logger.info("replica %r is back in rotation (was %s)", replica.alias, previous)
+        elif was_in or previous != status:
+            replica.out_since = replica.out_since if not was_in else time.time()
+            logger.warning("replica %r is out of rotation: %s", replica.alias, reason)
+
+    # The background prober ---------------------------------------------------------------
+
+    def ensure_prober(self, routing: RoutingSettings) -> None:
+        """Start the background prober of this process if it is not running (cheap: the
+        router calls this on every read)."""
+        if routing.probe_interval is None:
+            return
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            return
+        self._current(routing)
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(routing.probe_interval, self._stop),
+                name="poolkit-replica-prober", daemon=True)
+            self._thread.start()
+
+    def _run(self, interval: float, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.refresh()
+            except Exception:
+                logger.exception("replica probe failed")
+            stop.wait(interval)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background prober and wait for it (up to ``timeout`` seconds)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def prober_running(self) -> bool:
+        """Whether this process's background prober is alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+
+
+#: The process-wide replica state.
+replica_state = ReplicaState()
+
+
+_reload_hooked = False
+
+
+def _hook_reload() -> None:
+    """Once per process, on first use (importing the package has no side effects): forget the
+    state whenever the configuration is reloaded, start over in a forked child, and stop the
+    prober at interpreter exit."""
+    global _reload_hooked
+    if not _reload_hooked:
+        from .conf import on_reload
+
+        _reload_hooked = True
+        on_reload(replica_state.reset)
+        os.register_at_fork(after_in_child=replica_state.after_fork_in_child)
+        # Registered after the app's dispose_all, so it runs before it: no probe is left
+        # holding a connection while the pools close.
+        atexit.register(replica_state.stop)
