@@ -29,6 +29,187 @@ def check_poolkit_settings(
     """Report every configuration problem as an error, the same ones ``get_engine()`` would
     raise, without a traceback."""
     return [
-        Error(f"{problem.path}: {problem.message}.", hint=problem.hint, id=problem.check_id)
+        Error(_sentence(f"{problem.path}: {problem.message}"), hint=problem.hint,
+              id=problem.check_id)
         for problem in validate()
     ]
+
+
+def _sentence(text: str) -> str:
+    """End the message with a full stop, unless it already ends a question (did you mean)."""
+    return text if text.endswith(("?", ".", "!")) else f"{text}."
+
+
+# Connection budget (django_poolkit.deployment). poolkit.E040-E042 come from
+# validate() above: POOLKIT["DEPLOYMENT"] not a dict, unknown key, bad value.
+# - poolkit.E043: POOLKIT["DEPLOYMENT"]["databases"] names a pool nobody configured.
+# - poolkit.W040: the deployment's pools can open more connections than the server accepts
+#   (a Tags.database check: runs with ``manage.py check --database ALIAS``).
+# - poolkit.W041: the budget check could not read the server's max_connections.
+# - poolkit.W042: a process has more request threads than a pool has connections.
+
+from django.core import checks as django_checks  # noqa: E402  (kept with its section)
+
+
+def _deployment_and_settings() -> tuple[Any, Any] | None:
+    """The declared deployment and the settings, or None (nothing declared, or settings
+    that check_poolkit_settings already reports as errors)."""
+    from .conf import get_settings
+    from .deployment import deployment_settings
+    from .exceptions import PoolkitConfigurationError
+
+    try:
+        deployment = deployment_settings()
+        config = get_settings()
+    except PoolkitConfigurationError:
+        return None
+    return None if deployment is None else (deployment, config)
+
+
+@register()
+def check_deployment(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E043 and W042: the declared deployment against the configured pools (no I/O)."""
+    from .deployment import check_pool_names
+
+    found = _deployment_and_settings()
+    if found is None:
+        return []
+    deployment, config = found
+    messages: list[CheckMessage] = []
+    for name, suggestion in check_pool_names(deployment, config):
+        messages.append(Error(
+            f'POOLKIT["DEPLOYMENT"]["databases"] names the unknown pool "{name}"'
+            + (f'; did you mean "{suggestion}"?' if suggestion else "."),
+            hint="Pools are the aliases of settings.DATABASES and the names of "
+                 'POOLKIT["ENGINES"]: ' + ", ".join(f'"{n}"' for n in config.pools) + ".",
+            id="poolkit.E043"))
+    for alias, pool in config.pools.items():
+        if deployment.databases is not None and alias not in deployment.databases:
+            continue
+        capacity = pool.capacity
+        if capacity is not None and capacity < deployment.threads:
+            messages.append(django_checks.Warning(
+                f'Pool "{alias}" opens at most {capacity} connections per process '
+                f"(pool_size {pool.pool_size} + max_overflow {pool.max_overflow}), but each "
+                f"process runs {deployment.threads} request threads.",
+                hint="Under full load the other threads wait pool_timeout seconds and fail "
+                     "with PoolTimeout: raise pool_size or max_overflow to at least "
+                     f"{deployment.threads}, or run fewer threads (manage.py poolplan).",
+                id="poolkit.W042"))
+    return messages
+
+
+@register(django_checks.Tags.database)
+def check_connection_budget(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """W040/W041: every pool of every process against the server's ``max_connections``.
+
+    Reads the servers of the ``--database`` aliases only, each over one short-lived
+    connection outside the pools; without a ``POOLKIT["DEPLOYMENT"]`` there is nothing to add
+    up and nothing is read.
+    """
+    from .deployment import ServerUnreachable, build_plan, read_limits, server_of
+
+    found = _deployment_and_settings()
+    if not databases or found is None:
+        return []
+    deployment, config = found
+    selected = {server_of(alias, config.pools[alias]) for alias in databases
+                if alias in config.pools}
+
+    def limits(alias: str) -> Any:
+        if server_of(alias, config.pools[alias]) not in selected:
+            raise ServerUnreachable("not selected")
+        return read_limits(alias)
+
+    messages: list[CheckMessage] = []
+    for budget in build_plan(deployment, config, limits).servers:
+        if budget.server not in selected:
+            continue
+        if budget.limits is None:
+            messages.append(django_checks.Warning(
+                f"Cannot check the connection budget of {budget.server}: {budget.error}.",
+                hint="Run the check where the database is reachable, or plan offline with "
+                     "manage.py poolplan --max-connections N.", id="poolkit.W041"))
+        elif not budget.fits:
+            available = budget.limits.available
+            opened = ("an unlimited number of connections (max_overflow=-1)"
+                      if budget.configured_total is None
+                      else f"up to {budget.configured_total} connections")
+            messages.append(django_checks.Warning(
+                f"The deployment ({deployment.hosts} host(s) x {deployment.workers} "
+                f"worker(s)) can open {opened} to {budget.server} "
+                f"({', '.join(budget.aliases)}), but the server accepts {available} "
+                f"(max_connections {budget.limits.max_connections} minus reserved slots).",
+                hint=(f"The recommended pools need {budget.recommended_total}: "
+                      if budget.recommended_fits else
+                      f"Even the recommended pools need {budget.recommended_total}: put "
+                      "PgBouncer in transaction mode in front of the server; ")
+                + "run manage.py poolplan for the sizes and settings.",
+                id="poolkit.W040"))
+    return messages
+
+
+# Routing wiring (django_poolkit.routers, django_poolkit.middleware):
+# - poolkit.W020: POOLKIT["ROUTING"] declares replicas but no DATABASE_ROUTERS entry is a
+#   PrimaryReplicaRouter, so every read still goes to the default database.
+# - poolkit.W021: replicas are routed but PoolkitMiddleware is not in MIDDLEWARE, so a client
+#   that just wrote may read stale data on its next request.
+
+
+def _installed(entries: Sequence[Any], wanted: type) -> bool:
+    """Whether a DATABASE_ROUTERS or MIDDLEWARE list holds ``wanted`` (or a subclass), given
+    as a dotted path, a class or an instance. An entry that cannot be imported is Django's
+    own error to report, not ours."""
+    from django.utils.module_loading import import_string
+
+    for entry in entries:
+        if isinstance(entry, str):
+            try:
+                entry = import_string(entry)
+            except ImportError:
+                continue
+        if isinstance(entry, wanted) or (isinstance(entry, type) and issubclass(entry, wanted)):
+            return True
+    return False
+
+
+@register()
+def check_routing_wiring(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W020/W021: replicas configured without the router or the middleware that use them."""
+    from django.conf import settings
+    from django.core.checks import Warning as CheckWarning
+
+    from .clusters import routing_settings
+    from .exceptions import PoolkitConfigurationError
+    from .middleware import PoolkitMiddleware
+    from .routers import PrimaryReplicaRouter
+
+    try:
+        routing = routing_settings()
+    except PoolkitConfigurationError:
+        return []  # check_poolkit_settings reports it (poolkit.E020-E026)
+    if routing is None or not any(cluster.replicas for cluster in routing.clusters.values()):
+        return []
+    if not _installed(settings.DATABASE_ROUTERS, PrimaryReplicaRouter):
+        return [CheckWarning(
+            'POOLKIT["ROUTING"] declares replicas, but DATABASE_ROUTERS has no '
+            "PrimaryReplicaRouter: every read still goes to the primary.",
+            hint='Add "django_poolkit.routers.PrimaryReplicaRouter" to DATABASE_ROUTERS.',
+            id="poolkit.W020")]
+    if not _installed(settings.MIDDLEWARE, PoolkitMiddleware):
+        return [CheckWarning(
+            "Reads are routed to replicas, but PoolkitMiddleware is not in MIDDLEWARE: a "
+            "client that just wrote may read stale data on its next request, and a pool "
+            "timeout is a 500 instead of a 503.",
+            hint='Add "django_poolkit.middleware.PoolkitMiddleware" near the top of '
+                 "MIDDLEWARE, above the middleware that reads the database.",
+            id="poolkit.W021")]
+    return []

@@ -1,0 +1,86 @@
+"""Gunicorn server hooks for poolkit's pools: use this module as a config, or import its hooks.
+
+As a config module, with the defaults (no warm-up, a 10 s drain)::
+
+    gunicorn -c python:django_poolkit.gunicorn --workers 4 --threads 8 \\
+        --worker-class gthread project.wsgi
+
+or in your own ``gunicorn.conf.py``, with options::
+
+    from django_poolkit.gunicorn import hooks
+
+    globals().update(hooks(warm_up=True, shutdown_timeout=20))
+
+What the hooks do, and why:
+
+- ``when_ready`` (master, after ``--preload`` imported the app): closes every pool the
+  master opened while importing. The workers would never use those connections (the fork
+  hook drops them in each child without touching their sockets), so they would only hold
+  server slots.
+- ``post_worker_init`` (each worker, app loaded): warms the pools up when asked, and
+  starts the Prometheus histograms when prometheus-client is installed.
+- ``worker_exit`` (each worker, after gunicorn finished its in-flight requests on
+  ``SIGTERM``): waits up to ``shutdown_timeout`` seconds for checked-out connections,
+  then closes every pool; one log line per worker says what it closed.
+- ``child_exit`` (master): with ``PROMETHEUS_MULTIPROC_DIR``, drops the dead worker's live
+  gauges.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["child_exit", "hooks", "post_worker_init", "when_ready", "worker_exit"]
+
+
+def hooks(*, warm_up: bool | Sequence[str] = False,
+          shutdown_timeout: float = 10.0) -> dict[str, Callable[..., None]]:
+    """The four hooks, configured: ``globals().update(hooks(...))`` in a gunicorn config.
+
+    ``warm_up`` is False, True (every PostgreSQL pool) or a list of aliases.
+    """
+
+    def when_ready(server: Any) -> None:
+        from .lifecycle import shutdown
+
+        report = shutdown(timeout=0)
+        if report.pools:
+            server.log.info("poolkit: master closed the pools it opened while loading "
+                            "the app (%s)", ", ".join(report.pools))
+
+    def post_worker_init(worker: Any) -> None:
+        from . import lifecycle
+
+        if warm_up:
+            opened = lifecycle.warm_up(None if warm_up is True else list(warm_up))
+            worker.log.info("poolkit: worker %s warmed up %s", os.getpid(), opened)
+        if importlib.util.find_spec("prometheus_client") is not None:
+            from .metrics import install
+
+            install()
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        from .lifecycle import shutdown
+
+        report = shutdown(timeout=shutdown_timeout)
+        server.log.info("poolkit: worker %s %s", os.getpid(), report)
+
+    def child_exit(server: Any, worker: Any) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and importlib.util.find_spec(
+                "prometheus_client") is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+    return {"when_ready": when_ready, "post_worker_init": post_worker_init,
+            "worker_exit": worker_exit, "child_exit": child_exit}
+
+
+_defaults = hooks()
+when_ready = _defaults["when_ready"]
+post_worker_init = _defaults["post_worker_init"]
+worker_exit = _defaults["worker_exit"]
+child_exit = _defaults["child_exit"]

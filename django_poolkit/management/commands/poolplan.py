@@ -1,0 +1,251 @@
+"""``manage.py poolplan``: size the pools for a deployment and check its connection budget.
+
+Pools are sized per process; the server's ``max_connections`` is shared by every process of
+every host. Given the process model (``--hosts``, ``--workers``, ``--threads``,
+``--async-concurrency``; defaults from ``POOLKIT["DEPLOYMENT"]``), the command recommends
+``pool_size`` and ``max_overflow`` for every pool by the seed's formulas (or ``--preset``) and
+adds up, per server, what the configured and the recommended pools can open at most:
+``(pool_size + max_overflow) x workers x hosts`` over every sync (and, with async concurrency,
+async) pool on that server, plus ``--extra-connections``. That is compared with the server's
+``max_connections`` minus its reserved slots, read from the server over a short-lived
+connection, or given with ``--max-connections`` to plan offline.
+
+When even the recommended pools cannot fit, the answer is a transaction-mode PgBouncer: the
+command prints its ``default_pool_size``, ``max_client_conn`` and ``max_db_connections`` and
+the small app-side pool to use behind it. Exit status 0; 1 when a server cannot be read (and
+no ``--max-connections`` was given); 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any, Literal
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ... import sizing
+from ...conf import get_settings
+from ...deployment import (
+    PLAN_FORMULAS,
+    Deployment,
+    Plan,
+    ServerLimits,
+    build_plan,
+    check_pool_names,
+    deployment_settings,
+    read_limits,
+)
+from ...exceptions import PoolkitConfigurationError
+
+#: Option -> ``Deployment`` field, for the options that override ``POOLKIT["DEPLOYMENT"]``.
+_OVERRIDES = {
+    "hosts": "hosts", "workers": "workers", "threads": "threads",
+    "async_concurrency": "async_concurrency", "queries_per_request": "queries_per_request",
+    "cores": "cores", "spindles": "spindles", "extra_connections": "extra_connections",
+}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+# argparse names the type in its error message ("invalid _positive value").
+_positive.__name__ = "integer >= 1"
+_non_negative.__name__ = "integer >= 0"
+_positive_float.__name__ = "number > 0"
+
+
+class Command(BaseCommand):
+    """Recommend pool sizes for a deployment and check them against max_connections."""
+
+    help = ("Recommend pool_size/max_overflow per alias for a deployment (hosts x workers x "
+            "threads) by the seed's formulas, and check every pool of every process against "
+            "the server's max_connections; recommends PgBouncer when it cannot fit.")
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        group = parser.add_argument_group(
+            "deployment (defaults: POOLKIT[\"DEPLOYMENT\"], else 1 host, 1 worker, 1 thread)")
+        group.add_argument("--hosts", type=_positive, help="Machines or containers.")
+        group.add_argument("--workers", type=_positive, help="Processes per host.")
+        group.add_argument("--threads", type=_positive, help="Request threads per process.")
+        group.add_argument("--async-concurrency", type=_positive,
+                           help="Concurrent async requests per process (counts async pools).")
+        group.add_argument("--queries-per-request", type=_positive_float,
+                           help="Average queries per request (async formula; default 1).")
+        group.add_argument("--cores", type=_positive,
+                           help="CPU cores per host (default: this machine's).")
+        group.add_argument("--spindles", type=_non_negative,
+                           help="Disk spindles (0 for SSDs; default 0).")
+        group.add_argument("--extra-connections", type=_non_negative,
+                           help="Connections outside the pools (cron, shells, migrations).")
+        parser.add_argument("--db-cores", type=_positive,
+                            help="The database server's cores, for PgBouncer's "
+                                 "default_pool_size (default: --cores).")
+        parser.add_argument("--formula", choices=PLAN_FORMULAS, default="threads",
+                            help="How to size the sync pools: threads (default: the cores "
+                                 "rule capped at the threads, overflow up to them), cores "
+                                 "(cores x 2 + spindles) or production (cores x 2 + 4).")
+        parser.add_argument("--preset", choices=tuple(sizing.PRESETS),
+                            help="Recommend this preset instead of a formula.")
+        parser.add_argument("--database", action="append", dest="databases", metavar="ALIAS",
+                            help="Only these pools (repeatable). Default: every pool.")
+        parser.add_argument("--max-connections", type=_positive,
+                            help="Plan offline against this max_connections.")
+        parser.add_argument("--reserved-connections", type=_non_negative, default=3,
+                            help="With --max-connections: reserved slots (default 3, "
+                                 "PostgreSQL's superuser_reserved_connections).")
+        parser.add_argument("--format", choices=("table", "json"), default="table",
+                            help="table (default) or json (stable keys).")
+        parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                            help="How long each server may take to answer (default 2).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            config = get_settings()
+        except PoolkitConfigurationError as error:
+            raise CommandError(str(error), returncode=2) from None
+        deployment = deployment_settings() or Deployment()
+        changes = {field: options[option] for option, field in _OVERRIDES.items()
+                   if options[option] is not None}
+        if options["databases"]:
+            changes["databases"] = tuple(options["databases"])
+        deployment = replace(deployment, **changes)
+        for name, suggestion in check_pool_names(deployment, config):
+            raise CommandError(f"unknown database alias {name!r}"
+                               + (f"; did you mean {suggestion!r}?" if suggestion else ""),
+                               returncode=2)
+        if not 0 < options["timeout"] <= 30:
+            raise CommandError("--timeout must be > 0 and <= 30 seconds", returncode=2)
+        source: Literal["server", "option"] = "server"
+        if options["max_connections"] is not None:
+            if options["reserved_connections"] >= options["max_connections"]:
+                raise CommandError("--reserved-connections must be below --max-connections",
+                                   returncode=2)
+            fixed = ServerLimits(options["max_connections"], options["reserved_connections"])
+            source = "option"
+
+            def limits(alias: str) -> ServerLimits:
+                return fixed
+        else:
+            def limits(alias: str) -> ServerLimits:
+                return read_limits(alias, options["timeout"])
+
+        plan = build_plan(deployment, config, limits, preset=options["preset"],
+                          formula=options["formula"],
+                          limits_source=source, db_cores=options["db_cores"])
+        if options["format"] == "json":
+            self.stdout.write(json.dumps(plan.as_dict(), indent=2))
+        else:
+            self._table(plan)
+        unreachable = [budget.server for budget in plan.servers if budget.error]
+        if unreachable:
+            raise CommandError("cannot read max_connections of " + ", ".join(unreachable)
+                               + "; pass --max-connections to plan offline", returncode=1)
+
+    def _rows(self, rows: list[tuple[str, ...]], indent: str = "  ") -> None:
+        widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
+        for number, row in enumerate(rows):
+            line = indent + "  ".join(
+                cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            self.stdout.write(self.style.SQL_FIELD(line) if number == 0 else line)
+
+    def _table(self, plan: Plan) -> None:
+        deployment = plan.deployment
+        async_part = (f", async concurrency {deployment.async_concurrency} at "
+                      f"{deployment.queries_per_request:g} queries/request"
+                      if deployment.async_concurrency else "")
+        self.stdout.write(self.style.MIGRATE_HEADING(
+            f"Deployment: {deployment.hosts} host(s) x {deployment.workers} worker(s) = "
+            f"{deployment.processes} processes, {deployment.threads} thread(s) each"
+            f"{async_part}; {deployment.effective_cores} cores, {deployment.spindles} "
+            f"spindles; {deployment.extra_connections} extra connections"))
+        self.stdout.write("")
+        rows: list[tuple[str, ...]] = [
+            ("POOL", "SERVER", "CONFIGURED", "ORIGIN", "RECOMMENDED", "RULE")]
+        for pool in plan.pools:
+            configured = pool.configured
+            overflow = ("unlimited" if configured.max_overflow < 0
+                        else str(configured.max_overflow))
+            rows.append((f"{pool.alias} ({pool.kind})", pool.server,
+                         f"{configured.pool_size} + {overflow}", pool.origin,
+                         f"{pool.recommended.pool_size} + {pool.recommended.max_overflow}",
+                         pool.rule))
+        self._rows(rows)
+        if plan.skipped:
+            self.stdout.write("  not counted (SQLite, or behind PgBouncer, whose max_client_conn "
+                              f"they use): {', '.join(plan.skipped)}")
+        for budget in plan.servers:
+            self.stdout.write("")
+            self.stdout.write(self.style.MIGRATE_HEADING(
+                f"Server {budget.server} ({', '.join(budget.aliases)})"))
+            limits = budget.limits
+            if limits is None:
+                self.stdout.write(self.style.ERROR(
+                    f"  cannot read max_connections ({budget.error})"))
+                continue
+            source = "from the server" if budget.limits_source == "server" else "given"
+            reserved = limits.superuser_reserved_connections + limits.reserved_connections
+            self.stdout.write(f"  max_connections {limits.max_connections} - reserved "
+                              f"{reserved} = {limits.available} available ({source})")
+            self._verdict("configured", budget.configured_total, limits.available, deployment)
+            self._verdict("recommended", budget.recommended_total, limits.available,
+                          deployment)
+            bouncer = budget.pgbouncer
+            if bouncer is not None:
+                self._pgbouncer(bouncer, budget.client_connections)
+
+    def _verdict(self, label: str, total: int | None, available: int,
+                 deployment: Deployment) -> None:
+        if total is None:
+            self.stdout.write(self.style.ERROR(
+                f"  {label}: unlimited (max_overflow=-1): no server can fit it"))
+            return
+        extra = (f" + {deployment.extra_connections} extra"
+                 if deployment.extra_connections else "")
+        per_process = (total - deployment.extra_connections) // deployment.processes
+        text = (f"  {label}: {per_process} per process x {deployment.processes} processes"
+                f"{extra} = {total}")
+        if total <= available:
+            self.stdout.write(self.style.SUCCESS(f"{text}: fits, headroom {available - total}"))
+        else:
+            self.stdout.write(self.style.ERROR(
+                f"{text}: does NOT fit, {total - available} over"))
+
+    def _pgbouncer(self, bouncer: sizing.PgBouncerSettings, clients: int) -> None:
+        self.stdout.write(self.style.WARNING(
+            "  The deployment needs more connections than the server has: put PgBouncer in "
+            "transaction mode in front of it."))
+        self.stdout.write("  pgbouncer.ini:")
+        for line in (
+            "pool_mode = transaction",
+            f"default_pool_size = {bouncer.default_pool_size}",
+            f"max_db_connections = {bouncer.max_db_connections}",
+            f"max_client_conn = {bouncer.max_client_conn}",
+        ):
+            self.stdout.write(f"    {line}")
+        self.stdout.write(
+            f"  app side (each process, per alias): pool_size={bouncer.app_pool.pool_size}, "
+            f"max_overflow={bouncer.app_pool.max_overflow}; point DATABASES at PgBouncer, "
+            "and set DISABLE_SERVER_SIDE_CURSORS=True (prepared statements stay off: "
+            "Django's default prepare_threshold=None).")
+        self.stdout.write(f"  ({clients} client connections share "
+                          f"{bouncer.max_db_connections} server connections.)")

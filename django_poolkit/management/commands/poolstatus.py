@@ -1,0 +1,246 @@
+"""``manage.py poolstatus``: every pool's settings, this process's figures and the server's view.
+
+A pool's gauges and counters describe one process, and a fresh ``manage.py`` process has
+built no pool, so the command also asks PostgreSQL, which sees every process: the
+connections to each alias's database grouped by ``application_name`` (poolkit names its
+connections ``poolkit:{alias}:{host}:{pid}``, so a row is one pool of one process) and by
+state, ``max_connections``, the reserved slots and the headroom left, and for a server in
+recovery its role and replay lag. The server is asked over one short-lived connection of its
+own (``poolkit-ops:<alias>:<pid>``) with a short ``connect_timeout`` and
+``statement_timeout``, never through an application pool, and the wait is bounded.
+
+``--format table`` (default) is for people; ``--format json`` has the stable keys documented
+in the README ("Operating the pools"). ``--watch SECONDS`` repeats until interrupted (JSON
+then prints one document per line). Exit status: 0, or 1 when a database could not be reached; 2 for
+bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+from sqlalchemy.engine import make_url
+
+from ...api import pool_stats
+from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings
+from ...deployment import ServerSnapshot, ServerUnreachable, read_snapshot, server_of
+from ...engines import engine_registry
+from ...exceptions import PoolkitConfigurationError
+
+#: Settings the table always shows; the others only when something other than the
+#: built-in default set them (JSON always has every one).
+_ALWAYS_SHOWN = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
+
+# Below this share of the server's available slots left, the headroom is shown as a warning.
+_LOW_HEADROOM = 0.1
+
+
+def _target(alias: str, pool: PoolSettings) -> dict[str, Any]:
+    """Where the pool connects, without the password."""
+    if pool.url is not None:
+        url = make_url(pool.url)
+        return {"host": url.host, "port": url.port, "database": url.database,
+                "user": url.username}
+    entry = connections.settings[alias]
+    return {"host": entry.get("HOST") or None, "port": entry.get("PORT") or None,
+            "database": str(entry.get("NAME") or ""), "user": entry.get("USER") or None}
+
+
+def _settings(pool: PoolSettings) -> dict[str, dict[str, Any]]:
+    return {name: {"value": getattr(pool, name), "origin": pool.origins.get(name, "default")}
+            for name in KNOBS}
+
+
+def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> dict[str, Any]:
+    """One round: the JSON document ``--format json`` prints (keys: README, "Operating the
+    pools")."""
+    databases = []
+    reachable = True
+    for alias in aliases:
+        pool = config.pools[alias]
+        server_key = server_of(alias, pool)
+        snapshot: ServerSnapshot | None = None
+        error: str | None = None
+        if server_key is not None:
+            try:
+                snapshot = read_snapshot(alias, timeout)
+            except ServerUnreachable as problem:
+                error = str(problem)
+                reachable = False
+        pools = [pool_stats(alias).as_dict()]
+        if engine_registry.built(alias, "async") is not None:
+            pools.append(pool_stats(alias, kind="async").as_dict())
+        databases.append({
+            "alias": alias,
+            "vendor": "postgresql" if server_key is not None else "other",
+            "server": server_key,
+            "target": _target(alias, pool),
+            "settings": _settings(pool),
+            "pools": pools,
+            "server_status": snapshot.as_dict() if snapshot is not None else None,
+            "error": error,
+        })
+    return {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "status": "ok" if reachable else "unreachable",
+        "databases": databases,
+    }
+
+
+class Command(BaseCommand):
+    """Show each pool's settings (with origins), this process's figures and the server's."""
+
+    help = ("Show every pool's effective settings and where each came from, this process's "
+            "pool figures, and the server's connections from every process, max_connections "
+            "and headroom. Exit 1 when a database cannot be reached.")
+    # A status command must work when the checks would fail, and fast.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--database", action="append", dest="databases", metavar="ALIAS",
+                            help="Only this alias or engine name (repeatable). Default: all.")
+        parser.add_argument("--format", choices=("table", "json"), default="table",
+                            help="table (default) or json (stable keys).")
+        parser.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                            help="Refresh every SECONDS until interrupted (Ctrl-C).")
+        parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                            help="How long each server may take to answer (default 2).")
+        # For tests and scripts: stop --watch after this many rounds.
+        parser.add_argument("--iterations", type=int, default=None, help=argparse.SUPPRESS)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            config = get_settings()
+        except PoolkitConfigurationError as error:
+            raise CommandError(str(error), returncode=2) from None
+        aliases = options["databases"] or list(config.pools)
+        for alias in aliases:
+            if alias not in config.pools:
+                raise CommandError(f"unknown database alias {alias!r}; known: "
+                                   + ", ".join(config.pools), returncode=2)
+        watch = options["watch"]
+        if watch is not None and watch <= 0:
+            raise CommandError("--watch must be a number of seconds > 0", returncode=2)
+        timeout = options["timeout"]
+        if not 0 < timeout <= 30:
+            raise CommandError("--timeout must be > 0 and <= 30 seconds", returncode=2)
+        iterations = options["iterations"]
+        render: Callable[[dict[str, Any]], None] = (
+            self._json_line if watch is not None and options["format"] == "json"
+            else self._json if options["format"] == "json" else self._table)
+        rounds = 0
+        document: dict[str, Any] = {}
+        try:
+            while True:
+                document = collect(aliases, config, timeout)
+                if watch is not None and rounds and options["format"] == "table":
+                    self.stdout.write("")
+                render(document)
+                self.stdout.flush()
+                rounds += 1
+                if watch is None or (iterations is not None and rounds >= iterations):
+                    break
+                time.sleep(watch)
+        except KeyboardInterrupt:
+            # Ctrl-C ends --watch; the exit status is the last complete round's.
+            pass
+        if document.get("status") == "unreachable":
+            failed = [entry["alias"] for entry in document["databases"] if entry["error"]]
+            raise CommandError("cannot reach " + ", ".join(failed), returncode=1)
+
+    def _json(self, document: dict[str, Any]) -> None:
+        self.stdout.write(json.dumps(document, indent=2))
+
+    def _json_line(self, document: dict[str, Any]) -> None:
+        self.stdout.write(json.dumps(document, separators=(",", ":")))
+
+    def _rows(self, rows: list[tuple[str, ...]], indent: str = "  ") -> None:
+        """Print rows as aligned columns, the first row as a styled header."""
+        widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
+        for number, row in enumerate(rows):
+            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            line = indent + line.rstrip()
+            self.stdout.write(self.style.SQL_FIELD(line) if number == 0 else line)
+
+    def _table(self, document: dict[str, Any]) -> None:
+        self.stdout.write(f"poolstatus at {document['generated_at']} from "
+                          f"{document['host']} (pid {document['pid']})")
+        for entry in document["databases"]:
+            target = entry["target"]
+            where = (f"{target['user'] + '@' if target['user'] else ''}"
+                     f"{entry['server'] + '/' if entry['server'] else ''}{target['database']}")
+            self.stdout.write("")
+            self.stdout.write(self.style.MIGRATE_HEADING(f"{entry['alias']}  {where}"))
+            settings_rows: list[tuple[str, ...]] = [("SETTING", "VALUE", "ORIGIN")]
+            for name, item in entry["settings"].items():
+                if name in _ALWAYS_SHOWN or item["origin"] != "default":
+                    settings_rows.append((name, _text(item["value"]), item["origin"]))
+            self._rows(settings_rows)
+            self.stdout.write("")
+            pool_rows: list[tuple[str, ...]] = [
+                ("THIS PROCESS", "SIZE", "OUT", "IN", "OVERFLOW", "CAPACITY", "WAITING",
+                 "OPENED", "CHECKOUTS", "TIMEOUTS", "INVALIDATED", "WAIT MAX")]
+            for pool in entry["pools"]:
+                gauges, counters = pool["gauges"], pool["counters"]
+                pool_rows.append((
+                    f"{pool['kind']} pool" + ("" if pool["built"] else " (not built)"),
+                    str(gauges["pool_size"]), str(gauges["pool_checked_out"]),
+                    str(gauges["pool_checked_in"]), str(gauges["pool_overflow"]),
+                    _text(gauges["pool_capacity"]), _text(gauges.get("pool_waiting")),
+                    str(counters["connections_opened"]),
+                    str(counters["checkouts"]), str(counters["timeouts"]),
+                    str(counters["invalidations"]),
+                    f"{counters['checkout_wait_ms_max']:.1f} ms"))
+            self._rows(pool_rows)
+            self.stdout.write("")
+            self._server(entry)
+
+    def _server(self, entry: dict[str, Any]) -> None:
+        if entry["error"]:
+            self.stdout.write(self.style.ERROR(f"  server: unreachable ({entry['error']})"))
+            return
+        status = entry["server_status"]
+        if status is None:
+            self.stdout.write("  server: none (not a PostgreSQL database)")
+            return
+        role = status["role"]
+        if status["replay_lag_s"] is not None:
+            role += f", replay lag {status['replay_lag_s']:.1f} s"
+        self.stdout.write(f"  server: {role}, PostgreSQL {status['server_version']}")
+        headroom = (f"  slots: max_connections {status['max_connections']} - reserved "
+                    f"{status['superuser_reserved_connections'] + status['reserved_connections']}"
+                    f" = {status['available_connections']} available; "
+                    f"{status['client_connections']} in use (all databases); "
+                    f"headroom {status['headroom']}")
+        low = status["headroom"] < _LOW_HEADROOM * max(1, status["available_connections"])
+        self.stdout.write(self.style.WARNING(headroom) if low else headroom)
+        states = status["database_connections"]
+        self.stdout.write(
+            f"  connections to {entry['target']['database']}: active {states['active']}, "
+            f"idle {states['idle']}, idle in transaction {states['idle_in_transaction']}, "
+            f"other {states['other']}")
+        if status["applications"]:
+            rows: list[tuple[str, ...]] = [
+                ("APPLICATION_NAME", "ALIAS", "HOST", "PID", "ACTIVE", "IDLE", "IDLE IN TX",
+                 "OTHER", "TOTAL")]
+            for app in status["applications"]:
+                rows.append((app["application_name"] or "(none)", app["alias"] or "-",
+                             app["host"] or "-", _text(app["pid"]), str(app["active"]),
+                             str(app["idle"]), str(app["idle_in_transaction"]),
+                             str(app["other"]), str(app["total"])))
+            self._rows(rows)
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)

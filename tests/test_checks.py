@@ -1,0 +1,170 @@
+"""System checks: ``manage.py check`` reports a misconfigured ``POOLKIT`` as ``poolkit.E0xx``
+errors with the key path and a hint, never a traceback.
+
+Check ids are API, so the tests compare whole ``CheckMessage`` objects (msg, hint, id).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.checks import Error, run_checks
+from django.test import override_settings
+
+from django_poolkit import conf
+from django_poolkit.checks import check_poolkit_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SENTINEL = "s3ntinel-PW-9f2"
+#: The test project's aliases (other features add some, e.g. a non-pooled one).
+DATABASES = list(settings.DATABASES)
+FOUNDATION_IDS = {f"poolkit.E00{number}" for number in range(1, 8)}
+
+
+@pytest.fixture(autouse=True)
+def _no_poolkit_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checks read os.environ: keep the caller's POOLKIT_* variables out of these tests."""
+    for name in list(os.environ):
+        if name.startswith("POOLKIT_") or name == "ENV":
+            monkeypatch.delenv(name)
+
+
+def poolkit_messages(**kwargs: Any) -> list[Any]:
+    """The messages of the foundation's check among everything ``run_checks()`` reports."""
+    return [message for message in run_checks(**kwargs) if message.id in FOUNDATION_IDS]
+
+
+def test_a_clean_configuration_gives_no_messages() -> None:
+    assert check_poolkit_settings() == []
+    assert poolkit_messages() == []
+    with override_settings(POOLKIT={"DEFAULTS": {"sizing": "production", "cores": 2},
+                                    "ENGINES": {"stats": {"url": "sqlite:///stats.db"}}}):
+        assert poolkit_messages() == []
+
+
+def test_run_checks_returns_the_exact_errors() -> None:
+    broken = {"DATABASES": {"default": {"pool_sise": 10, "max_overflow": -5}}}
+    with override_settings(POOLKIT=broken):
+        assert poolkit_messages() == [
+            Error('POOLKIT["DATABASES"]["default"]["pool_sise"]: unknown key; did you mean '
+                  '"pool_size"?',
+                  hint="Accepted keys: " + ", ".join(f'"{name}"' for name in conf.KNOBS) + ".",
+                  id="poolkit.E002"),
+            Error('POOLKIT["DATABASES"]["default"]["max_overflow"]: must be an integer >= 0, '
+                  "or -1 for no limit, got -5.",
+                  hint="Extra connections opened when the pool is exhausted, closed again on "
+                  "checkin.", id="poolkit.E003"),
+        ]
+
+
+@pytest.mark.parametrize(
+    ("poolkit", "expected"),
+    [
+        pytest.param("small_api", Error(
+            "POOLKIT: must be a dict, got str.",
+            hint="Write POOLKIT = {...} with the keys "
+            + ", ".join(dict.fromkeys([*conf.TOP_LEVEL_KEYS, *conf.SECTION_PARSERS])) + ".",
+            id="poolkit.E001"), id="E001"),
+        pytest.param({"DATABASES": {"xyzzy": {}}}, Error(
+            'POOLKIT["DATABASES"]["xyzzy"]: unknown database alias.',
+            hint="settings.DATABASES has: " + ", ".join(f'"{alias}"' for alias in DATABASES)
+            + ".", id="poolkit.E004"), id="E004"),
+        pytest.param({"DATABASES": {"default": {"sizing": "async"}}}, Error(
+            'POOLKIT["DATABASES"]["default"]: sizing "async" needs "concurrency" (expected '
+            "concurrent requests).",
+            hint='Set "concurrency", or pick another sizing formula.', id="poolkit.E005"),
+            id="E005"),
+        pytest.param({"ENGINES": {"stats": {"url": f"mysql://u:{SENTINEL}@h/stats"}}}, Error(
+            'POOLKIT["ENGINES"]["stats"]["url"]: uses "mysql", which poolkit does not pool.',
+            hint="Use a postgresql:// or sqlite:// URL.", id="poolkit.E007"), id="E007"),
+    ],
+)
+def test_each_check_id(poolkit: Any, expected: Error) -> None:
+    with override_settings(POOLKIT=poolkit):
+        assert poolkit_messages() == [expected]
+
+
+def test_environment_problems_are_checks_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POOLKIT_POOL_SIZ", "3")
+    assert poolkit_messages() == [Error(
+        'environment variable POOLKIT_POOL_SIZ: unknown setting "POOL_SIZ"; did you mean '
+        '"POOLKIT_POOL_SIZE"?',
+        hint="Variables are POOLKIT_<SETTING> or POOLKIT_<ALIAS>__<SETTING> with SETTING one of "
+        + ", ".join(name.upper() for name in conf.KNOBS) + ".", id="poolkit.E006")]
+
+
+@pytest.mark.parametrize(("name", "url"), [
+    ("stats", f"postgresql://u:{SENTINEL}@warehouse:port/stats"),
+    ("stats", f"mysql://u:{SENTINEL}@warehouse/stats"),
+    ("default", f"postgresql://u:{SENTINEL}@warehouse/stats"),  # named like a DATABASES alias
+])
+def test_no_check_message_shows_a_password(name: str, url: str) -> None:
+    with override_settings(POOLKIT={"ENGINES": {name: {"url": url, "pool_size": 0}}}):
+        messages = poolkit_messages()
+    assert len(messages) == 2  # the url or name problem, and pool_size
+    for message in messages:
+        assert SENTINEL not in f"{message.msg} {message.hint} {message!r} {message}"
+
+
+def _manage(settings_module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items()
+               if not key.startswith("POOLKIT_")}
+    environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=environ, capture_output=True,
+        text=True, timeout=60, check=False)
+
+
+def test_manage_py_check_reports_errors_without_a_traceback() -> None:
+    """The real command on the test project, with tests/settings_broken.py's POOLKIT."""
+    result = _manage("tests.settings_broken", "check")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert SENTINEL not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert lines[0] == "SystemCheckError: System check identified some issues:"
+    assert (
+        '?: (poolkit.E002) POOLKIT["DATABASES"]["default"]["pool_sise"]: unknown key; did you '
+        'mean "pool_size"?') in lines
+    assert ('?: (poolkit.E003) POOLKIT["DATABASES"]["default"]["max_overflow"]: must be an '
+            "integer >= 0, or -1 for no limit, got -5.") in lines
+    assert ("\tHINT: Extra connections opened when the pool is exhausted, closed again on "
+            "checkin.") in lines
+    assert ('?: (poolkit.E007) POOLKIT["ENGINES"]["analytics"]["url"]: is not a database URL '
+            "SQLAlchemy can parse.") in lines
+    assert "System check identified 3 issues (0 silenced)." in lines
+
+
+def test_manage_py_check_passes_on_the_test_project() -> None:
+    result = _manage("testproject.settings_test", "check")
+    assert result.returncode == 0, result.stderr
+    assert "poolkit." not in result.stdout + result.stderr
+
+
+_ROUTED = {"ROUTING": {"CLUSTERS": {"main": {"primary": "default", "replicas": ["replica"]}}}}
+_ROUTER = "django_poolkit.routers.PrimaryReplicaRouter"
+_MIDDLEWARE = "django_poolkit.middleware.PoolkitMiddleware"
+
+
+@pytest.mark.parametrize(("routers", "middleware", "expected"), [
+    ([], [_MIDDLEWARE], ["poolkit.W020"]),
+    ([_ROUTER], [], ["poolkit.W021"]),
+    ([_ROUTER], [_MIDDLEWARE], []),
+])
+def test_replicas_without_the_router_or_the_middleware_are_warned(
+        routers: list[str], middleware: list[str], expected: list[str]) -> None:
+    with override_settings(POOLKIT=_ROUTED, DATABASE_ROUTERS=routers, MIDDLEWARE=middleware):
+        found = [message.id for message in run_checks() if message.id.startswith("poolkit.")]
+    assert found == expected
+
+
+def test_no_routing_no_wiring_warning() -> None:
+    with override_settings(POOLKIT={}, DATABASE_ROUTERS=[], MIDDLEWARE=[]):
+        assert [message.id for message in run_checks()
+                if message.id.startswith("poolkit.W02")] == []
