@@ -347,3 +347,25 @@ def test_a_forked_child_closing_its_inherited_connection_leaves_the_parent_alone
     assert status == 0
     # The parent's session is intact: same server process, still usable.
     assert backend_pid("default") == pid
+
+
+def test_a_forked_child_using_its_inherited_connection_gets_its_own_server_process():
+    """Code that forks without a request boundary (no close_all() in the child) must not share
+    the parent's server process: the child's first query checks out of its own pool."""
+    pid = backend_pid("default")
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            os.write(writer, str(backend_pid("default")).encode())
+            connection.close()
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        child_pid = pipe.read()
+    _, status = os.waitpid(child, 0)
+    assert status == 0
+    assert child_pid.isdigit()
+    assert int(child_pid) != pid
+    assert backend_pid("default") == pid

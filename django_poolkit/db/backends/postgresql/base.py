@@ -143,6 +143,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pristine = bool(fairy.info.get(PRISTINE))
         return connection
 
+    @async_unsafe
+    def ensure_connection(self) -> None:
+        """As Django's, except in a forked child that still holds its parent's connection: that
+        socket belongs to the parent's session, so let go of it and check out a connection of
+        this process's own pool (the stock backend would share the parent's server process)."""
+        if self._poolkit_fairy is not None and self._poolkit_pid != os.getpid():
+            self.close()
+        super().ensure_connection()
+
     def _poolkit_role_is_default(self) -> bool:
         """``SET ROLE`` would change nothing: the role travelled in the startup options (not
         behind PgBouncer, which drops them) and no one has used the session since it was
