@@ -1,0 +1,44 @@
+"""The fault-injection suite: every test here is marked ``reliability`` and reports its figures
+through :func:`record`, one machine-readable ``RESULT`` line per scenario.
+
+The lines are printed in pytest's terminal summary (so CI logs carry them even when every
+test passes) and written as JSON lines to ``$RELIABILITY_RESULTS`` when that is set, which is
+how ``docs/reliability.rst`` gets its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_results: list[dict[str, Any]] = []
+
+
+def record(scenario: str, *, bar: str, met: bool, **figures: Any) -> None:
+    """Keep one scenario's result: its name, the bar it must meet, whether it met it, and the
+    figures it measured (numbers rounded by the caller to what is meaningful)."""
+    _results.append({"scenario": scenario, "bar": bar, "met": met, **figures})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.reliability)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _results:
+        return
+    terminalreporter.section("reliability results")
+    for result in _results:
+        terminalreporter.write_line("RESULT " + json.dumps(result, sort_keys=False))
+    target = os.environ.get("RELIABILITY_RESULTS")
+    if target:
+        with open(target, "w", encoding="utf-8") as stream:
+            for result in _results:
+                stream.write(json.dumps(result) + "\n")
