@@ -5,10 +5,12 @@
   ``postgres://app@127.0.0.1:5432/app?pool_size=10&pool_timeout=5``.
 - ``REPLICA_URLS``: comma-separated read replicas of the primary (optional); each becomes an
   alias ``replica1``, ``replica2``, ... that mirrors ``default`` in tests.
+- On PostgreSQL the aliases use the pooled backend ``django_poolkit.db.backends.postgresql``.
 - ``POOLKIT_*``: pool settings (see the README's environment variable table).
 """
 
 from pathlib import Path
+from typing import Any
 
 import environ
 
@@ -32,6 +34,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # PoolTimeout (and NoHealthyReplica) become 503 with Retry-After, not a 500.
+    "django_poolkit.middleware.PoolkitMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
@@ -58,9 +62,24 @@ for number, url in enumerate(env.list("REPLICA_URLS", default=[]), start=1):
         "TEST": {"MIRROR": "default"},
     }
 
-POOLKIT = {
+# On PostgreSQL every ORM connection comes from poolkit's pool for its alias (the pooled
+# backend); SQLite keeps Django's own backend.
+for database in DATABASES.values():
+    if database["ENGINE"] == "django.db.backends.postgresql":
+        database["ENGINE"] = "django_poolkit.db.backends.postgresql"
+
+POOLKIT: dict[str, Any] = {
     "DATABASES": {"default": {"preset": "small_api"}},
 }
+
+# With REPLICA_URLS, reads go to the replicas and writes (and a writer's next reads) to the
+# primary: see the README, "Read replicas".
+REPLICA_ALIASES = [alias for alias in DATABASES if alias.startswith("replica")]
+if REPLICA_ALIASES:
+    POOLKIT["ROUTING"] = {"CLUSTERS": {"main": {"primary": "default",
+                                                "replicas": REPLICA_ALIASES}}}
+    DATABASE_ROUTERS = ["django_poolkit.routers.PrimaryReplicaRouter"]
+    TEST_RUNNER = "django_poolkit.testing.ReplicaTestRunner"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True

@@ -3,9 +3,11 @@ every preset, formula and check id."""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
+import docutils.core
 import pytest
 
 from django_poolkit import sizing
@@ -40,3 +42,15 @@ def test_every_check_id_is_documented():
     assert ids
     missing = sorted(check_id for check_id in ids if f"``{check_id}``" not in README)
     assert missing == []
+
+
+@pytest.mark.parametrize("name", ["README.rst", "CHANGELOG.rst", "docs/services.rst",
+                                  "docs/reliability.rst"])
+def test_the_documents_render_without_a_warning(name):
+    # PyPI renders the README with docutils and shows raw text if it has an error.
+    text = (Path(__file__).resolve().parent.parent / name).read_text()
+    warnings = io.StringIO()
+    docutils.core.publish_string(
+        text, writer="html",
+        settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5})
+    assert warnings.getvalue() == ""
