@@ -39,6 +39,7 @@ from . import sizing
 from .conf import PoolkitSettings, PoolSettings, Report, get_settings, known_items
 from .engines.params import spec_for_alias, spec_for_url
 from .health import describe_error
+from .serverinfo import ROLE_AND_LAG_SQL
 
 __all__ = [
     "PLAN_FORMULAS",
@@ -247,15 +248,6 @@ SELECT current_setting('max_connections')::int,
        current_setting('server_version')
 """
 
-# Replay lag is the age of the last replayed transaction; it grows while an idle primary
-# sends nothing, so a standby that replayed everything it received counts as 0 s behind.
-_ROLE_SQL = """
-SELECT pg_is_in_recovery(),
-       CASE WHEN NOT pg_is_in_recovery() THEN NULL
-            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
-            ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-       END
-"""
 
 # Every client backend holds one of max_connections' slots, whatever database it is in;
 # this command's own connection is left out.
@@ -371,7 +363,7 @@ def _query_snapshot(params: dict[str, Any], timeout_ms: int) -> ServerSnapshot:
     with psycopg.connect(autocommit=True, **params) as connection, connection.transaction():
         _guard(connection, timeout_ms)
         limits_row = connection.execute(_LIMITS_SQL).fetchone()
-        role_row = connection.execute(_ROLE_SQL).fetchone()
+        role_row = connection.execute(ROLE_AND_LAG_SQL).fetchone()
         rows = connection.execute(_ACTIVITY_SQL).fetchall()
     assert limits_row is not None
     assert role_row is not None

@@ -52,6 +52,7 @@ from django.db import connections
 from .api import pool_stats
 from .conf import Report, did_you_mean, get_settings, known_items, on_reload
 from .engines.params import spec_for_alias
+from .serverinfo import ROLE_AND_LAG_SQL
 from .stats import PoolStats
 
 __all__ = [
@@ -95,16 +96,6 @@ _PROBED_VENDORS = ("postgresql", "sqlite")
 
 _MINIMUM_TOKEN_LENGTH = 16
 
-# One round trip answers reachability, role and lag. Replay lag is the age of the last
-# replayed transaction, which keeps growing while an idle primary sends nothing, so a standby
-# that has replayed everything it received counts as 0 s behind.
-_PROBE_SQL = """
-SELECT pg_is_in_recovery(),
-       CASE WHEN NOT pg_is_in_recovery() THEN NULL
-            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
-            ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-       END
-"""
 
 # SQLSTATE -> what a probe may say about it.
 _SQLSTATE_PHRASES = {
@@ -422,7 +413,7 @@ def probe_database(alias: str, timeout: float) -> ProbeResult:
     connected = time.perf_counter()
     try:
         with connection:
-            row = connection.execute(_PROBE_SQL).fetchone()
+            row = connection.execute(ROLE_AND_LAG_SQL).fetchone()
     except Exception as error:
         return ProbeResult(ok=False, connect_ms=_ms(connected - started),
                            error=describe_error(error))
