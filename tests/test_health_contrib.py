@@ -15,7 +15,7 @@ import pytest
 from django.test import override_settings
 
 from .tcpproxy import free_port
-from .test_health import add_alias, poolkit
+from .test_health import HEALTHY_TIMEOUT, add_alias, poolkit
 
 __all__ = ["add_alias"]  # a fixture used here
 
@@ -41,7 +41,7 @@ async def test_the_backend_reports_the_probes(add_alias: Callable[..., str]) -> 
 
     from django_poolkit.contrib.health_check import PoolkitDatabases
 
-    with override_settings(POOLKIT=poolkit(databases=["default"])):
+    with override_settings(POOLKIT=poolkit(databases=["default"], timeout=HEALTHY_TIMEOUT)):
         result = await PoolkitDatabases().get_result()
         assert result.error is None
         assert (await PoolkitDatabases(alias="default").get_result()).error is None

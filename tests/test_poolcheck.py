@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 
 from .tcpproxy import free_port
-from .test_health import TOKEN, TOKEN_HEADER, add_alias, poolkit
+from .test_health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, add_alias, poolkit
 
 __all__ = ["add_alias"]  # a fixture used here
 
@@ -31,7 +31,7 @@ def poolcheck(*args: str) -> str:
     return out.getvalue()
 
 
-@override_settings(POOLKIT=poolkit(databases=["default"]))
+@override_settings(POOLKIT=poolkit(databases=["default"], timeout=HEALTHY_TIMEOUT))
 def test_healthy_prints_a_table_and_exits_0() -> None:
     lines = poolcheck().splitlines()
     assert lines[0].split() == ["ALIAS", "STATUS", "ROLE", "LATENCY", "LAG", "POOL", "DETAIL"]
@@ -39,7 +39,7 @@ def test_healthy_prints_a_table_and_exits_0() -> None:
     assert lines[-1] == "status: healthy"
 
 
-@override_settings(POOLKIT=poolkit(databases=["default"]))
+@override_settings(POOLKIT=poolkit(databases=["default"], timeout=HEALTHY_TIMEOUT))
 def test_json_is_the_views_detailed_body(client: Client) -> None:
     from_command = json.loads(poolcheck("--format", "json"))
     from_view = client.get("/health/db/", headers={TOKEN_HEADER: TOKEN}).json()
