@@ -25,6 +25,7 @@ import functools
 import inspect
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ def note_write(cluster: str) -> None:
     found.chosen.pop(cluster, None)
 
 
-class _Switch:
+class _Switch(ABC):
     """A context manager (sync and async) that is also a decorator (sync and async).
 
     Every decorated call enters a fresh copy, so one decorated function can run in many
@@ -206,8 +207,9 @@ class _Switch:
     def __init__(self) -> None:
         self._resets: list[Callable[[], None]] = []
 
+    @abstractmethod
     def _enter(self) -> Any:
-        raise NotImplementedError
+        """Switch the routing on; return what ``with ... as`` binds."""
 
     def _copy(self) -> _Switch:
         return type(self)()
