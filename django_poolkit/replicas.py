@@ -45,6 +45,7 @@ from sqlalchemy import text
 from .clusters import ClusterConfig, RoutingSettings, routing_settings
 from .exceptions import PoolkitError
 from .pinning import format_lsn, parse_lsn
+from .signals import replica_state_changed
 from .stats import counters_for
 
 __all__ = [
@@ -222,6 +223,8 @@ class ReplicaState:
         self._pid = os.getpid()
         # Serialises probes: a caller of refresh() waits for a probe already running.
         self._probe_lock = threading.Lock()
+        # State changes made under the lock, announced (signal) once it is released.
+        self._changes: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
         return f"<ReplicaState clusters={sorted(self._clusters)}>"
@@ -280,6 +283,7 @@ class ReplicaState:
                     with self._lock:
                         self._mark(r, "down", f"connection failed: {errors - r.errors_seen} "
                                    "connect error(s) in its pool since the last probe")
+                    self._announce()
                     continue
             if min_lsn is None or (r.replay_lsn is not None and r.replay_lsn >= min_lsn):
                 result.append((r.alias, r.weight))
@@ -393,6 +397,7 @@ class ReplicaState:
                     self._mark(replica, "down", f"connection failed: {describe_error(error)}")
                     replica.last_error = describe_error(error)
                     replica.failures += 1
+        self._announce()
 
     def _probe_cluster(self, found: _Cluster) -> None:
         from .api import get_engine
@@ -427,6 +432,7 @@ class ReplicaState:
             with self._lock:
                 replica.errors_seen = _pool_errors(replica.alias)
                 self._judge(found, replica, row, now)
+        self._announce()
 
     def _judge(self, found: _Cluster, replica: _Replica, row: Any, now: float) -> None:
         in_recovery, replay_text, receive_text, replay_age, paused = row
@@ -489,6 +495,10 @@ class ReplicaState:
         previous = replica.status
         replica.status = status
         replica.reason = reason
+        if status != previous:
+            self._changes.append({"alias": replica.alias, "cluster": replica.cluster,
+                                  "previous": previous, "status": status, "reason": reason,
+                                  "in_rotation": replica.in_rotation})
         if status == "healthy":
             replica.out_since = None
             replica.last_error = None
@@ -497,6 +507,18 @@ class ReplicaState:
         elif was_in or previous != status:
             replica.out_since = replica.out_since if not was_in else time.time()
             logger.warning("replica %r is out of rotation: %s", replica.alias, reason)
+
+    def _announce(self) -> None:
+        """Send ``replica_state_changed`` for the changes recorded under the lock, outside it
+        (a receiver may read this state). A failing receiver is logged, never raised."""
+        with self._lock:
+            changes, self._changes = self._changes, []
+        for change in changes:
+            for receiver, result in replica_state_changed.send_robust(
+                    sender=change["alias"], **change):
+                if isinstance(result, Exception):
+                    logger.error("replica_state_changed receiver %r failed: %s", receiver,
+                                 describe_error(result))
 
     # The background prober ---------------------------------------------------------------
 

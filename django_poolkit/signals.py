@@ -24,6 +24,7 @@ __all__ = [
     "pool_reset",
     "pool_soft_invalidate",
     "pool_timeout",
+    "replica_state_changed",
 ]
 
 #: A new server connection was opened for the pool.
@@ -55,3 +56,12 @@ pool_close = Signal()
 #: A checkout gave up after ``pool_timeout``. Extra kwargs: ``timeout`` (s), ``pool_size``,
 #: ``max_overflow``, ``checked_out``.
 pool_timeout = Signal()
+
+#: A replica's routing state changed: taken out of rotation (``down``, ``lagging``,
+#: ``not_replica``) or back in (``healthy``), by a probe or by a failed connection. Unlike the
+#: signals above, ``sender`` is the *replica's* alias and the kwargs are ``alias``,
+#: ``cluster``, ``previous`` and ``status`` (``unknown``, ``healthy``, ``lagging``, ``down``,
+#: ``not_replica``), ``reason`` (None when healthy; never a DSN or password) and
+#: ``in_rotation``. Sent from the probing thread after the state is updated, at most once per
+#: change, so an alert hooked here does not fire on every read of an excluded replica.
+replica_state_changed = Signal()

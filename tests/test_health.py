@@ -439,7 +439,8 @@ def test_a_flood_of_requests_becomes_a_trickle_of_probes() -> None:
             statuses.add(own.get("/health/ready/").status_code)
             counts[index] += 1
 
-    with override_settings(POOLKIT=poolkit(cache_ttl=ttl, databases=["default"])):
+    with override_settings(POOLKIT=poolkit(cache_ttl=ttl, databases=["default"],
+                                           timeout=HEALTHY_TIMEOUT)):
         started = health.checker.probes_started
         workers = [threading.Thread(target=hammer, args=(n,)) for n in range(threads)]
         began = time.monotonic()

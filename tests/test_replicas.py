@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from django_poolkit.replicas import (
     _Replica,
     replica_state,
 )
+from django_poolkit.signals import replica_state_changed
 from testproject.demo.models import Note
 
 from .test_router_support import DBS, replica_paused, replica_script, routing_fixture
@@ -28,6 +30,21 @@ from .test_router_support import DBS, replica_paused, replica_script, routing_fi
 @pytest.fixture
 def route(settings: Any) -> Iterator[Callable[..., None]]:
     yield from routing_fixture(settings)
+
+
+@contextmanager
+def state_changes() -> Iterator[list[dict[str, Any]]]:
+    """Collect the ``replica_state_changed`` signals sent inside the block."""
+    changes: list[dict[str, Any]] = []
+
+    def receive(signal: Any, **kwargs: Any) -> None:
+        changes.append(kwargs)
+
+    replica_state_changed.connect(receive)
+    try:
+        yield changes
+    finally:
+        replica_state_changed.disconnect(receive)
 
 
 def cluster_config(**options: Any) -> ClusterConfig:
@@ -211,8 +228,11 @@ def test_a_stopped_replica_is_taken_out_and_readmitted_after_a_good_probe(route)
         assert replica_state.snapshot()[0].fallbacks == 2
     finally:
         replica_script("start")
-    (cluster,) = replica_state.refresh()
+    with state_changes() as changes:
+        (cluster,) = replica_state.refresh()
     assert (cluster.replicas[0].status, cluster.replicas[0].failures) == ("healthy", 0)
+    assert [(c["previous"], c["status"], c["in_rotation"]) for c in changes] == [
+        ("down", "healthy", True)]
     assert Note.objects.all().db == "replica"
 
 
@@ -240,10 +260,34 @@ def test_report_failure_takes_a_replica_out(settings):
     from .test_router_support import routing_config
 
     settings.POOLKIT = routing_config()
-    replica_state.report_failure("replica", OSError("connection reset"))
+    with state_changes() as changes:
+        replica_state.report_failure("replica", OSError("connection reset"))
+        replica_state.report_failure("replica", OSError("connection reset"))
     (replica,) = replica_state.snapshot()[0].replicas
     assert (replica.status, replica.reason) == ("down", "connection failed: OSError: "
                                                        "connection reset")
+    # One signal per change, not per failure.
+    assert changes == [{"sender": "replica", "alias": "replica", "cluster": "main",
+                        "previous": "unknown", "status": "down",
+                        "reason": "connection failed: OSError: connection reset",
+                        "in_rotation": False}]
+
+
+def test_a_failing_state_receiver_is_logged_and_the_state_still_changes(settings, caplog):
+    from .test_router_support import routing_config
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    settings.POOLKIT = routing_config()
+    replica_state_changed.connect(broken)
+    try:
+        replica_state.report_failure("replica", OSError("connection reset"))
+    finally:
+        replica_state_changed.disconnect(broken)
+    assert replica_state.snapshot()[0].replicas[0].status == "down"
+    assert "replica_state_changed receiver" in caplog.text
+    assert "RuntimeError: receiver bug" in caplog.text
 
 
 def test_lsn_parsing_matches_the_server(admin):
