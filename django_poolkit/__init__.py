@@ -12,6 +12,7 @@ from .api import (
     get_engine,
     pool_stats,
 )
+from .engines.deadline import ClientTimeout
 from .exceptions import PoolkitConfigurationError, PoolkitError, PoolTimeout, UnknownAlias
 from .pinning import use_primary
 from .sessions import read_session, write_session
@@ -20,6 +21,7 @@ from .stats import PoolStats
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ClientTimeout",
     "PoolStats",
     "PoolTimeout",
     "PoolkitConfigurationError",

@@ -248,6 +248,10 @@ KNOBS: dict[str, Knob] = _knobs(
     Knob("leak_detection_threshold", None, "a number of seconds > 0, or None (off)",
          "Log once, with the checkout's stack, a connection held longer than this.",
          _optional(_number(positive=True)), float),
+    Knob("client_timeout", None, "a number of seconds > 0, or None (off)",
+         "The longest one wait for the server's answer (a query, a fetch, a commit) may "
+         "take before poolkit closes the connection and raises OperationalError; set it "
+         "above statement_timeout.", _optional(_number(positive=True)), float),
 )
 
 #: Keys an ``ENGINES`` entry accepts besides the knobs.
@@ -310,6 +314,7 @@ class PoolSettings:
     pre_ping_mode: str = "socket"
     leak_detection_threshold: float | None = None
     pgbouncer: str | None = None
+    client_timeout: float | None = None
 
     @property
     def capacity(self) -> int | None:

@@ -9,7 +9,9 @@ alias and the numbers.
 The rest of the pool's behaviour for psycopg sync pools lives here too, as listeners the
 registry installs per engine: the checkin reset (``reset_on_return`` policies), the cheap
 transaction-neutral pre-ping (``pre_ping_mode``), SQLAlchemy's cursor classes on connections
-shared with the ORM, and leak detection (``leak_detection_threshold``).
+shared with the ORM, and leak detection (``leak_detection_threshold``). The pre-ping's and the
+reset's round trips are bounded (:mod:`~django_poolkit.engines.deadline`): a server that stops
+answering costs them ``connect_timeout`` at most, never the pool's bookkeeping forever.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection, QueueP
 from .. import signals
 from ..exceptions import PoolTimeout
 from ..stats import Counters, PoolKind
+from .deadline import bounded
 
 __all__ = [
     "PRISTINE",
@@ -218,7 +221,20 @@ def _readable(dbapi_connection: Any) -> bool:
     return bool(readable)
 
 
-def install_pre_ping(engine: Any, mode: str) -> None:
+def _empty_query(dbapi_connection: Any) -> None:
+    """One round trip that changes nothing: an empty query in autocommit."""
+    if dbapi_connection.autocommit:
+        dbapi_connection.execute("")
+        return
+    dbapi_connection.autocommit = True
+    try:
+        dbapi_connection.execute("")
+    finally:
+        if not dbapi_connection.closed:
+            dbapi_connection.autocommit = False
+
+
+def install_pre_ping(engine: Any, mode: str, *, bound: float | None = None) -> None:
     """Make ``pool_pre_ping`` cheap and transaction-neutral for a psycopg engine.
 
     SQLAlchemy's ping runs ``SELECT 1`` on a cursor, which on a connection outside autocommit
@@ -227,6 +243,9 @@ def install_pre_ping(engine: Any, mode: str) -> None:
     in ``"socket"`` mode sends it only when the socket is readable or the connection broken.
     SQLAlchemy still does the rest: on failure it replaces the connection and invalidates
     every older one in the pool.
+
+    ``bound``: seconds the ping may wait for the server (``client_timeout`` when shorter); a
+    frozen server then costs the caller that long and a fresh connection, not forever.
     """
 
     def do_ping(dbapi_connection: Any) -> bool:
@@ -236,22 +255,19 @@ def install_pre_ping(engine: Any, mode: str) -> None:
                     return True
             except (OSError, ValueError):
                 pass  # no usable socket: let the round trip fail properly
-        if dbapi_connection.autocommit:
-            dbapi_connection.execute("")
+        if bound is None:
+            _empty_query(dbapi_connection)
         else:
-            dbapi_connection.autocommit = True
-            try:
-                dbapi_connection.execute("")
-            finally:
-                if not dbapi_connection.closed:
-                    dbapi_connection.autocommit = False
+            with bounded(dbapi_connection, bound, "the pool's pre-ping"):
+                _empty_query(dbapi_connection)
         return True
 
     # Per engine: every create_engine() has its own dialect instance.
     engine.dialect.do_ping = do_ping
 
 
-def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: bool) -> None:
+def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: bool,
+                            bound: float | None = None) -> None:
     """Normalise every connection of a psycopg sync pool at checkin.
 
     The engine is built with ``pool_reset_on_return=None``; this ``reset`` listener does the
@@ -260,6 +276,11 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
     isolation level, read-write, SQLAlchemy's cursor classes on a shared pool), then run the
     policy's statements. A connection that cannot be cleaned (COPY in progress, broken, a
     failed rollback or reset) makes the listener raise, and SQLAlchemy invalidates it.
+
+    ``bound``: seconds each reset round trip may wait for the server (``client_timeout``
+    when shorter), so a frozen server cannot hang the checkin. (SQLAlchemy's
+    ``Connection.close()`` rolls its own transaction back before the checkin: see
+    :func:`~django_poolkit.engines.deadline.install_client_deadline`.)
     """
     from psycopg.pq import TransactionStatus
 
@@ -278,7 +299,13 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
     def on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
         if state.terminate_only or record is None:
             return
-        connection = dbapi_connection
+        if bound is None:
+            reset(dbapi_connection, record)
+            return
+        with bounded(dbapi_connection, bound, "the pool's checkin reset"):
+            reset(dbapi_connection, record)
+
+    def reset(connection: Any, record: Any) -> None:
         if connection.closed or connection.broken:
             raise UnusableConnection("the connection is closed or broken")
         status = connection.info.transaction_status

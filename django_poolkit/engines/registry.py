@@ -29,6 +29,7 @@ from sqlalchemy.pool import Pool
 from ..conf import PoolSettings, get_settings
 from ..exceptions import PoolkitError, UnknownAlias
 from ..stats import PoolKind, counters_for, reset_counters
+from .deadline import install_client_deadline, own_round_trip_bound
 from .events import attach_listeners
 from .params import ConnectSpec, is_shared, spec_for_alias, spec_for_url
 from .pool import (
@@ -157,10 +158,17 @@ class EngineRegistry:
         _configure_pool(sync_engine.pool, alias, kind, pool)
         attach_listeners(sync_engine, alias, kind, counters_for(alias, kind))
         install_recycle_jitter(sync_engine)  # pool_recycle minus 0-10 % per connection
+        # Poolkit's connection class: client_timeout, and bounds on the pool's own round
+        # trips (pre-ping, checkin reset) so a frozen server cannot hang them.
+        bound: float | None = None
+        if spec.vendor == "postgresql":
+            own = own_round_trip_bound(pool.connect_timeout)
+            if install_client_deadline(sync_engine, alias, pool.client_timeout, bound=own):
+                bound = own
         if hygiene:
             install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",
-                                    shared=shared)
-            install_pre_ping(sync_engine, pool.pre_ping_mode or "socket")
+                                    shared=shared, bound=bound)
+            install_pre_ping(sync_engine, pool.pre_ping_mode or "socket", bound=bound)
         if pool.leak_detection_threshold is not None:
             install_leak_detection(sync_engine, alias, kind, pool.leak_detection_threshold)
         return engine
