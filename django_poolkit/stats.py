@@ -65,13 +65,22 @@ class Counters:
             setattr(self, key, getattr(self, key) + amount)
 
     def checked_out(self, wait_s: float) -> None:
-        """Record one checkout that waited ``wait_s`` seconds."""
+        """Record one checkout that waited ``wait_s`` seconds (it stops waiting, too)."""
         wait_ms = wait_s * 1000.0
         with self._lock:
+            self.waiting -= 1
             self.checkouts += 1
             self.checkout_wait_ms_total += wait_ms
             if wait_ms > self.checkout_wait_ms_max:
                 self.checkout_wait_ms_max = wait_ms
+
+    def gave_up(self, key: str | None) -> None:
+        """A caller stopped waiting without a connection; count it under ``key`` (None: an
+        interruption that is not a pool failure)."""
+        with self._lock:
+            self.waiting -= 1
+            if key is not None:
+                setattr(self, key, getattr(self, key) + 1)
 
     def checked_in(self, hold_s: float | None) -> None:
         """Record one checkin of a connection held ``hold_s`` seconds (None if unknown)."""

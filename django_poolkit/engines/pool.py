@@ -64,25 +64,49 @@ class _TimedCheckout:
     poolkit_kind: PoolKind = "sync"
     poolkit_counters: Counters
     poolkit_max_overflow: int = 0
+    #: Hand SQLAlchemy users their connection outside autocommit (psycopg pools with
+    #: poolkit's checkin hygiene, which leaves the mode as the last user set it).
+    poolkit_autocommit_off: bool = False
 
     def connect(self) -> PoolProxiedConnection:
+        """A checkout for SQLAlchemy (``engine.connect()``, ``raw_connection()``)."""
+        connection = self._poolkit_checkout()
+        if self.poolkit_autocommit_off:
+            try:
+                driver = connection.driver_connection
+                if driver is not None and driver.autocommit:
+                    driver.autocommit = False
+            except BaseException:
+                connection.invalidate()
+                connection.close()
+                raise
+        return connection
+
+    def poolkit_orm_connect(self) -> PoolProxiedConnection:
+        """A checkout for the pooled ORM backend, which sets the autocommit mode it wants
+        itself (Django's ``set_autocommit()``): switching it off here would make two
+        driver calls per request that cancel out."""
+        return self._poolkit_checkout()
+
+    def _poolkit_checkout(self) -> PoolProxiedConnection:
         started = time.perf_counter()
         counters = self.poolkit_counters
         counters.add("waiting")
         try:
             connection: PoolProxiedConnection = super().connect()  # type: ignore[misc]
         except sqlalchemy.exc.TimeoutError as error:
-            counters.add("timeouts")
+            counters.gave_up("timeouts")
             raise self._poolkit_timeout(time.perf_counter() - started) from error
         except Exception:
-            counters.add("connect_errors")
+            counters.gave_up("connect_errors")
             raise
-        finally:
-            counters.add("waiting", -1)
+        except BaseException:  # cancelled (asyncio) or interrupted: not a pool failure
+            counters.gave_up(None)
+            raise
         now = time.perf_counter()
         # The checkout event already ran inside super().connect(); the wait is only known now.
         connection.info[CHECKOUT_AT] = now
-        counters.checked_out(now - started)
+        counters.checked_out(now - started)  # and no longer waiting
         if signals.pool_checkout.receivers:
             signals.pool_checkout.send_robust(
                 sender=self.poolkit_alias, alias=self.poolkit_alias, kind=self.poolkit_kind,
@@ -105,6 +129,7 @@ class _TimedCheckout:
         new.poolkit_kind = self.poolkit_kind
         new.poolkit_counters = self.poolkit_counters
         new.poolkit_max_overflow = self.poolkit_max_overflow
+        new.poolkit_autocommit_off = self.poolkit_autocommit_off
         return new
 
     def _poolkit_timeout(self, waited: float) -> PoolTimeout:
@@ -212,13 +237,21 @@ def _readable(dbapi_connection: Any) -> bool:
     sends a FATAL error and closes the socket) or it has asynchronous news (NOTIFY, a NOTICE,
     a ParameterStatus). Either way, a real ping then decides.
     """
-    fd = dbapi_connection.pgconn.socket
-    if hasattr(select, "poll"):
+    poller = getattr(dbapi_connection, "poolkit_poller", None)
+    if poller is None:
+        fd = dbapi_connection.pgconn.socket
+        if not hasattr(select, "poll"):  # pragma: no cover (Windows)
+            readable, _, _ = select.select([fd], [], [], 0)
+            return bool(readable)
+        # One poller per connection (its socket never changes): registering costs as much as
+        # polling, and this runs at every checkout.
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover (Windows)
-    return bool(readable)
+        try:
+            dbapi_connection.poolkit_poller = poller
+        except AttributeError:  # pragma: no cover (a connection class with __slots__)
+            pass
+    return bool(poller.poll(0))
 
 
 def _empty_query(dbapi_connection: Any) -> None:
@@ -272,10 +305,12 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
 
     The engine is built with ``pool_reset_on_return=None``; this ``reset`` listener does the
     reset instead (SQLAlchemy documents this pattern for PostgreSQL): roll back (psycopg sends
-    nothing when the session is idle), restore the pooled state (autocommit off, the alias's
-    isolation level, read-write, SQLAlchemy's cursor classes on a shared pool), then run the
-    policy's statements. A connection that cannot be cleaned (COPY in progress, broken, a
-    failed rollback or reset) makes the listener raise, and SQLAlchemy invalidates it.
+    nothing when the session is idle), restore the pooled state (the alias's isolation level,
+    read-write, SQLAlchemy's cursor classes on a shared pool), then run the policy's
+    statements. The autocommit mode is left as it is: each kind of user sets its own at
+    checkout (see :meth:`PoolkitQueuePool.connect`). A connection that cannot be cleaned (COPY
+    in progress, broken, a failed rollback or reset) makes the listener raise, and SQLAlchemy
+    invalidates it.
 
     ``bound``: seconds each reset round trip may wait for the server (``client_timeout``
     when shorter), so a frozen server cannot hang the checkin. (SQLAlchemy's
@@ -296,27 +331,32 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
             dbapi_connection.cursor_factory, dbapi_connection.server_cursor_factory = (
                 cursor_classes)
 
+    idle, active = int(TransactionStatus.IDLE), int(TransactionStatus.ACTIVE)
+
     def on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
         if state.terminate_only or record is None:
             return
-        if bound is None:
-            reset(dbapi_connection, record)
+        if dbapi_connection.closed or dbapi_connection.broken:
+            raise UnusableConnection("the connection is closed or broken")
+        # The libpq status as a plain int: psycopg's enum wrapper costs more than the check.
+        status = dbapi_connection.pgconn.transaction_status
+        if bound is None or (sql is None and status == idle):
+            reset(dbapi_connection, record, status)  # nothing will be sent: nothing to bound
             return
         with bounded(dbapi_connection, bound, "the pool's checkin reset"):
-            reset(dbapi_connection, record)
+            reset(dbapi_connection, record, status)
 
-    def reset(connection: Any, record: Any) -> None:
-        if connection.closed or connection.broken:
-            raise UnusableConnection("the connection is closed or broken")
-        status = connection.info.transaction_status
-        if status == TransactionStatus.ACTIVE:
+    def reset(connection: Any, record: Any, status: int) -> None:
+        if status == active:
             raise UnusableConnection("returned with a command in progress (COPY or a stream)")
-        if status != TransactionStatus.IDLE:
-            logger.warning("pool %r: connection #%s returned %s; rolling back", alias,
-                           record.info.get(CONNECTION_ID), status.name)
         record.info[PRISTINE] = False
-        connection.rollback()  # psycopg sends nothing when the session is idle
-        connection.autocommit = False
+        if status != idle:
+            logger.warning("pool %r: connection #%s returned %s; rolling back", alias,
+                           record.info.get(CONNECTION_ID), TransactionStatus(status).name)
+            connection.rollback()
+        # The autocommit mode stays as the last user left it: the ORM switches it on at its
+        # checkout, PoolkitQueuePool.connect() off for SQLAlchemy users. Each pays a driver
+        # call only when the previous user was of the other kind.
         level = record.info.get(isolation_key)
         if connection.isolation_level != level:
             connection.isolation_level = level
@@ -327,12 +367,9 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
         if cursor_classes is not None:
             connection.cursor_factory, connection.server_cursor_factory = cursor_classes
         if sql is not None:
-            connection.autocommit = True
-            try:
-                connection.execute(sql)
-            finally:
-                if not connection.closed:
-                    connection.autocommit = False
+            if not connection.autocommit:
+                connection.autocommit = True  # DISCARD ALL refuses to run in a transaction
+            connection.execute(sql)
             record.info[PRISTINE] = True
 
     event.listen(engine, "connect", on_connect)

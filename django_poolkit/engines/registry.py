@@ -166,6 +166,8 @@ class EngineRegistry:
             if install_client_deadline(sync_engine, alias, pool.client_timeout, bound=own):
                 bound = own
         if hygiene:
+            if isinstance(sync_engine.pool, PoolkitQueuePool):
+                sync_engine.pool.poolkit_autocommit_off = True
             install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",
                                     shared=shared, bound=bound)
             install_pre_ping(sync_engine, pool.pre_ping_mode or "socket", bound=bound)

@@ -126,7 +126,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         else:
             self.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         pool = engine_registry.get(self.alias, "sync").pool
-        fairy = pool.connect()
+        fairy = pool.poolkit_orm_connect()
         try:
             connection = fairy.driver_connection
             # The pool hands out SQLAlchemy's cursor classes; the ORM uses Django's.
@@ -151,6 +151,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self._poolkit_fairy is not None and self._poolkit_pid != os.getpid():
             self.close()
         super().ensure_connection()
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # A pooled connection often already is in the wanted mode; psycopg's setter takes
+        # its lock and runs a (no-op) generator even then, on every request.
+        if self._poolkit_fairy is not None and self.connection.autocommit == autocommit:
+            return
+        super()._set_autocommit(autocommit)  # type: ignore[misc]
 
     def _poolkit_role_is_default(self) -> bool:
         """``SET ROLE`` would change nothing: the role travelled in the startup options (not
@@ -206,11 +213,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 # server rolls back) or closed under us: never hand it out again.
                 fairy.invalidate()
                 return
-            try:
-                self._close_server_cursors()
-            except BaseException:
-                fairy.invalidate()
-                raise
+            if self._poolkit_server_cursors:
+                try:
+                    self._close_server_cursors()
+                except BaseException:
+                    fairy.invalidate()
+                    raise
             current = engine_registry.built(self.alias, "sync")
             if current is None or current.pool is not pool:
                 # The pool was disposed while we held this connection: nobody would use it.
