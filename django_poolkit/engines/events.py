@@ -19,7 +19,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from .. import signals
 from ..stats import Counters, PoolKind
-from .pool import CHECKOUT_AT, CONNECTION_ID
+from .pool import CHECKOUT_AT, CONNECTION_ID, PoolkitAsyncQueuePool, PoolkitQueuePool
 
 __all__ = ["attach_listeners", "connection_id"]
 
@@ -54,9 +54,13 @@ def _guarded(handler: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def attach_listeners(engine: Engine, alias: str, kind: PoolKind, counters: Counters) -> None:
+def attach_listeners(engine: Engine, alias: str, kind: PoolKind, counters: Counters, *,
+                     count_resets: bool = True) -> None:
     """Wire connect, checkout, checkin, invalidate, soft invalidate, reset and close of
-    ``engine``'s pool to ``counters``, the ``django_poolkit.signals`` and the logger."""
+    ``engine``'s pool to ``counters``, the ``django_poolkit.signals`` and the logger.
+
+    ``count_resets=False`` when the pool's own reset listener (the checkin hygiene) counts
+    and signals resets: one listener on the hot path instead of two."""
 
     def send(signal: Any, record: ConnectionPoolEntry | None, **extra: Any) -> None:
         if signal.receivers:
@@ -122,9 +126,12 @@ def attach_listeners(engine: Engine, alias: str, kind: PoolKind, counters: Count
         counters.add("connections_closed")
 
     event.listen(engine, "connect", on_connect)
-    event.listen(engine, "checkin", on_checkin)
+    if not isinstance(engine.pool, (PoolkitQueuePool, PoolkitAsyncQueuePool)):
+        # Poolkit's own pools account for checkins in _do_return_conn (no event dispatch).
+        event.listen(engine, "checkin", on_checkin)
     event.listen(engine, "invalidate", on_invalidate)
     event.listen(engine, "soft_invalidate", on_soft_invalidate)
-    event.listen(engine, "reset", on_reset)
+    if count_resets:
+        event.listen(engine, "reset", on_reset)
     event.listen(engine, "close", on_close)
     event.listen(engine, "close_detached", on_close_detached)

@@ -32,6 +32,7 @@ from .. import signals
 from ..exceptions import PoolTimeout
 from ..stats import Counters, PoolKind
 from .deadline import bounded
+from .recycle import expire_if_due
 
 __all__ = [
     "PRISTINE",
@@ -67,6 +68,8 @@ class _TimedCheckout:
     #: Hand SQLAlchemy users their connection outside autocommit (psycopg pools with
     #: poolkit's checkin hygiene, which leaves the mode as the last user set it).
     poolkit_autocommit_off: bool = False
+    #: ``pool_recycle`` in seconds when poolkit spreads it (:mod:`.recycle`), else None.
+    poolkit_recycle: float | None = None
 
     def connect(self) -> PoolProxiedConnection:
         """A checkout for SQLAlchemy (``engine.connect()``, ``raw_connection()``)."""
@@ -115,12 +118,34 @@ class _TimedCheckout:
         return connection
 
     def _do_return_conn(self, record: Any) -> None:
+        # The checkin's accounting lives here rather than in a "checkin" listener: with no
+        # listener SQLAlchemy skips that event's dispatch on every request. This runs at the
+        # same moment (after the reset, before the queue), for invalidated connections too.
+        self._poolkit_checked_in(record)
+        if self.poolkit_recycle is not None and record.dbapi_connection is not None:
+            expire_if_due(record, self.poolkit_recycle)
         # A pool the registry retired (settings changed, disposed, test database dropped)
         # must not park the connection in a queue nobody will read again: close it now.
         if getattr(self, "poolkit_retired", False):
             record.close()
             return
         super()._do_return_conn(record)  # type: ignore[misc]
+
+    def _poolkit_checked_in(self, record: Any) -> None:
+        try:
+            started = record.info.pop(CHECKOUT_AT, None)
+            hold = time.perf_counter() - started if started is not None else None
+            self.poolkit_counters.checked_in(hold)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("pool %r (%s) checked in connection #%s", self.poolkit_alias,
+                             self.poolkit_kind, record.info.get(CONNECTION_ID))
+            if signals.pool_checkin.receivers:
+                signals.pool_checkin.send_robust(
+                    sender=self.poolkit_alias, alias=self.poolkit_alias,
+                    kind=self.poolkit_kind, connection_id=record.info.get(CONNECTION_ID),
+                    hold_ms=hold * 1000.0 if hold is not None else None)
+        except Exception:  # accounting must never break a checkin
+            logger.exception("poolkit checkin accounting failed")
 
     def recreate(self) -> Any:
         # Engine.dispose() swaps in a fresh pool built by recreate(): carry poolkit's wiring.
@@ -130,6 +155,7 @@ class _TimedCheckout:
         new.poolkit_counters = self.poolkit_counters
         new.poolkit_max_overflow = self.poolkit_max_overflow
         new.poolkit_autocommit_off = self.poolkit_autocommit_off
+        new.poolkit_recycle = self.poolkit_recycle
         return new
 
     def _poolkit_timeout(self, waited: float) -> PoolTimeout:
@@ -300,7 +326,7 @@ def install_pre_ping(engine: Any, mode: str, *, bound: float | None = None) -> N
 
 
 def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: bool,
-                            bound: float | None = None) -> None:
+                            counters: Counters, bound: float | None = None) -> None:
     """Normalise every connection of a psycopg sync pool at checkin.
 
     The engine is built with ``pool_reset_on_return=None``; this ``reset`` listener does the
@@ -334,6 +360,12 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
     idle, active = int(TransactionStatus.IDLE), int(TransactionStatus.ACTIVE)
 
     def on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+        # Counted and signalled here (the events module leaves resets to this listener).
+        counters.add("resets")
+        if signals.pool_reset.receivers:
+            signals.pool_reset.send_robust(
+                sender=alias, alias=alias, kind="sync",
+                connection_id=record.info.get(CONNECTION_ID) if record is not None else None)
         if state.terminate_only or record is None:
             return
         if dbapi_connection.closed or dbapi_connection.broken:

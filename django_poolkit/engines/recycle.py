@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-__all__ = ["LIFETIME", "SPREAD", "install_recycle_jitter"]
+__all__ = ["LIFETIME", "SPREAD", "expire_if_due", "install_recycle_jitter"]
 
 #: Largest share of ``pool_recycle`` taken off a connection's lifetime.
 SPREAD = 0.1
@@ -43,9 +43,20 @@ LIFETIME = "poolkit_lifetime"
 _random = random.Random()  # noqa: S311
 
 
+def expire_if_due(record: Any, recycle: float) -> None:
+    """At checkin: mark a connection older than its own lifetime for SQLAlchemy to replace
+    at its next checkout."""
+    lifetime = record.info.get(LIFETIME)
+    if lifetime is not None and time.time() - record.starttime > lifetime:
+        record.starttime = time.time() - recycle - 1.0
+
+
 def install_recycle_jitter(engine: Any) -> None:
     """Give every connection of ``engine``'s pool a lifetime of ``pool_recycle`` minus a
-    random 0-10 %; a no-op when the pool never recycles (``pool_recycle`` -1)."""
+    random 0-10 %; a no-op when the pool never recycles (``pool_recycle`` -1).
+
+    Poolkit's pools check the lifetime in their own checkin (``poolkit_recycle``); other
+    pools get a ``checkin`` listener."""
     recycle = float(getattr(engine.pool, "_recycle", -1))
     if recycle <= 0:
         return
@@ -54,13 +65,14 @@ def install_recycle_jitter(engine: Any) -> None:
         # SQLAlchemy clears ``info`` before each (re)connect: a new connection, a new draw.
         record.info[LIFETIME] = recycle * (1.0 - SPREAD * _random.random())
 
+    event.listen(engine, "connect", on_connect)
+    if hasattr(engine.pool, "poolkit_recycle"):
+        engine.pool.poolkit_recycle = recycle
+        return
+
     def on_checkin(dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is None or record is None:
             return  # invalidated: reconnected at its next checkout anyway
-        lifetime = record.info.get(LIFETIME)
-        if lifetime is not None and time.time() - record.starttime > lifetime:
-            # Expired by its own lifetime: SQLAlchemy replaces it at its next checkout.
-            record.starttime = time.time() - recycle - 1.0
+        expire_if_due(record, recycle)
 
-    event.listen(engine, "connect", on_connect)
     event.listen(engine, "checkin", on_checkin)

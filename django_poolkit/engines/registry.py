@@ -156,7 +156,8 @@ class EngineRegistry:
                     f"({error.name}); install django-poolkit[async]") from error
             sync_engine = engine.sync_engine
         _configure_pool(sync_engine.pool, alias, kind, pool)
-        attach_listeners(sync_engine, alias, kind, counters_for(alias, kind))
+        attach_listeners(sync_engine, alias, kind, counters_for(alias, kind),
+                         count_resets=not hygiene)
         install_recycle_jitter(sync_engine)  # pool_recycle minus 0-10 % per connection
         # Poolkit's connection class: client_timeout, and bounds on the pool's own round
         # trips (pre-ping, checkin reset) so a frozen server cannot hang them.
@@ -169,7 +170,8 @@ class EngineRegistry:
             if isinstance(sync_engine.pool, PoolkitQueuePool):
                 sync_engine.pool.poolkit_autocommit_off = True
             install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",
-                                    shared=shared, bound=bound)
+                                    shared=shared, counters=counters_for(alias, kind),
+                                    bound=bound)
             install_pre_ping(sync_engine, pool.pre_ping_mode or "socket", bound=bound)
         if pool.leak_detection_threshold is not None:
             install_leak_detection(sync_engine, alias, kind, pool.leak_detection_threshold)
