@@ -229,7 +229,29 @@ class OpenConnections:
             return set(self.closed_pids)
 
 
-class ServerCount:
+class BackgroundSampler:
+    """A daemon thread running :meth:`_run` between ``__enter__`` and ``__exit__``;
+    :meth:`_run` loops until ``self._stop`` is set."""
+
+    name = "sampler"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        raise AssertionError("a sampler defines _run")
+
+
+class ServerCount(BackgroundSampler):
     """Samples, in a thread, how many server processes of a pool a server has
     (``pg_stat_activity`` rows whose ``application_name`` matches), as fast as it can.
 
@@ -239,23 +261,16 @@ class ServerCount:
     the server processes of connections still open, or unknown to the client.
     """
 
+    name = "server-count"
+
     def __init__(self, dsn: str, pattern: str, tracker: OpenConnections) -> None:
         self.dsn, self.pattern, self.tracker = dsn, pattern, tracker
         self.raw_peak = 0
         self.peak = 0
         self.samples = 0
         self.max_gap = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="server-count", daemon=True)
         self.error: BaseException | None = None
-
-    def __enter__(self) -> ServerCount:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        super().__init__()
 
     def _run(self) -> None:
         try:
@@ -362,23 +377,16 @@ class Load:
             return sorted(self.requests, key=lambda request: request.start)
 
 
-class Availability:
+class Availability(BackgroundSampler):
     """Polls the server directly (no pool) every ``interval`` s: a timeline of when it
     accepted connections, independent of what the pool under test does."""
+
+    name = "availability"
 
     def __init__(self, cluster: Scratch, interval: float = 0.02) -> None:
         self.cluster, self.interval = cluster, interval
         self.timeline: list[tuple[float, bool]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="availability", daemon=True)
-
-    def __enter__(self) -> Availability:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        super().__init__()
 
     def _run(self) -> None:
         while not self._stop.is_set():
