@@ -292,7 +292,7 @@ def test_the_published_results_are_one_full_run_of_the_command():
     section = report.results_rst(results)
     assert (PUBLISHED / "results.rst").read_text() == section
     assert section in (ROOT / "docs" / "bench.rst").read_text()
-    assert report.headline_rst(results) in (ROOT / "README.rst").read_text()
+    assert report.headline_rst(results) in (ROOT / "docs" / "performance.rst").read_text()
     for plot in ("ratios.png", "scaling.png"):
         assert (PUBLISHED / plot).read_bytes().startswith(b"\x89PNG")
 
