@@ -20,12 +20,14 @@ CHECKS = (ROOT / "docs" / "checks.rst").read_text()
 
 
 @pytest.mark.parametrize("name", list(KNOBS))
-def test_every_pool_setting_is_documented_with_its_default(name):
-    default = KNOBS[name].default
-    shown = '"' + default + '"' if isinstance(default, str) else repr(default)
-    row = re.search(rf"\* - ``{name}``\n\s+- ``(.*?)``", CONFIGURATION)
+def test_every_pool_setting_is_documented_with_its_default_and_accepted_values(name):
+    knob = KNOBS[name]
+    shown = '"' + knob.default + '"' if isinstance(knob.default, str) else repr(knob.default)
+    row = re.search(rf"\* - ``{name}``\n\s+- ``(.*?)``\n\s+- (.*?)\n\s+- ", CONFIGURATION,
+                    re.S)
     assert row, f"{name} missing from the settings table of docs/configuration.rst"
     assert row.group(1) == shown
+    assert " ".join(row.group(2).replace("``", "").split()) == knob.accepted
 
 
 @pytest.mark.parametrize("key", list(TOP_LEVEL_KEYS))

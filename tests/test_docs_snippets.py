@@ -111,3 +111,26 @@ def test_every_poolkit_setting_in_an_example_is_valid(source):
     settings, problems = build_settings(poolkit, databases, {})
     assert problems == []
     assert settings is not None
+
+
+COMMAND = re.compile(r"^\s*\$ (?:[A-Z_]+=\S+ )*(?:python |\./)manage\.py (\w+)(.*?)$", re.M)
+
+
+def _commands() -> list[Any]:
+    """Every ``manage.py`` command line shown in the documents (continuation lines joined)."""
+    found = []
+    for path in DOCUMENTS:
+        text = path.read_text().replace("\\\n", " ")
+        for match in COMMAND.finditer(text):
+            line = text[: match.start()].count("\n") + 1
+            found.append(pytest.param(match.group(1), match.group(2).split(),
+                                      id=f"{path.relative_to(ROOT)}:{line}"))
+    return found
+
+
+@pytest.mark.parametrize(("name", "arguments"), _commands())
+def test_every_documented_command_line_parses(name, arguments):
+    from django.core.management import get_commands, load_command_class
+
+    command = load_command_class(get_commands()[name], name)
+    command.create_parser("manage.py", name).parse_args(arguments)
