@@ -59,8 +59,8 @@ def _knobs(*knobs: Knob) -> dict[str, Knob]:
     return {knob.name: knob for knob in knobs}
 
 
-#: Every per-pool setting, in the order the README documents them. Defaults follow the seed's
-#: ``create_engine(...)`` example.
+#: Every per-pool setting, in the order the README documents them. Defaults follow a typical
+#: production ``create_engine(...)``.
 KNOBS: dict[str, Knob] = _knobs(
     Knob("pool_size", 5, "an integer >= 1",
          "Connections kept open in the pool (per process).", integer(1), int),
@@ -89,11 +89,11 @@ KNOBS: dict[str, Knob] = _knobs(
          "Names the pool's connections in pg_stat_activity; None leaves OPTIONS' value.",
          text, str),
     Knob("preset", None, "one of " + ", ".join(f'"{n}"' for n in sizing.PRESETS) + ", or None",
-         "A named size from the seed's table: sets pool_size and max_overflow.",
+         "A named size from the preset table: sets pool_size and max_overflow.",
          choice(sizing.PRESETS), str),
     Knob("sizing", None, "one of " + ", ".join(f'"{name}"' for name in sizing.SIZING_FORMULAS)
          + ", or None",
-         "Compute pool_size (and, for production/auto, max_overflow) with a seed formula.",
+         "Compute pool_size (and, for production/auto, max_overflow) with a sizing formula.",
          choice(sizing.SIZING_FORMULAS), str),
     Knob("cores", None, "an integer >= 1, or None for os.cpu_count()",
          "CPU cores for the cores/production/auto formulas.", integer(1, none=True), int),

@@ -149,7 +149,7 @@ class EngineRegistry:
             except ImportError as error:
                 raise PoolkitError(
                     f"the async engine for {alias!r} needs a package that is not installed "
-                    f"({error.name}); install django-poolkit[async]") from error
+                    f"({error.name}); install django-poolkit[sqlite-async]") from error
             sync_engine = engine.sync_engine
         _configure_pool(sync_engine.pool, alias, kind, pool)
         attach_listeners(sync_engine, alias, kind, counters_for(alias, kind),

@@ -73,7 +73,7 @@ class Deployment:
 
     @property
     def effective_cores(self) -> int:
-        """``cores``, or the seed's ``os.cpu_count()`` default."""
+        """``cores``, or the ``os.cpu_count()`` default."""
         return self.cores or sizing.default_cores()
 
 
