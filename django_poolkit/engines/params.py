@@ -17,10 +17,13 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
+from django.db.utils import load_backend
 from sqlalchemy.engine import URL, make_url
 
 from ..conf import KNOBS, PoolSettings
@@ -33,6 +36,7 @@ __all__ = [
     "is_shared",
     "spec_for_alias",
     "spec_for_url",
+    "vendor_of",
 ]
 
 #: The ENGINE of poolkit's pooled ORM backend: its alias's sync pool is shared with the ORM.
@@ -84,6 +88,20 @@ def _startup_options(existing: str | None, pool: PoolSettings, extra: dict[str, 
         escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
         parts.append(f"-c {name}={escaped}")
     return " ".join(parts)
+
+
+def vendor_of(database: Mapping[str, Any]) -> str:
+    """The vendor Django's backend declares for a ``DATABASES`` entry (``"postgresql"`` for
+    PostgreSQL, PostGIS and poolkit's backend, ``"sqlite"``, ...), asked of the backend class
+    without connecting; ``""`` when its ``ENGINE`` is missing or cannot be loaded. The one way
+    poolkit tells vendors apart, so a custom backend is recognised by what it is."""
+    engine = database.get("ENGINE")
+    if not engine:
+        return ""
+    try:
+        return str(load_backend(str(engine)).DatabaseWrapper.vendor)
+    except (ImproperlyConfigured, ImportError, AttributeError):
+        return ""
 
 
 def is_shared(alias: str) -> bool:

@@ -18,7 +18,8 @@ import psycopg
 
 from ..conf import get_settings
 from ..engines.params import spec_for_alias
-from ..ops.serverinfo import ROLE_AND_LAG_SQL, describe_error
+from ..exceptions import describe_error
+from ..ops.serverinfo import ROLE_AND_LAG_SQL
 
 __all__ = ["ProbeResult", "probe_database"]
 

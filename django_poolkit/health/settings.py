@@ -21,6 +21,7 @@ from ..check_ids import (
     E_HEALTH_UNKNOWN_KEY,
 )
 from ..conf import get_settings
+from ..engines.params import vendor_of
 
 __all__ = [
     "DEGRADED",
@@ -73,7 +74,7 @@ class HealthSettings:
         if self.databases is not None:
             return self.databases
         return tuple(alias for alias in connections.settings
-                     if _vendor(alias) in _PROBED_VENDORS)
+                     if vendor_of(connections.settings[alias]) in _PROBED_VENDORS)
 
     def replica_aliases(self) -> tuple[str, ...]:
         """The probed aliases that the replica policy counts."""
@@ -111,15 +112,6 @@ def _router_replicas() -> set[str]:
     return {replica.alias for cluster in replica_state.snapshot()
             for replica in cluster.replicas}
 
-
-
-def _vendor(alias: str) -> str:
-    engine = str(connections.settings[alias].get("ENGINE", ""))
-    if "sqlite" in engine:
-        return "sqlite"
-    if "postgres" in engine or engine.startswith("django_poolkit"):
-        return "postgresql"
-    return engine.rsplit(".", 1)[-1]
 
 
 def _is_number(value: Any) -> bool:

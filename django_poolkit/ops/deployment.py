@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from .._schema import Report, known_items
 from ..check_ids import E_DEPLOYMENT_BAD_VALUE, E_DEPLOYMENT_NOT_A_DICT, E_DEPLOYMENT_UNKNOWN_KEY
 from ..conf import PoolkitSettings, PoolSettings, get_settings
+from ..engines.params import vendor_of
 from . import sizing
 
 __all__ = [
@@ -148,8 +149,7 @@ def server_of(alias: str, pool: PoolSettings) -> str | None:
             return None
         return f"{url.host or 'localhost'}:{url.port or 5432}"
     entry = connections.settings.get(alias) or {}
-    engine = str(entry.get("ENGINE", ""))
-    if "postgres" not in engine and "postgis" not in engine:
+    if vendor_of(entry) != "postgresql":
         return None
     return f"{entry.get('HOST') or 'localhost'}:{entry.get('PORT') or 5432}"
 

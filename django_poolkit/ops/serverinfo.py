@@ -4,8 +4,8 @@ its connection limits and every client connection, each over one short-lived con
 Server queries never use an application pool: they open one connection of their own with a
 short ``connect_timeout``, named ``poolkit-ops:<alias>:<pid>``, ask in a read-only transaction
 with a short ``statement_timeout``, and wait for the answer for a bounded time, so a stopped
-server cannot hang a command. Errors are reduced to fixed phrases (:func:`describe_error`); a
-password never leaves ``connect_args``.
+server cannot hang a command. Errors are reduced to fixed phrases
+(:func:`~django_poolkit.exceptions.describe_error`); a password never leaves ``connect_args``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import psycopg
 
 from ..conf import PoolSettings, get_settings
 from ..engines.params import spec_for_alias, spec_for_url
-from ..exceptions import ServerUnreachable
+from ..exceptions import ServerUnreachable, describe_error
 
 __all__ = [
     "ROLE_AND_LAG_SQL",
     "ApplicationConnections",
     "ServerLimits",
     "ServerSnapshot",
-    "describe_error",
     "read_limits",
     "read_snapshot",
 ]
@@ -45,59 +44,6 @@ SELECT pg_is_in_recovery(),
             ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
        END
 """
-
-
-# SQLSTATE -> what a probe may say about it.
-_SQLSTATE_PHRASES = {
-    "53300": "too many connections",
-    "28P01": "authentication failed",
-    "28000": "authorization rejected",
-    "3D000": "database does not exist",
-    "57P03": "server is starting up or shutting down",
-    "57P01": "server terminated the connection",
-    "57014": "statement timeout",
-    "08006": "connection failure",
-    "08001": "could not connect",
-}
-# libpq reports most connection failures without a SQLSTATE: match its wording (lower case)
-# and answer with a fixed phrase, never with the text itself.
-_MESSAGE_PHRASES = (
-    ("too many connections", "too many connections"),
-    ("too many clients", "too many connections"),
-    ("remaining connection slots are reserved", "too many connections"),
-    ("password authentication failed", "authentication failed"),
-    ("no password supplied", "authentication failed"),
-    ("no pg_hba.conf entry", "rejected by pg_hba.conf"),
-    ("connection refused", "connection refused"),
-    ("timeout expired", "connect timeout"),
-    ("database system is starting up", "server is starting up or shutting down"),
-    ("database system is shutting down", "server is starting up or shutting down"),
-    ("could not translate host name", "host name not resolved"),
-    ("server closed the connection", "server closed the connection"),
-    ("canceling statement due to statement timeout", "statement timeout"),
-    ("does not exist", "database or role does not exist"),
-    ("unable to open database file", "database file missing or unreadable"),
-)
-
-
-
-def describe_error(error: BaseException) -> str:
-    """A fixed phrase for a connection or query error, with its SQLSTATE when known.
-
-    The driver's own text can hold host names, user names and parameter values, so it is
-    only *matched*, never returned.
-    """
-    sqlstate = getattr(error, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_PHRASES:
-        return f"{_SQLSTATE_PHRASES[sqlstate]} (SQLSTATE {sqlstate})"
-    text = str(error).lower()
-    for needle, phrase in _MESSAGE_PHRASES:
-        if needle in text:
-            return phrase
-    if isinstance(sqlstate, str) and sqlstate:
-        return f"{type(error).__name__} (SQLSTATE {sqlstate})"
-    return type(error).__name__
-
 
 
 def _connect_args(alias: str, pool: PoolSettings, timeout: float) -> dict[str, Any]:

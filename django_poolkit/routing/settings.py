@@ -37,6 +37,7 @@ from ..check_ids import (
     E_ROUTING_UNKNOWN_ALIAS,
     E_ROUTING_UNKNOWN_KEY,
 )
+from ..engines.params import vendor_of
 
 __all__ = [
     "CLUSTER_OPTIONS",
@@ -264,8 +265,7 @@ def _read_options(
 
 
 def _is_postgres(database: Mapping[str, Any]) -> bool:
-    engine = str(database.get("ENGINE", ""))
-    return "postgresql" in engine or "postgis" in engine
+    return vendor_of(database) == "postgresql"
 
 
 def _alias(
