@@ -10,18 +10,16 @@ server cannot hang a command. Errors are reduced to fixed phrases
 
 from __future__ import annotations
 
-import math
-import os
-import queue
-import threading
+import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
 
-from ..conf import PoolSettings, get_settings
-from ..engines.params import spec_for_alias, spec_for_url
+from .._threads import in_daemon_thread
+from ..conf import get_settings
+from ..engines.params import connection_spec, direct_connect_args
 from ..exceptions import ServerUnreachable, describe_error
 
 __all__ = [
@@ -46,42 +44,14 @@ SELECT pg_is_in_recovery(),
 """
 
 
-def _connect_args(alias: str, pool: PoolSettings, timeout: float) -> dict[str, Any]:
-    spec = spec_for_url(alias, pool.url, pool) if pool.url else spec_for_alias(alias, pool)
-    params = dict(spec.connect_args)
-    params.update({
-        "host": spec.url.host, "port": spec.url.port, "user": spec.url.username,
-        "dbname": spec.url.database,
-    })
-    params = {key: value for key, value in params.items() if value is not None}
-    # No startup options of our own: PgBouncer rejects or ignores them. The queries run in a
-    # read-only transaction with a local statement_timeout instead (_guard).
-    params["connect_timeout"] = max(2, math.ceil(timeout))  # libpq's minimum is 2 s
-    params["application_name"] = f"poolkit-ops:{alias}:{os.getpid()}"[:63]
-    params.pop("prepare_threshold", None)
-    return params
-
-
 def _bounded(work: Callable[[], Any], timeout: float) -> Any:
     """Run ``work`` in a daemon thread and return its result, or raise TimeoutError after
     ``timeout`` seconds (libpq's own timeouts do not cover a server that stopped answering
     in the middle of a query)."""
-    answers: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
-
-    def run() -> None:
-        try:
-            answers.put((True, work()))
-        except BaseException as error:  # handed to the caller, who re-raises it
-            answers.put((False, error))
-
-    threading.Thread(target=run, name="poolkit-ops-query", daemon=True).start()
     try:
-        ok, result = answers.get(timeout=timeout)
-    except queue.Empty:
+        return in_daemon_thread(work, "poolkit-ops-query").result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
         raise TimeoutError("the server did not answer in time") from None
-    if not ok:
-        raise result
-    return result
 
 
 @dataclass(frozen=True)
@@ -256,7 +226,10 @@ def _ask(alias: str, timeout: float, query: Callable[[dict[str, Any], int], Any]
     pool = get_settings().for_alias(alias)
     if pool is None:
         raise ServerUnreachable("not configured")
-    params = _connect_args(alias, pool, timeout)
+    # No startup options of our own: PgBouncer rejects or ignores them. The queries run in a
+    # read-only transaction with a local statement_timeout instead (_guard).
+    params = direct_connect_args(alias, connection_spec(alias, pool), purpose="ops",
+                                 timeout=timeout)
     timeout_ms = max(1, int(timeout * 1000))
     try:
         # One extra second for the TCP handshake and the connection's own round trips.
