@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import event
 
-from .pool import CONNECTION_ID
+from .events import CONNECTION_ID
 
 __all__ = ["LeakDetector", "install_leak_detection", "leak_detector"]
 

@@ -100,8 +100,8 @@ class _Cluster:
 
 def _pool_errors(alias: str) -> int:
     """Connections the pools of ``alias`` (sync and async) failed to open, since start."""
-    return int(counters_for(alias, "sync").connect_errors
-               + counters_for(alias, "async").connect_errors)
+    return int(counters_for(alias, "sync").get("connect_errors")
+               + counters_for(alias, "async").get("connect_errors"))
 
 
 _PRIMARY_SQL = text("SELECT pg_current_wal_lsn()::text")
