@@ -29,10 +29,8 @@ Rules, per replica:
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -41,6 +39,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from ..conf import on_reload
 from ..exceptions import NoHealthyReplica, describe_error
 from ..pinning import format_lsn, parse_lsn
 from ..signals import replica_state_changed
@@ -126,7 +125,6 @@ class ReplicaState:
         self._clusters: dict[str, _Cluster] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pid = os.getpid()
         # Serialises probes: a caller of refresh() waits for a probe already running.
         self._probe_lock = threading.Lock()
         # State changes made under the lock, announced (signal) once it is released.
@@ -138,18 +136,12 @@ class ReplicaState:
     # Configuration -----------------------------------------------------------------------
 
     def _current(self, routing: RoutingSettings | None = None) -> dict[str, _Cluster]:
-        _hook_reload()
         if routing is None:
             routing = routing_settings()
-        if routing is self._routing and self._pid == os.getpid():
+        if routing is self._routing:
             return self._clusters
         with self._lock:
-            if routing is not self._routing or self._pid != os.getpid():
-                if self._pid != os.getpid():
-                    # A forked child: the parent's thread does not exist here.
-                    self._thread = None
-                    self._stop = threading.Event()
-                    self._pid = os.getpid()
+            if routing is not self._routing:
                 self._clusters = {
                     name: _Cluster(config, {r.alias: _Replica(r.alias, name, r.weight)
                                             for r in config.replicas})
@@ -279,7 +271,6 @@ class ReplicaState:
         self._probe_lock = threading.Lock()
         self._thread = None
         self._stop = threading.Event()
-        self._pid = os.getpid()
         self._routing = None
         self._clusters = {}
 
@@ -434,7 +425,7 @@ class ReplicaState:
         if routing.probe_interval is None:
             return
         thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+        if thread is not None and thread.is_alive():
             return
         self._current(routing)
         with self._lock:
@@ -466,27 +457,12 @@ class ReplicaState:
     def prober_running(self) -> bool:
         """Whether this process's background prober is alive."""
         thread = self._thread
-        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+        return thread is not None and thread.is_alive()
 
 
 #: The process-wide replica state.
 replica_state = ReplicaState()
 
 
-_reload_hooked = False
-
-
-def _hook_reload() -> None:
-    """Once per process, on first use (importing the package has no side effects): forget the
-    state whenever the configuration is reloaded, start over in a forked child, and stop the
-    prober at interpreter exit."""
-    global _reload_hooked
-    if not _reload_hooked:
-        from ..conf import on_reload
-
-        _reload_hooked = True
-        on_reload(replica_state.reset)
-        os.register_at_fork(after_in_child=replica_state.after_fork_in_child)
-        # Registered after the app's dispose_all, so it runs before it: no probe is left
-        # holding a connection while the pools close.
-        atexit.register(replica_state.stop)
+# The configuration changed: forget the clusters (their replicas may be others now).
+on_reload(replica_state.reset)
