@@ -41,6 +41,7 @@ from sqlalchemy import text
 
 from ..conf import on_reload
 from ..exceptions import NoHealthyReplica, describe_error
+from ..ops.serverinfo import PRIMARY_POSITION_SQL, ROLE_AND_LAG_SQL
 from ..pinning import format_lsn, parse_lsn
 from ..signals import replica_state_changed
 from ..stats import counters_for
@@ -103,13 +104,8 @@ def _pool_errors(alias: str) -> int:
                + counters_for(alias, "async").get("connect_errors"))
 
 
-_PRIMARY_SQL = text("SELECT pg_current_wal_lsn()::text")
-_REPLICA_SQL = text(
-    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-    "pg_last_wal_receive_lsn()::text, "
-    "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8, "
-    "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END"
-)
+_PRIMARY_SQL = text(PRIMARY_POSITION_SQL)
+_REPLICA_SQL = text(ROLE_AND_LAG_SQL)
 
 
 class ReplicaState:
@@ -317,7 +313,9 @@ class ReplicaState:
             try:
                 with get_engine(replica.alias).connect() as connection:
                     connection.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
-                    row = connection.execute(_REPLICA_SQL).one()
+                    measured = connection.execute(_REPLICA_SQL).one()
+                # The role and the positions: the router measures lag against the primary.
+                row = (measured[0], *measured[2:])
             except Exception as error:
                 with self._lock:
                     replica.errors_seen = _pool_errors(replica.alias)
