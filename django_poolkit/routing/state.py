@@ -1,30 +1,10 @@
 """The one shared replica state: health, lag, exclusion and readmission, per process.
 
 The router, ``read_session()``, the health views, ``poolstatus`` and metrics all read
-:data:`replica_state`, so they tell the same story about which replica is out and why.
-
-The state is refreshed by probes, never on the request path: a background thread (started by
-the first routed read, one per process, restarted after a fork) probes every cluster each
-``probe_interval`` seconds; with ``probe_interval=None`` probes run only when someone calls
-:meth:`ReplicaState.refresh`. A probe asks the primary for ``pg_current_wal_lsn()`` and each
-replica for ``pg_is_in_recovery()``, ``pg_last_wal_replay_lsn()``, its receive position and
-the age of its last replayed transaction, through the same pools the application uses.
-
-Rules, per replica:
-
-- a probe that cannot connect or query takes the replica out (``down``) at once, and so does
-  a failed connection attempt in the replica's pool (the ORM's or SQLAlchemy's), noticed at
-  the next routed read from the pool's counter; the next successful probe brings it back;
-- a server that is not in recovery is out (``not_replica``): it was promoted, or the alias
-  points at a primary, and its data may be behind the real primary;
-- lag (while behind: the age of the last replayed commit, or of the last probe that found
-  the replica caught up if that is younger; and the WAL bytes behind) above
-  ``max_lag``/``max_lag_bytes`` takes it out (``lagging``); it comes back only below
-  ``readmit_lag``/``readmit_lag_bytes`` (hysteresis, so it does not flap at the threshold).
-  A replica that has replayed everything it was sent and everything the primary wrote has lag
-  0, however long ago its last commit was (an idle primary is not lag);
-- a replica never probed yet (``unknown``) serves plain reads, as it would without poolkit,
-  but never a read-your-writes read: its replay position is not known.
+:data:`replica_state`, so they tell the same story about which replica is out and why. A
+background prober (one per process, started by the first routed read) refreshes it through
+the application's pools, never on the request path. The rules (down, not_replica, lagging
+with hysteresis, unknown) are in the README, "Replica health and fallback".
 """
 
 from __future__ import annotations
