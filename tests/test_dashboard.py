@@ -193,3 +193,48 @@ def test_no_password_appears_on_the_page_or_in_the_json(settings):
         for alias in ("default", "replica"):
             connections.settings[alias]["PASSWORD"] = ""
         conf.reload()
+
+
+WORKER = """
+import sys
+import django
+django.setup()
+from django_poolkit import get_engine, metrics
+metrics.install()
+engine = get_engine("default")
+held = [engine.connect() for _ in range(int(sys.argv[1]))]
+print("ready", flush=True)
+sys.stdin.read()
+for connection in held:
+    connection.close()
+"""
+
+
+def test_every_workers_pools_summed_from_the_multiprocess_directory(tmp_path, monkeypatch):
+    """Two real worker processes in Prometheus' multiprocess mode hold 2 and 3 connections;
+    the page, served by a third process, shows 5 checked out over 2 live workers."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+                   "DJANGO_SETTINGS_MODULE": "testproject.settings_test"}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(count)], env=environment,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for count in (2, 3)]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready"
+        totals = data.worker_totals(tmp_path)
+        assert totals["live_workers"] == 2
+        default = next(pool for pool in totals["pools"]
+                       if pool["alias"] == "default" and pool["kind"] == "sync")
+        assert default["pool_checked_out"] == 5
+        assert default["checkouts"] == 5
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        html = views.index(_staff_request()).content.decode()
+        assert "2 live worker(s)" in html
+    finally:
+        for worker in workers:
+            worker.communicate("", timeout=60)

@@ -36,6 +36,7 @@ _REFRESH_RANGE = (2, 300)
 _BAR_WIDTH = 300.0
 _CHART_WIDTH = 300.0
 _CHART_HEIGHT = 60.0
+_MIN_SPAN = 30
 
 
 def _staff(request: HttpRequest) -> bool:
@@ -92,7 +93,10 @@ def _polyline(values: Sequence[float], top: float) -> str:
     ``top`` is the chart's height."""
     if not values:
         return ""
-    step = _CHART_WIDTH / max(1, data.SERIES_POINTS - 1)
+    # Right-aligned; a young series is spread over at least _MIN_SPAN points, not squeezed
+    # into the right edge of the full window.
+    span = max(_MIN_SPAN, len(values))
+    step = _CHART_WIDTH / (span - 1)
     start = _CHART_WIDTH - step * (len(values) - 1)
     scale = _CHART_HEIGHT / top if top > 0 else 0.0
     return " ".join(f"{start + step * index:.1f},{_CHART_HEIGHT - value * scale:.1f}"
