@@ -89,15 +89,21 @@ def _text(driver: Any, selector: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, selector).text)
 
 
-def _screenshot(driver: Any, name: str, width: int) -> Path:
-    """A full-page screenshot at ``width`` CSS pixels."""
+def _screenshot(driver: Any, name: str, width: int, *, screen: str | None = None) -> Path:
+    """A full-page screenshot at ``width`` CSS pixels, or with ``screen`` (a CSS selector)
+    one phone screen (``width`` x 844) scrolled to that element."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.set_window_size(width, 900)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, min(int(height) + 150, 16000))
     target = SHOTS / name
+    if screen is not None:
+        driver.set_window_size(width, 844)
+        driver.execute_script("document.querySelector(arguments[0]).scrollIntoView();", screen)
+    else:
+        driver.set_window_size(width, 900)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(width, min(int(height) + 150, 16000))
     driver.save_screenshot(str(target))
     driver.set_window_size(1280, 900)
+    driver.execute_script("window.scrollTo(0, 0);")
     return target
 
 
@@ -170,7 +176,8 @@ def test_staff_watches_pools_and_replicas_change(browser: Any, live_server: Any,
         assert "overflow" in _text(browser, "#pk-alias-default").lower()
         assert "application_name" in _text(browser, "#pk-server").lower()
         _screenshot(browser, "desktop.png", 1280)
-        _screenshot(browser, "phone.png", 390)
+        _screenshot(browser, "phone.png", 390, screen="#pk-alias-default")
+        _screenshot(browser, "phone-top.png", 390, screen="#content")
     finally:
         for connection in held:
             connection.close()

@@ -136,6 +136,7 @@ class _Refreshed(Generic[T]):
         self._value: T | None = None
         self._value_at: float | None = None
         self._error: str | None = None
+        self._attempt_at: float | None = None
         self._running: threading.Event | None = None
 
     def start(self) -> threading.Event | None:
@@ -144,9 +145,12 @@ class _Refreshed(Generic[T]):
         with self._lock:
             if self._running is not None:
                 return self._running
-            if self._value_at is not None and self._error is None and (
-                    time.monotonic() - self._value_at < self._ttl):
+            # One attempt per TTL, failed or not: a server that is down is not asked again
+            # by every page view.
+            now = time.monotonic()
+            if self._attempt_at is not None and now - self._attempt_at < self._ttl:
                 return None
+            self._attempt_at = now
             done = self._running = threading.Event()
         threading.Thread(target=self._run, args=(done,), name=f"poolkit-dashboard-{self._name}",
                          daemon=True).start()
