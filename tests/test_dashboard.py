@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from django_poolkit import conf, get_engine
 from django_poolkit.dashboard import data, views
+from django_poolkit.testing import wait_for_replicas
 
 from .tcpproxy import proxy_to
 from .test_backend_helpers import extra_alias
@@ -101,14 +102,16 @@ def test_admin_index_links_to_the_dashboard(staff_client):
 
 
 def test_server_view_and_plan_come_from_the_bounded_operations_connection():
+    wait_for_replicas(["replica"])  # the test database reaches the replica by replication
     document = data.collect(wait=30)
     default = document["databases"][0]
     assert default["server_status"]["state"] == "fresh"
     snapshot = default["server_status"]["snapshot"]
     assert snapshot["role"] == "primary"
     assert snapshot["max_connections"] > 0
-    replica = document["databases"][1]["server_status"]["snapshot"]
-    assert replica["role"] == "replica"
+    reading = document["databases"][1]["server_status"]
+    assert reading["state"] == "fresh", reading
+    assert reading["snapshot"]["role"] == "replica"
     assert document["plan"]["servers"]
     assert document["plan"]["fits"] is not None
     assert document["health"]["status"] in ("healthy", "degraded", "unhealthy")
