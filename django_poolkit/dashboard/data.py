@@ -41,20 +41,14 @@ from sqlalchemy.engine import make_url
 
 from .. import health, signals
 from ..api import pool_stats
-from ..clusters import routing_settings
 from ..conf import KNOBS, PoolSettings, get_settings
-from ..deployment import (
-    Deployment,
-    ServerLimits,
-    ServerSnapshot,
-    ServerUnreachable,
-    build_plan,
-    deployment_settings,
-    read_snapshot,
-    server_of,
-)
 from ..engines import engine_registry
-from ..replicas import replica_state
+from ..exceptions import ServerUnreachable
+from ..ops.deployment import Deployment, deployment_settings, server_of
+from ..ops.plan import build_plan
+from ..ops.serverinfo import ServerLimits, ServerSnapshot, read_snapshot
+from ..routing.settings import routing_settings
+from ..routing.state import replica_state
 from ..stats import PoolKind, PoolStats
 
 __all__ = [

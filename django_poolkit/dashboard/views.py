@@ -23,7 +23,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from ..views import _EveryAlias
+from ..health.views import _EveryAlias
 from . import data
 
 __all__ = ["data_view", "index"]
