@@ -241,3 +241,18 @@ def test_every_workers_pools_summed_from_the_multiprocess_directory(tmp_path, mo
     finally:
         for worker in workers:
             worker.communicate("", timeout=60)
+
+
+def test_admin_before_poolkit_is_warned_about(settings):
+    from django.apps import apps as registry
+
+    from django_poolkit.dashboard.checks import check_admin_link
+
+    assert check_admin_link() == []
+    order = [name for name in settings.INSTALLED_APPS if name != "django_poolkit"]
+    order.insert(order.index("django.contrib.admin") + 1, "django_poolkit")
+    settings.INSTALLED_APPS = order
+    try:
+        assert [message.id for message in check_admin_link()] == ["poolkit.W050"]
+    finally:
+        registry.clear_cache()
