@@ -30,7 +30,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,8 +59,10 @@ __all__ = [
     "WAIT_BUCKETS_MS",
     "WAIT_S",
     "collect",
+    "ensure_sampler",
     "install",
     "reset",
+    "series_for",
     "worker_totals",
 ]
 
@@ -578,7 +580,3 @@ def series_for(document: Mapping[str, Any], alias: str) -> list[dict[str, Any]]:
     return [{"t": point["t"], **point["aliases"].get(alias, empty)}
             for point in document["series"]["points"]]
 
-
-def aliases_in(document: Mapping[str, Any]) -> Iterable[str]:
-    """The aliases of the document, in configuration order."""
-    return (entry["alias"] for entry in document["databases"])
