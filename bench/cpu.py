@@ -32,6 +32,7 @@ import gc
 import json
 import os
 import pstats
+import resource
 import shutil
 import statistics
 import subprocess
@@ -77,6 +78,7 @@ ASYNC_CONFIGS: dict[str, tuple[str, str, str]] = {
 #: Functions whose inclusive time the breakdown shows (file fragment, function name).
 BREAKDOWN_FUNCTIONS = (
     ("django/db/backends/base/base.py", "connect"),
+    ("django_poolkit/db/backends/postgresql/base.py", "connect"),
     ("django_poolkit/db/backends/postgresql/base.py", "get_new_connection"),
     ("django_poolkit/engines/pool.py", "poolkit_orm_connect"),
     ("sqlalchemy/pool/base.py", "_checkout"),
@@ -595,6 +597,10 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(build, ignore_errors=True)
     facts["loadavg_end"] = list(os.getloadavg())
     facts["elapsed_s"] = round(time.monotonic() - started, 1)
+    # The CPU the run itself used (its workers and valgrind): what it costs on an idle
+    # machine, whatever the elapsed time on a busy one.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    facts["cpu_s"] = round(children.ru_utime + children.ru_stime, 1)
     results = {
         "meta": facts,
         "setup": {"rounds": options.rounds, "requests": options.requests,
@@ -663,8 +669,20 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--long-run", type=int, default=0)
     one.add_argument("--checkout", choices=("sqlalchemy", "poolkit"),
                      help="time checkout+checkin of this pool instead of requests")
+    render = sub.add_parser("render", help="render results.json again (with memory.json "
+                            "beside it, from bench/run --memory)")
+    render.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "cpu")
     args = parser.parse_args(["cpu", *(argv or [])] if not argv or argv[0] not in (
-        "cpu", "worker") else argv)
+        "cpu", "worker", "render") else argv)
+    if args.command == "render":
+        from bench import cpu_report
+
+        results = json.loads((args.out / "results.json").read_text())
+        memory_file = args.out / "memory.json"
+        if memory_file.exists():
+            results["memory"] = json.loads(memory_file.read_text())
+        cpu_report.write(results, args.out)
+        return 0
     if args.command == "worker":
         result = worker(args)
         sys.stdout.write(json.dumps(result) + "\n")

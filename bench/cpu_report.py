@@ -83,12 +83,21 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _ordered(names: Iterable[str]) -> list[str]:
+    """Configurations in the benchmark's order (results.json stores them sorted)."""
+    from bench.cpu import ASYNC_CONFIGS, CONFIGS
+
+    known = [*CONFIGS, *ASYNC_CONFIGS]
+    return sorted(names, key=lambda name: known.index(name) if name in known else len(known))
+
+
 def _config_rows(results: dict[str, Any], key: str, rows_key: str, baseline: str,
                  descriptions: dict[str, str]) -> list[list[str]]:
     instructions = results.get(key.replace("process_us", "instructions"), {})
     process = results.get(key, {})
     out = []
-    for name, description in descriptions.items():
+    for name in _ordered(descriptions):
+        description = descriptions[name]
         i = instructions.get(name)
         p = process.get(name)
         out.append([name, description,
@@ -101,19 +110,52 @@ def _config_rows(results: dict[str, Any], key: str, rows_key: str, baseline: str
     return out
 
 
+def _function_label(key: str) -> str:
+    """``base.py:close`` -> ``django/db/backends/base/base.py:close()``: the profile keys by
+    file name, the breakdown's list says which file (the first one of that name wins, as
+    the profile summed them)."""
+    from bench.cpu import BREAKDOWN_FUNCTIONS
+
+    filename, _, function = key.partition(":")
+    for fragment, wanted in BREAKDOWN_FUNCTIONS:
+        if wanted == function and fragment.endswith("/" + filename):
+            if function == "connect" and filename == "base.py":
+                return "connect() (Django's, or poolkit's for a pool checkout)"
+            return f"{fragment}:{function}()"
+    return key
+
+
+def _function_order(key: str) -> int:
+    from bench.cpu import BREAKDOWN_FUNCTIONS
+
+    filename, _, function = key.partition(":")
+    for index, (fragment, wanted) in enumerate(BREAKDOWN_FUNCTIONS):
+        if wanted == function and fragment.endswith("/" + filename):
+            return index
+    return len(BREAKDOWN_FUNCTIONS)
+
+
 def _breakdown_rows(results: dict[str, Any]) -> list[list[str]]:
     profiles = results.get("profiles", {})
     b, e = profiles.get("B"), profiles.get("E")
     if not b or not e:
         return []
+    extra = e["total_us"] - b["total_us"]
+
+    def share(delta: float) -> str:
+        return f"{delta / extra:+.0%}" if extra > 0 else "-"
+
     rows = [["(whole request, profiled)", f"{b['total_us']:.1f}", f"{e['total_us']:.1f}",
-             f"{e['total_us'] - b['total_us']:+.1f}"]]
+             f"{extra:+.1f}", share(extra)]]
     for label in e["packages_us"]:
         bv, ev = b["packages_us"].get(label, 0.0), e["packages_us"].get(label, 0.0)
-        rows.append([f"own time in {label}", f"{bv:.1f}", f"{ev:.1f}", f"{ev - bv:+.1f}"])
-    for name in sorted(set(b["functions_us"]) | set(e["functions_us"])):
+        if bv or ev:
+            rows.append([f"own time in {label}", f"{bv:.1f}", f"{ev:.1f}", f"{ev - bv:+.1f}",
+                         share(ev - bv)])
+    for name in sorted(set(b["functions_us"]) | set(e["functions_us"]), key=_function_order):
         bv, ev = b["functions_us"].get(name, 0.0), e["functions_us"].get(name, 0.0)
-        rows.append([f"in {name} (inclusive)", f"{bv:.1f}", f"{ev:.1f}", f"{ev - bv:+.1f}"])
+        rows.append([f"in {_function_label(name)} (inclusive)", f"{bv:.1f}", f"{ev:.1f}",
+                     f"{ev - bv:+.1f}", share(ev - bv)])
     return rows
 
 
@@ -133,7 +175,8 @@ def text(results: dict[str, Any]) -> str:
            f", django_poolkit sources sha256 {meta['django_poolkit_sha256']}. "
            f"{setup['rounds']} rounds; {setup['callgrind_requests']} requests per callgrind "
            f"run, {setup['requests']} per CPU-time run, after {setup['warmup']} of warm-up. "
-           f"Elapsed {meta.get('elapsed_s', '?')} s.", "",
+           f"Elapsed {meta.get('elapsed_s', '?')} s"
+           + (f", {meta['cpu_s']} s of CPU" if "cpu_s" in meta else "") + ".", "",
            "## Sync view (WSGI handler, one primary-key query), ratios to B", ""]
     out += _table(header, _config_rows(results, "process_us", "rows", "B",
                                        setup["configs"]))
@@ -143,8 +186,11 @@ def text(results: dict[str, Any]) -> str:
                                            "B async ORM", setup["async_configs"]))
     breakdown = _breakdown_rows(results)
     if breakdown:
-        out += ["", "## Where E's extra time goes: cProfile, us per request (profiled)", ""]
-        out += _table(["where", "B", "E", "E - B"], breakdown)
+        out += ["", "## Where E's extra time goes: cProfile, us per request (profiled)", "",
+                "CPU time under cProfile (time.process_time as its clock), which inflates "
+                "every function call several times over: read the shares of E - B, not the "
+                "microseconds.", ""]
+        out += _table(["where", "B", "E", "E - B", "share of E - B"], breakdown)
     memory = results.get("memory", {})
     if memory:
         out += ["", "## Memory", ""] + [f"- {line}" for line in memory_lines(memory)]
@@ -211,7 +257,7 @@ def rst(results: dict[str, Any]) -> str:
             continue  # the page has its own title
         if line.startswith("## "):
             title = line[3:]
-            out.extend([title, "~" * len(title)])
+            out.extend([title, "^" * len(title)])
         else:
             out.append(line.replace("*", "\\*"))
     flush()
@@ -228,7 +274,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
     written = []
     setup = results["setup"]
-    names = list(setup["configs"]) + list(setup.get("async_configs", {}))
+    names = _ordered(list(setup["configs"]) + list(setup.get("async_configs", {})))
     instructions = {**results.get("instructions", {}), **results.get("async_instructions", {})}
     process = {**results.get("process_us", {}), **results.get("async_process_us", {})}
     figure, axes = plt.subplots(1, 2, figsize=(14, 5))

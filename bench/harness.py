@@ -442,6 +442,10 @@ def run(options: Options) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """The command line of ``bench/run`` / ``python -m bench``."""
     args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in and args_in[0] == "--cpu-render":
+        from bench import cpu
+
+        return cpu.main(["render", *args_in[1:]])
     if args_in and args_in[0] in ("cpu", "--cpu", "--memory"):
         # The CPU benchmark (bench/cpu.py): ``bench/run --cpu [options]``.
         from bench import cpu
