@@ -420,3 +420,13 @@ def test_the_published_quick_load_run_includes_b_with_health_checks():
     assert {"B", "H", "E"} <= set(results["summary"])
     assert (PUBLISHED / "quick" / "results.md").read_text() == report.markdown(results)
     assert report.headline_rst(results) in (ROOT / "docs" / "bench.rst").read_text()
+
+
+def test_the_published_cpu_rerun_is_a_run_of_the_same_code():
+    # docs/bench/cpu/rerun/ is the second run docs/bench.rst compares the first with.
+    from bench import cpu_report
+
+    first = json.loads((CPU_PUBLISHED / "results.json").read_text())
+    rerun = json.loads((CPU_PUBLISHED / "rerun" / "results.json").read_text())
+    assert rerun["meta"]["django_poolkit_sha256"] == first["meta"]["django_poolkit_sha256"]
+    assert (CPU_PUBLISHED / "rerun" / "results.md").read_text() == cpu_report.text(rerun)
