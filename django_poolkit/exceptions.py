@@ -1,7 +1,8 @@
-"""Exceptions raised by django-poolkit.
+"""Every exception django-poolkit raises, in one place (as ``psycopg_pool/errors.py`` does).
 
 Each keeps its natural base class, so code that already catches ``ImproperlyConfigured``,
-``ConnectionDoesNotExist`` or SQLAlchemy's ``TimeoutError`` keeps working.
+``ConnectionDoesNotExist``, SQLAlchemy's ``TimeoutError`` or psycopg's ``OperationalError``
+keeps working.
 """
 
 from __future__ import annotations
@@ -9,16 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import psycopg
 import sqlalchemy.exc
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.connection import ConnectionDoesNotExist
 
 __all__ = [
+    "ClientTimeout",
+    "NoHealthyReplica",
     "PoolTimeout",
     "PoolkitConfigurationError",
     "PoolkitError",
     "Problem",
+    "ServerUnreachable",
     "UnknownAlias",
+    "UnusableConnection",
+    "describe_error",
 ]
 
 
@@ -102,3 +109,97 @@ class PoolTimeout(PoolkitError, sqlalchemy.exc.TimeoutError):
             type(self),
             (self.alias, self.pool_size, self.max_overflow, self.timeout, self.checked_out),
         )
+
+
+class NoHealthyReplica(PoolkitError):
+    """A read found no replica to serve it and the cluster's ``fallback`` is ``"raise"``.
+
+    ``PoolkitMiddleware`` answers it with HTTP 503, like a pool timeout.
+    """
+
+    def __init__(self, cluster: str, reasons: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.reasons = reasons
+        detail = "; ".join(f"{alias}: {why}" for alias, why in reasons.items()) or "none"
+        super().__init__(f"no replica of cluster {cluster!r} can serve reads ({detail}) and "
+                         'its fallback is "raise"')
+
+
+class ServerUnreachable(PoolkitError):
+    """A server could not be asked (``poolstatus``, ``poolplan``, the budget check); ``str()``
+    is a fixed phrase, never the driver's text."""
+
+
+class ClientTimeout(psycopg.OperationalError):
+    """No answer from the server within the deadline: poolkit closed the connection.
+
+    An ``OperationalError`` like any lost connection, so Django raises
+    ``django.db.OperationalError`` and SQLAlchemy ``sqlalchemy.exc.OperationalError`` (with
+    ``connection_invalidated`` set)."""
+
+    __module__ = "django_poolkit"
+
+
+class UnusableConnection(Exception):
+    """Raised inside a checkin when a connection cannot be made clean; SQLAlchemy then
+    invalidates it (closes it) instead of putting it back. Internal: never reaches users."""
+
+
+# SQLSTATE -> what a probe may say about it.
+_SQLSTATE_PHRASES = {
+    "53300": "too many connections",
+    "28P01": "authentication failed",
+    "28000": "authorization rejected",
+    "3D000": "database does not exist",
+    "57P03": "server is starting up or shutting down",
+    "57P01": "server terminated the connection",
+    "57014": "statement timeout",
+    "08006": "connection failure",
+    "08001": "could not connect",
+}
+# libpq reports most connection failures without a SQLSTATE: match its wording (lower case)
+# and answer with a fixed phrase, never with the text itself.
+_MESSAGE_PHRASES = (
+    ("too many connections", "too many connections"),
+    ("too many clients", "too many connections"),
+    ("remaining connection slots are reserved", "too many connections"),
+    ("password authentication failed", "authentication failed"),
+    ("no password supplied", "authentication failed"),
+    ("no pg_hba.conf entry", "rejected by pg_hba.conf"),
+    ("connection refused", "connection refused"),
+    ("timeout expired", "connect timeout"),
+    ("database system is starting up", "server is starting up or shutting down"),
+    ("database system is shutting down", "server is starting up or shutting down"),
+    ("could not translate host name", "host name not resolved"),
+    ("server closed the connection", "server closed the connection"),
+    ("canceling statement due to statement timeout", "statement timeout"),
+    ("does not exist", "database or role does not exist"),
+    ("unable to open database file", "database file missing or unreadable"),
+)
+
+
+def describe_error(error: BaseException | None, *, quote: bool = False) -> str:
+    """How poolkit names an error in its reports and logs: the one describer.
+
+    By default a fixed phrase with the SQLSTATE when known (health probes, server queries,
+    anything an HTTP response or command output may show): the driver's own text can hold
+    host names, user names and parameter values, so it is only *matched*, never returned.
+    ``quote=True`` gives the class and the first line of the message instead (log lines and
+    the router's reasons, read by operators; libpq never puts a password in its messages),
+    never a DSN or a chained traceback. None is an explicit invalidation.
+    """
+    if error is None:
+        return "explicit invalidation"
+    if quote:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"{type(error).__name__}: {first}" if first else type(error).__name__
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_PHRASES:
+        return f"{_SQLSTATE_PHRASES[sqlstate]} (SQLSTATE {sqlstate})"
+    text = str(error).lower()
+    for needle, phrase in _MESSAGE_PHRASES:
+        if needle in text:
+            return phrase
+    if isinstance(sqlstate, str) and sqlstate:
+        return f"{type(error).__name__} (SQLSTATE {sqlstate})"
+    return type(error).__name__

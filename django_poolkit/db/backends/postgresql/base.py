@@ -41,7 +41,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from ....conf import get_settings
 from ....engines import engine_registry
-from ....engines.pool import PRISTINE
+from ....engines.hygiene import PRISTINE
 from ....exceptions import PoolkitConfigurationError
 from ...checks import backend_problems
 from .creation import DatabaseCreation
@@ -119,7 +119,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         checkout does not need: the settings checks run again only when the settings they
         read changed, and the connection parameters (the pool has its own) are not built.
         Everything else (the wrapper's state, autocommit, ``init_connection_state()``,
-        ``connection_created``) is Django's, in Django's order."""
+        ``connection_created``) is Django's, in Django's order; switching autocommit on skips
+        ``set_autocommit()``'s checks, which a fresh checkout passes by construction."""
         if not self.poolkit_pooled:
             super().connect()
             return
@@ -143,7 +144,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
                           if settings_dict["OPTIONS"].get("server_side_binding") is True
                           else base.Cursor)
         self.connection = self.get_new_connection({"cursor_factory": cursor_factory})
-        self.set_autocommit(settings_dict["AUTOCOMMIT"])
+        if settings_dict["AUTOCOMMIT"]:
+            # Django's set_autocommit(True) without its checks, which a fresh checkout
+            # passes by construction (no atomic block, health check done, connected).
+            if not self.connection.autocommit:
+                with self.wrap_database_errors:
+                    self.connection.autocommit = True
+            self.autocommit = True
+            if self.run_commit_hooks_on_set_autocommit_on:
+                self.run_and_clear_commit_hooks()
+                self.run_commit_hooks_on_set_autocommit_on = False
+        else:
+            self.set_autocommit(False)
         self.init_connection_state()
         connection_created.send(sender=self.__class__, connection=self)
         self.run_on_commit = []

@@ -36,17 +36,17 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 
-from .clusters import ClusterConfig, RoutingSettings, routing_settings
-from .exceptions import PoolkitError
-from .pinning import format_lsn, parse_lsn
-from .signals import replica_state_changed
-from .stats import counters_for
+from ..exceptions import NoHealthyReplica, describe_error
+from ..pinning import format_lsn, parse_lsn
+from ..signals import replica_state_changed
+from ..stats import counters_for
+from .settings import ClusterConfig, RoutingSettings, routing_settings
+from .status import ClusterStatus, ReplicaStatus, RotationStatus
 
 __all__ = [
     "ClusterStatus",
@@ -58,31 +58,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["unknown", "healthy", "lagging", "down", "not_replica"]
-
-
-class NoHealthyReplica(PoolkitError):
-    """A read found no replica to serve it and the cluster's ``fallback`` is ``"raise"``.
-
-    ``PoolkitMiddleware`` answers it with HTTP 503, like a pool timeout.
-    """
-
-    __module__ = "django_poolkit.replicas"
-
-    def __init__(self, cluster: str, reasons: dict[str, str]) -> None:
-        self.cluster = cluster
-        self.reasons = reasons
-        detail = "; ".join(f"{alias}: {why}" for alias, why in reasons.items()) or "none"
-        super().__init__(f"no replica of cluster {cluster!r} can serve reads ({detail}) and "
-                         'its fallback is "raise"')
-
-
 @dataclass
 class _Replica:
     alias: str
     cluster: str
     weight: float
-    status: Status = "unknown"
+    status: RotationStatus = "unknown"
     reason: str | None = None
     out_since: float | None = None
     lag_seconds: float | None = None
@@ -103,74 +84,6 @@ class _Replica:
         return self.status in ("unknown", "healthy")
 
 
-@dataclass(frozen=True)
-class ReplicaStatus:
-    """A snapshot of one replica. Times are ``time.time()`` seconds; ``reason`` says why it is
-    out of rotation (None when in); ``lag_seconds``/``lag_bytes`` are None until measured."""
-
-    alias: str
-    cluster: str
-    weight: float
-    status: Status
-    in_rotation: bool
-    reason: str | None
-    out_since: float | None
-    lag_seconds: float | None
-    lag_bytes: int | None
-    replay_lsn: str | None
-    replay_paused: bool | None
-    last_probe_at: float | None
-    last_ok_at: float | None
-    last_error: str | None
-    failures: int
-    reads: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, with times as ISO 8601 UTC strings."""
-        values = asdict(self)
-        for key in ("out_since", "last_probe_at", "last_ok_at"):
-            values[key] = _iso(values[key])
-        return values
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    """A snapshot of one cluster: its replicas; ``fallbacks``, the reads that went to the
-    primary because no replica qualified (with the latest reason and time); and
-    ``primary_reads``, the reads sent there on purpose (``use_primary()``, ``atomic()``,
-    read-your-writes). Counters are per process, since it started."""
-
-    name: str
-    primary: str
-    fallback: str
-    replicas: tuple[ReplicaStatus, ...]
-    primary_lsn: str | None
-    primary_error: str | None
-    fallbacks: int
-    primary_reads: int
-    last_fallback_at: float | None
-    last_fallback_reason: str | None
-
-    @property
-    def degraded(self) -> bool:
-        """True when the cluster has replicas and none of them serves reads."""
-        return bool(self.replicas) and not any(r.in_rotation for r in self.replicas)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, with ``degraded`` included."""
-        values = asdict(self)
-        values["replicas"] = [replica.as_dict() for replica in self.replicas]
-        values["last_fallback_at"] = _iso(self.last_fallback_at)
-        values["degraded"] = self.degraded
-        return values
-
-
-def _iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
 @dataclass
 class _Cluster:
     config: ClusterConfig
@@ -189,13 +102,6 @@ def _pool_errors(alias: str) -> int:
     """Connections the pools of ``alias`` (sync and async) failed to open, since start."""
     return int(counters_for(alias, "sync").connect_errors
                + counters_for(alias, "async").connect_errors)
-
-
-def describe_error(error: BaseException) -> str:
-    """An error's class and first line: enough to diagnose, never a DSN or a chain.
-    (libpq never puts the password in its messages.)"""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 _PRIMARY_SQL = text("SELECT pg_current_wal_lsn()::text")
@@ -394,13 +300,13 @@ class ReplicaState:
             replica = found.replicas.get(alias)
             if replica is not None:
                 with self._lock:
-                    self._mark(replica, "down", f"connection failed: {describe_error(error)}")
-                    replica.last_error = describe_error(error)
+                    replica.last_error = describe_error(error, quote=True)
+                    self._mark(replica, "down", f"connection failed: {replica.last_error}")
                     replica.failures += 1
         self._announce()
 
     def _probe_cluster(self, found: _Cluster) -> None:
-        from .api import get_engine
+        from ..api import get_engine
 
         routing = self._routing
         timeout_ms = int((routing.probe_timeout if routing else 2.0) * 1000)
@@ -412,7 +318,7 @@ class ReplicaState:
         except Exception as error:
             # Lag is then measured against what each replica has received.
             found.primary_lsn = None
-            found.primary_error = describe_error(error)
+            found.primary_error = describe_error(error, quote=True)
             logger.warning("cluster %r: cannot read the primary's WAL position: %s",
                            found.config.name, found.primary_error)
         for replica in list(found.replicas.values()):
@@ -425,7 +331,7 @@ class ReplicaState:
                 with self._lock:
                     replica.errors_seen = _pool_errors(replica.alias)
                     replica.last_probe_at = now
-                    replica.last_error = describe_error(error)
+                    replica.last_error = describe_error(error, quote=True)
                     replica.failures += 1
                     self._mark(replica, "down", f"connection failed: {replica.last_error}")
                 continue
@@ -490,7 +396,7 @@ class ReplicaState:
         else:
             self._mark(replica, "healthy", None)
 
-    def _mark(self, replica: _Replica, status: Status, reason: str | None) -> None:
+    def _mark(self, replica: _Replica, status: RotationStatus, reason: str | None) -> None:
         was_in = replica.in_rotation
         previous = replica.status
         replica.status = status
@@ -518,7 +424,7 @@ class ReplicaState:
                     sender=change["alias"], **change):
                 if isinstance(result, Exception):
                     logger.error("replica_state_changed receiver %r failed: %s", receiver,
-                                 describe_error(result))
+                                 describe_error(result, quote=True))
 
     # The background prober ---------------------------------------------------------------
 
@@ -576,7 +482,7 @@ def _hook_reload() -> None:
     prober at interpreter exit."""
     global _reload_hooked
     if not _reload_hooked:
-        from .conf import on_reload
+        from ..conf import on_reload
 
         _reload_hooked = True
         on_reload(replica_state.reset)

@@ -23,11 +23,32 @@ default; with none, unlisted models are left to Django (``None`` from the router
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .conf import Report, accepted_keys, did_you_mean
+from .._schema import (
+    Field,
+    Report,
+    boolean,
+    choice,
+    did_you_mean,
+    fields,
+    integer,
+    number,
+    read_fields,
+    text,
+)
+from ..check_ids import (
+    E_ROUTING_BAD_VALUE,
+    E_ROUTING_CONFLICT,
+    E_ROUTING_DUPLICATE,
+    E_ROUTING_NOT_POSTGRES,
+    E_ROUTING_TYPE,
+    E_ROUTING_UNKNOWN_ALIAS,
+    E_ROUTING_UNKNOWN_KEY,
+)
+from ..engines.params import vendor_of
 
 __all__ = [
     "CLUSTER_OPTIONS",
@@ -39,130 +60,69 @@ __all__ = [
     "routing_settings",
 ]
 
-# Check ids, never reused.
-E_TYPE = "poolkit.E020"  # a routing section or entry has the wrong type
-E_UNKNOWN_KEY = "poolkit.E021"  # a key poolkit does not know (with did-you-mean)
-E_BAD_VALUE = "poolkit.E022"  # a value of the wrong type or out of range
-E_UNKNOWN_ALIAS = "poolkit.E023"  # a cluster names an alias settings.DATABASES lacks
-E_DUPLICATE = "poolkit.E024"  # one alias plays two roles (two clusters, primary and replica)
-E_CONFLICT = "poolkit.E025"  # options that cannot be combined
-E_NOT_POSTGRES = "poolkit.E026"  # a cluster member is not a PostgreSQL database
-
 Strategy = Literal["round_robin", "random", "weighted"]
 Fallback = Literal["primary", "raise"]
 PinMode = Literal["lsn", "time", "off"]
 SameSite = Literal["Lax", "Strict", "None"]
 
 
-
-class _Invalid(ValueError):
-    pass
-
-
-def _number(*, none: bool = False) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value is None and none:
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
-        raise _Invalid(f"got {value!r}")
-
-    return check
-
-
-def _bytes(value: Any) -> Any:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        return value
-    raise _Invalid(f"got {value!r}")
-
-
-def _boolean(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    raise _Invalid(f"got {value!r}")
-
-
-def _choice(*options: str | None) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value in options:
-            return value
-        names = [option for option in options if option is not None]
-        raise _Invalid(f"got {value!r}{did_you_mean(str(value), names)}")
-
-    return check
-
-
-def _text(*, none: bool = False) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if (value is None and none) or (isinstance(value, str) and value.strip()):
-            return value
-        raise _Invalid(f"got {value!r}")
-
-    return check
-
-
-@dataclass(frozen=True)
-class _Option:
-    default: Any
-    accepted: str
-    doc: str
-    check: Callable[[Any], Any]
-
-
 #: Options a cluster may set for itself; at the ``ROUTING`` level they are every cluster's
 #: default.
-CLUSTER_OPTIONS: dict[str, _Option] = {
-    "strategy": _Option("round_robin", '"round_robin", "random" or "weighted"',
-                        "How a read picks among the healthy replicas.",
-                        _choice("round_robin", "random", "weighted")),
-    "max_lag": _Option(5.0, "a number of seconds > 0",
-                       "A replica further behind than this serves no reads.", _number()),
-    "readmit_lag": _Option(None, "a number of seconds > 0 and <= max_lag, or None for "
-                           "max_lag / 2",
-                           "A lagging replica comes back only once below this (hysteresis).",
-                           _number(none=True)),
-    "max_lag_bytes": _Option(None, "an integer of bytes >= 0, or None to not check",
-                             "A replica whose replay is more WAL bytes behind serves no reads.",
-                             _bytes),
-    "readmit_lag_bytes": _Option(None, "an integer of bytes >= 0 and <= max_lag_bytes, or None "
-                                 "for max_lag_bytes / 2",
-                                 "Byte lag below which a lagging replica comes back.", _bytes),
-    "fallback": _Option("primary", '"primary" or "raise"',
-                        "What a read does when no replica qualifies: use the primary, or raise "
-                        "NoHealthyReplica.", _choice("primary", "raise")),
-}
+CLUSTER_OPTIONS: dict[str, Field] = fields(
+    Field("strategy", "round_robin", '"round_robin", "random" or "weighted"',
+          "How a read picks among the healthy replicas.",
+          choice(("round_robin", "random", "weighted"))),
+    Field("max_lag", 5.0, "a number of seconds > 0",
+          "A replica further behind than this serves no reads.",
+          number(above=0, as_float=True)),
+    Field("readmit_lag", None, "a number of seconds > 0 and <= max_lag, or None for "
+          "max_lag / 2", "A lagging replica comes back only once below this (hysteresis).",
+          number(above=0, none=True, as_float=True)),
+    Field("max_lag_bytes", None, "an integer of bytes >= 0, or None to not check",
+          "A replica whose replay is more WAL bytes behind serves no reads.",
+          integer(0, none=True)),
+    Field("readmit_lag_bytes", None, "an integer of bytes >= 0 and <= max_lag_bytes, or None "
+          "for max_lag_bytes / 2", "Byte lag below which a lagging replica comes back.",
+          integer(0, none=True)),
+    Field("fallback", "primary", '"primary" or "raise"',
+          "What a read does when no replica qualifies: use the primary, or raise "
+          "NoHealthyReplica.", choice(("primary", "raise"))),
+)
 
 #: Options only the ``ROUTING`` level takes (they are per process, not per cluster).
-ROUTING_OPTIONS: dict[str, _Option] = {
-    "sticky": _Option(True, "True or False",
-                      "Keep the replica chosen first for the rest of a request or task scope.",
-                      _boolean),
-    "probe_interval": _Option(1.0, "a number of seconds > 0, or None to probe only on demand",
-                              "How often a background thread refreshes replica health and lag.",
-                              _number(none=True)),
-    "probe_timeout": _Option(2.0, "a number of seconds > 0",
-                             "statement_timeout of one probe query.", _number()),
-    "pin_mode": _Option("lsn", '"lsn", "time" or "off"',
-                        "Read-your-writes across requests: until a replica has replayed the "
-                        "write (lsn), for the whole window (time), or not at all (off).",
-                        _choice("lsn", "time", "off")),
-    "pin_seconds": _Option(15.0, "a number of seconds > 0",
-                           "Read-your-writes window across requests (the cap in lsn mode).",
-                           _number()),
-    "cookie_name": _Option("poolkit_pin", "a non-empty string",
-                           "Name of the signed read-your-writes cookie.", _text()),
-    "cookie_secure": _Option(False, "True or False", "Send the cookie over HTTPS only.",
-                             _boolean),
-    "cookie_samesite": _Option("Lax", '"Lax", "Strict", "None" or None',
-                               "SameSite attribute of the cookie.",
-                               _choice("Lax", "Strict", "None", None)),
-    "header_name": _Option("X-Poolkit-Pin", "an HTTP header name, or None to use no header",
-                           "Header that carries the same signed token for API clients.",
-                           _text(none=True)),
-}
+ROUTING_OPTIONS: dict[str, Field] = fields(
+    Field("sticky", True, "True or False",
+          "Keep the replica chosen first for the rest of a request or task scope.", boolean),
+    Field("probe_interval", 1.0, "a number of seconds > 0, or None to probe only on demand",
+          "How often a background thread refreshes replica health and lag.",
+          number(above=0, none=True, as_float=True)),
+    Field("probe_timeout", 2.0, "a number of seconds > 0",
+          "statement_timeout of one probe query.", number(above=0, as_float=True)),
+    Field("pin_mode", "lsn", '"lsn", "time" or "off"',
+          "Read-your-writes across requests: until a replica has replayed the write (lsn), "
+          "for the whole window (time), or not at all (off).", choice(("lsn", "time", "off"))),
+    Field("pin_seconds", 15.0, "a number of seconds > 0",
+          "Read-your-writes window across requests (the cap in lsn mode).",
+          number(above=0, as_float=True)),
+    Field("cookie_name", "poolkit_pin", "a non-empty string",
+          "Name of the signed read-your-writes cookie.", text(nonblank=True)),
+    Field("cookie_secure", False, "True or False", "Send the cookie over HTTPS only.",
+          boolean),
+    Field("cookie_samesite", "Lax", '"Lax", "Strict", "None" or None',
+          "SameSite attribute of the cookie.", choice(("Lax", "Strict", "None"), none=True)),
+    Field("header_name", "X-Poolkit-Pin", "an HTTP header name, or None to use no header",
+          "Header that carries the same signed token for API clients.",
+          text(none=True, nonblank=True)),
+)
+
+#: A replica's own options (``"replicas": {"replica1": {"weight": 2}}``).
+_REPLICA_OPTIONS: dict[str, Field] = fields(
+    Field("weight", 1.0, "a number > 0",
+          'The replica\'s share of reads under strategy "weighted".',
+          number(above=0, as_float=True)),
+)
 
 _CLUSTER_ONLY = ("primary", "replicas", "apps")
-_REPLICA_KEYS = ("weight",)
 
 
 @dataclass(frozen=True)
@@ -241,31 +201,16 @@ def _path(*parts: str) -> str:
 
 
 def _read_options(
-    section: Mapping[str, Any], options: Mapping[str, _Option], path: tuple[str, ...],
-    report: Report, *, skip: Iterable[str] = (), accepted: Iterable[str] = (),
+    section: Mapping[str, Any], options: Mapping[str, Field], path: tuple[str, ...],
+    report: Report, *, skip: Iterable[str] = (), accepted: Iterable[str] | None = None,
 ) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    skipped = tuple(skip)
-    for key, value in section.items():
-        if key in skipped:
-            continue
-        option = options.get(key)
-        if option is None:
-            known = list(accepted)
-            report(_path(*path, str(key)), f"unknown key{did_you_mean(str(key), known)}",
-                   accepted_keys(known), E_UNKNOWN_KEY)
-            continue
-        try:
-            values[key] = option.check(value)
-        except _Invalid as error:
-            report(_path(*path, str(key)), f"must be {option.accepted}, {error}", option.doc,
-                   E_BAD_VALUE)
-    return values
+    return read_fields(section, options, lambda key: _path(*path, key), report,
+                       unknown_key_id=E_ROUTING_UNKNOWN_KEY, bad_value_id=E_ROUTING_BAD_VALUE,
+                       skip=skip, accepted=accepted)
 
 
 def _is_postgres(database: Mapping[str, Any]) -> bool:
-    engine = str(database.get("ENGINE", ""))
-    return "postgresql" in engine or "postgis" in engine
+    return vendor_of(database) == "postgresql"
 
 
 def _alias(
@@ -274,18 +219,18 @@ def _alias(
 ) -> str | None:
     if not isinstance(value, str) or not value:
         report(_path(*path), f"must be a DATABASES alias, got {value!r}",
-               'Write the alias as a string, such as "default".', E_BAD_VALUE)
+               'Write the alias as a string, such as "default".', E_ROUTING_BAD_VALUE)
         return None
     if value not in databases:
         report(_path(*path), f'names the alias "{value}", which settings.DATABASES lacks'
                f"{did_you_mean(value, databases)}",
                "settings.DATABASES has: " + ", ".join(f'"{name}"' for name in databases) + ".",
-               E_UNKNOWN_ALIAS)
+               E_ROUTING_UNKNOWN_ALIAS)
         return None
     if not _is_postgres(databases[value]):
         report(_path(*path), f'names "{value}", which is not a PostgreSQL database',
                "Primaries and replicas are routed by their WAL positions: use a PostgreSQL "
-               "ENGINE for every cluster member.", E_NOT_POSTGRES)
+               "ENGINE for every cluster member.", E_ROUTING_NOT_POSTGRES)
         return None
     return value
 
@@ -303,7 +248,7 @@ def _replicas(
         entries = [(item, None) for item in value]
     else:
         report(_path(*path), f"must be a list of aliases or a dict alias -> {{\"weight\": n}}, "
-               f"got {type(value).__name__}", 'Write ["replica1", "replica2"].', E_TYPE)
+               f"got {type(value).__name__}", 'Write ["replica1", "replica2"].', E_ROUTING_TYPE)
         return []
     found: list[ReplicaConfig] = []
     for alias_value, options in entries:
@@ -312,20 +257,11 @@ def _replicas(
         if options is not None:
             if not isinstance(options, Mapping):
                 report(_path(*path, str(alias_value)), "must be a dict such as {\"weight\": 2}, "
-                       f"got {type(options).__name__}", "Only \"weight\" can be set.", E_TYPE)
+                       f"got {type(options).__name__}", "Only \"weight\" can be set.",
+                       E_ROUTING_TYPE)
                 continue
-            for key, option_value in options.items():
-                key_path = _path(*path, str(alias_value), str(key))
-                if key != "weight":
-                    report(key_path, f"unknown key{did_you_mean(str(key), _REPLICA_KEYS)}",
-                           accepted_keys(_REPLICA_KEYS), E_UNKNOWN_KEY)
-                    continue
-                try:
-                    weight = _number()(option_value)
-                except _Invalid as error:
-                    report(key_path, f"must be a number > 0, {error}",
-                           'The replica\'s share of reads under strategy "weighted".',
-                           E_BAD_VALUE)
+            weight = _read_options(options, _REPLICA_OPTIONS, (*path, str(alias_value)),
+                                   report).get("weight", weight)
         if alias is not None:
             found.append(ReplicaConfig(alias, weight))
     return found
@@ -338,7 +274,7 @@ def _apps(value: Any, path: tuple[str, ...], report: Report) -> tuple[str, ...]:
             isinstance(item, str) and item for item in value):
         return tuple(item.lower() for item in value)
     report(_path(*path), f"must be a list of app labels or \"app_label.ModelName\", got "
-           f"{value!r}", 'Write ["analytics", "shop.Order"].', E_BAD_VALUE)
+           f"{value!r}", 'Write ["analytics", "shop.Order"].', E_ROUTING_BAD_VALUE)
     return ()
 
 
@@ -350,17 +286,18 @@ def _thresholds(options: dict[str, Any], path: tuple[str, ...], report: Report) 
         report(_path(*path, "readmit_lag"), f"must be <= max_lag ({options['max_lag']:g} s), "
                f"got {options['readmit_lag']:g}",
                "A replica is readmitted below readmit_lag, after being excluded above max_lag.",
-               E_CONFLICT)
+               E_ROUTING_CONFLICT)
     if options["max_lag_bytes"] is None:
         if options["readmit_lag_bytes"] is not None:
             report(_path(*path, "readmit_lag_bytes"), "is set but max_lag_bytes is not",
-                   "Set max_lag_bytes too, or remove readmit_lag_bytes.", E_CONFLICT)
+                   "Set max_lag_bytes too, or remove readmit_lag_bytes.", E_ROUTING_CONFLICT)
     elif options["readmit_lag_bytes"] is None:
         options["readmit_lag_bytes"] = options["max_lag_bytes"] // 2
     elif options["readmit_lag_bytes"] > options["max_lag_bytes"]:
         report(_path(*path, "readmit_lag_bytes"),
                f"must be <= max_lag_bytes ({options['max_lag_bytes']}), got "
-               f"{options['readmit_lag_bytes']}", "Lower it below max_lag_bytes.", E_CONFLICT)
+               f"{options['readmit_lag_bytes']}", "Lower it below max_lag_bytes.",
+               E_ROUTING_CONFLICT)
 
 
 def parse(
@@ -372,7 +309,7 @@ def parse(
     if not isinstance(value, Mapping):
         report(_path(), f"must be a dict, got {type(value).__name__}",
                'Write {"CLUSTERS": {"main": {"primary": "default", "replicas": [...]}}}.',
-               E_TYPE)
+               E_ROUTING_TYPE)
         return None
     top_keys = ["CLUSTERS", *CLUSTER_OPTIONS, *ROUTING_OPTIONS]
     shared = _read_options(value, {**CLUSTER_OPTIONS, **ROUTING_OPTIONS}, (), report,
@@ -388,7 +325,7 @@ def parse(
                if raw_clusters is None else
                f"must be a non-empty dict of clusters, got {raw_clusters!r}",
                'Write "CLUSTERS": {"main": {"primary": "default", "replicas": ["replica1"]}}.',
-               E_TYPE)
+               E_ROUTING_TYPE)
         return None
 
     clusters: dict[str, ClusterConfig] = {}
@@ -401,7 +338,7 @@ def parse(
         path = ("CLUSTERS", name)
         if not isinstance(section, Mapping):
             report(_path(*path), f"must be a dict, got {type(section).__name__}",
-                   'Write {"primary": "default", "replicas": ["replica1"]}.', E_TYPE)
+                   'Write {"primary": "default", "replicas": ["replica1"]}.', E_ROUTING_TYPE)
             continue
         own = _read_options(section, CLUSTER_OPTIONS, path, report, skip=_CLUSTER_ONLY,
                             accepted=cluster_keys)
@@ -409,7 +346,7 @@ def parse(
         _thresholds(options, path, report)
         if "primary" not in section:
             report(_path(*path, "primary"), "is required: the alias writes go to",
-                   'Add "primary": "default".', E_TYPE)
+                   'Add "primary": "default".', E_ROUTING_TYPE)
             continue
         primary = _alias(section["primary"], (*path, "primary"), databases, report)
         replicas = _replicas(section.get("replicas"), (*path, "replicas"), databases, report)
@@ -421,12 +358,12 @@ def parse(
             if alias in roles:
                 report(_path(*path), f'uses "{alias}" as {role}, but it is already the '
                        f"{roles[alias]}", "Each alias belongs to one cluster, in one role.",
-                       E_DUPLICATE)
+                       E_ROUTING_DUPLICATE)
             roles[alias] = where
         for app in apps:
             if app in apps_seen:
                 report(_path(*path, "apps"), f'lists "{app}", already routed to cluster '
-                       f'"{apps_seen[app]}"', "Route each app to one cluster.", E_CONFLICT)
+                       f'"{apps_seen[app]}"', "Route each app to one cluster.", E_ROUTING_CONFLICT)
             apps_seen[app] = name
         if not apps:
             defaults_clusters.append(name)
@@ -437,7 +374,7 @@ def parse(
         report(_path("CLUSTERS"), "has several clusters without \"apps\": "
                + ", ".join(f'"{name}"' for name in defaults_clusters),
                'Only one cluster may be the default; give the others "apps": [...].',
-               E_CONFLICT)
+               E_ROUTING_CONFLICT)
     return RoutingSettings(clusters=clusters,
                            default_cluster=defaults_clusters[0] if defaults_clusters else None,
                            **routing)
@@ -445,7 +382,7 @@ def parse(
 
 def routing_settings() -> RoutingSettings | None:
     """The validated routing configuration, or None when ``POOLKIT`` has no ``ROUTING``."""
-    from .conf import get_settings
+    from ..conf import get_settings
 
     found = get_settings().sections.get("ROUTING")
     return found if isinstance(found, RoutingSettings) else None

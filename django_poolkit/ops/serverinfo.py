@@ -1,0 +1,260 @@
+"""Everything poolkit asks a PostgreSQL server outside the pools: its role and replay lag,
+its connection limits and every client connection, each over one short-lived connection.
+
+Server queries never use an application pool: they open one connection of their own with a
+short ``connect_timeout``, named ``poolkit-ops:<alias>:<pid>``, ask in a read-only transaction
+with a short ``statement_timeout``, and wait for the answer for a bounded time, so a stopped
+server cannot hang a command. Errors are reduced to fixed phrases
+(:func:`~django_poolkit.exceptions.describe_error`); a password never leaves ``connect_args``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+
+from .._threads import in_daemon_thread
+from ..conf import get_settings
+from ..engines.params import connection_spec, direct_connect_args
+from ..exceptions import ServerUnreachable, describe_error
+
+__all__ = [
+    "ROLE_AND_LAG_SQL",
+    "ApplicationConnections",
+    "ServerLimits",
+    "ServerSnapshot",
+    "read_limits",
+    "read_snapshot",
+]
+
+#: One round trip: ``pg_is_in_recovery()`` and the replay lag in seconds (NULL on a primary).
+#: Replay lag is the age of the last replayed transaction, which keeps growing while an idle
+#: primary sends nothing, so a standby that has replayed everything it received counts as 0 s
+#: behind.
+ROLE_AND_LAG_SQL = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+            ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+       END
+"""
+
+
+def _bounded(work: Callable[[], Any], timeout: float) -> Any:
+    """Run ``work`` in a daemon thread and return its result, or raise TimeoutError after
+    ``timeout`` seconds (libpq's own timeouts do not cover a server that stopped answering
+    in the middle of a query)."""
+    try:
+        return in_daemon_thread(work, "poolkit-ops-query").result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError("the server did not answer in time") from None
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """How many connections a server accepts: ``available`` is what ordinary roles get."""
+
+    max_connections: int
+    superuser_reserved_connections: int
+    reserved_connections: int = 0
+    server_version: str = ""
+
+    @property
+    def available(self) -> int:
+        """``max_connections`` minus the slots reserved for superusers and (PostgreSQL 16+)
+        roles with ``pg_use_reserved_connections``."""
+        return max(0, self.max_connections - self.superuser_reserved_connections
+                   - self.reserved_connections)
+
+
+_LIMITS_SQL = """
+SELECT current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int,
+       COALESCE(current_setting('reserved_connections', true), '0')::int,
+       current_setting('server_version')
+"""
+
+
+# Every client backend holds one of max_connections' slots, whatever database it is in;
+# this command's own connection is left out.
+_ACTIVITY_SQL = """
+SELECT COALESCE(application_name, ''), COALESCE(state, 'unknown'),
+       datname = current_database(), count(*)::int
+FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+GROUP BY 1, 2, 3
+ORDER BY 1, 2
+"""
+
+#: States of ``pg_stat_activity.state`` reported on their own; the rest count as ``other``.
+STATES = ("active", "idle", "idle in transaction")
+
+
+@dataclass(frozen=True)
+class ApplicationConnections:
+    """Connections to one database that share an ``application_name``.
+
+    For poolkit's default name ``poolkit:{alias}:{host}:{pid}``, ``alias``, ``host`` and
+    ``pid`` are parsed out so one row is one pool of one process.
+    """
+
+    application_name: str
+    alias: str | None
+    host: str | None
+    pid: int | None
+    active: int = 0
+    idle: int = 0
+    idle_in_transaction: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        """Every connection of this application name."""
+        return self.active + self.idle + self.idle_in_transaction + self.other
+
+    def as_dict(self) -> dict[str, Any]:
+        """Stable keys: see the README, "Operating the pools"."""
+        return {"application_name": self.application_name, "alias": self.alias,
+                "host": self.host, "pid": self.pid, "active": self.active, "idle": self.idle,
+                "idle_in_transaction": self.idle_in_transaction, "other": self.other,
+                "total": self.total}
+
+
+def _parse_application_name(name: str) -> tuple[str | None, str | None, int | None]:
+    parts = name.split(":")
+    if len(parts) == 4 and parts[0] == "poolkit" and parts[3].isdigit():
+        return parts[1], parts[2], int(parts[3])
+    return None, None, None
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """What the server says about one alias's database, covering every process."""
+
+    limits: ServerLimits
+    role: Literal["primary", "replica"]
+    replay_lag_s: float | None
+    applications: tuple[ApplicationConnections, ...]
+    client_connections: int  # client backends in every database, this command's excluded
+
+    @property
+    def headroom(self) -> int:
+        """Slots ordinary roles can still open, server-wide."""
+        return max(0, self.limits.available - self.client_connections)
+
+    def by_state(self) -> dict[str, int]:
+        """Connections to this database by state (``other`` gathers the rest)."""
+        totals = {"active": 0, "idle": 0, "idle_in_transaction": 0, "other": 0}
+        for row in self.applications:
+            totals["active"] += row.active
+            totals["idle"] += row.idle
+            totals["idle_in_transaction"] += row.idle_in_transaction
+            totals["other"] += row.other
+        return totals
+
+    def as_dict(self) -> dict[str, Any]:
+        """Stable keys: see the README, "Operating the pools"."""
+        return {
+            "server_version": self.limits.server_version,
+            "role": self.role,
+            "replay_lag_s": self.replay_lag_s,
+            "max_connections": self.limits.max_connections,
+            "superuser_reserved_connections": self.limits.superuser_reserved_connections,
+            "reserved_connections": self.limits.reserved_connections,
+            "available_connections": self.limits.available,
+            "client_connections": self.client_connections,
+            "headroom": self.headroom,
+            "database_connections": self.by_state(),
+            "applications": [row.as_dict() for row in self.applications],
+        }
+
+
+def _guard(connection: psycopg.Connection[Any], timeout_ms: int) -> None:
+    """Make the open transaction read-only with a ``statement_timeout`` of its own. Both end
+    with the transaction: behind PgBouncer in transaction mode a plain ``SET`` would outlive
+    it and reach another client, and startup options are not an option there."""
+    connection.execute("SET TRANSACTION READ ONLY")
+    connection.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout_ms),))
+
+
+def _query_limits(params: dict[str, Any], timeout_ms: int) -> ServerLimits:
+    with psycopg.connect(autocommit=True, **params) as connection, connection.transaction():
+        _guard(connection, timeout_ms)
+        row = connection.execute(_LIMITS_SQL).fetchone()
+    assert row is not None
+    return ServerLimits(int(row[0]), int(row[1]), int(row[2]), str(row[3]))
+
+
+def _query_snapshot(params: dict[str, Any], timeout_ms: int) -> ServerSnapshot:
+    with psycopg.connect(autocommit=True, **params) as connection, connection.transaction():
+        _guard(connection, timeout_ms)
+        limits_row = connection.execute(_LIMITS_SQL).fetchone()
+        role_row = connection.execute(ROLE_AND_LAG_SQL).fetchone()
+        rows = connection.execute(_ACTIVITY_SQL).fetchall()
+    assert limits_row is not None
+    assert role_row is not None
+    counts: dict[str, dict[str, int]] = {}
+    clients = 0
+    for name, state, here, count in rows:
+        clients += count
+        if not here:
+            continue
+        key = state.replace(" ", "_") if state in STATES else "other"
+        counts.setdefault(name, {}).setdefault(key, 0)
+        counts[name][key] += count
+    applications = []
+    for name, states in sorted(counts.items()):
+        alias, host, pid = _parse_application_name(name)
+        applications.append(ApplicationConnections(
+            name, alias, host, pid, active=states.get("active", 0), idle=states.get("idle", 0),
+            idle_in_transaction=states.get("idle_in_transaction", 0),
+            other=states.get("other", 0)))
+    standby = bool(role_row[0])
+    return ServerSnapshot(
+        limits=ServerLimits(int(limits_row[0]), int(limits_row[1]), int(limits_row[2]),
+                            str(limits_row[3])),
+        role="replica" if standby else "primary",
+        replay_lag_s=None if role_row[1] is None else round(float(role_row[1]), 3),
+        applications=tuple(applications), client_connections=clients)
+
+
+def _ask(alias: str, timeout: float, query: Callable[[dict[str, Any], int], Any]) -> Any:
+    pool = get_settings().for_alias(alias)
+    if pool is None:
+        raise ServerUnreachable("not configured")
+    # No startup options of our own: PgBouncer rejects or ignores them. The queries run in a
+    # read-only transaction with a local statement_timeout instead (_guard).
+    params = direct_connect_args(alias, connection_spec(alias, pool), purpose="ops",
+                                 timeout=timeout)
+    timeout_ms = max(1, int(timeout * 1000))
+    try:
+        # One extra second for the TCP handshake and the connection's own round trips.
+        return _bounded(lambda: query(params, timeout_ms),
+                        params["connect_timeout"] + timeout + 1)
+    except TimeoutError:
+        raise ServerUnreachable("no answer in time") from None
+    except Exception as error:
+        raise ServerUnreachable(describe_error(error)) from None
+
+
+def read_limits(alias: str, timeout: float = 2.0) -> ServerLimits:
+    """``max_connections`` and the reserved slots of ``alias``'s server.
+
+    Raises :class:`ServerUnreachable` (a fixed phrase) when the server cannot be asked.
+    """
+    limits: ServerLimits = _ask(alias, timeout, _query_limits)
+    return limits
+
+
+def read_snapshot(alias: str, timeout: float = 2.0) -> ServerSnapshot:
+    """Limits, role, replay lag and every client connection of ``alias``'s server.
+
+    Raises :class:`ServerUnreachable` (a fixed phrase) when the server cannot be asked.
+    """
+    snapshot: ServerSnapshot = _ask(alias, timeout, _query_snapshot)
+    return snapshot
+
