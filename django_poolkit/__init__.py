@@ -13,6 +13,7 @@ from .api import (
     pool_stats,
 )
 from .engines.deadline import ClientTimeout
+from .engines.sharing import SharingError, unshared
 from .exceptions import PoolkitConfigurationError, PoolkitError, PoolTimeout, UnknownAlias
 from .pinning import use_primary
 from .sessions import read_session, write_session
@@ -26,6 +27,7 @@ __all__ = [
     "PoolTimeout",
     "PoolkitConfigurationError",
     "PoolkitError",
+    "SharingError",
     "UnknownAlias",
     "__version__",
     "adispose_all",
@@ -35,6 +37,7 @@ __all__ = [
     "get_engine",
     "pool_stats",
     "read_session",
+    "unshared",
     "use_primary",
     "write_session",
 ]

@@ -38,8 +38,10 @@ from .pool import (
     install_leak_detection,
     install_pre_ping,
     install_session_hygiene,
+    sqlalchemy_cursor_classes,
 )
 from .recycle import install_recycle_jitter
+from .sharing import install_sharing
 
 __all__ = ["EngineRegistry", "engine_registry"]
 
@@ -169,6 +171,11 @@ class EngineRegistry:
         if hygiene:
             if isinstance(sync_engine.pool, PoolkitQueuePool):
                 sync_engine.pool.poolkit_autocommit_off = True
+                if shared:
+                    # One connection per thread for the ORM and SQLAlchemy (.sharing).
+                    sync_engine.pool.poolkit_local = threading.local()
+                    sync_engine.pool.poolkit_cursor_classes = sqlalchemy_cursor_classes()
+                    install_sharing(sync_engine)
             install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",
                                     shared=shared, counters=counters_for(alias, kind),
                                     bound=bound)
