@@ -429,7 +429,7 @@ def _read_knobs(
             values[key] = knob.parse(value, from_text=False)
         except _Invalid as error:
             problems.add(key_path, f"must be {knob.accepted}, {error}",
-                         _quoted_hint(knob, value) or knob.doc, E_BAD_VALUE)
+                         _quoted_hint(knob, value, path_parts) or knob.doc, E_BAD_VALUE)
     return values
 
 
@@ -440,25 +440,90 @@ def _text_hint(knob: Knob) -> str:
     return knob.doc
 
 
-def _quoted_hint(knob: Knob, value: Any) -> str | None:
-    """For ``"10"`` where 10 belongs: say so, since only the environment and URLs are text."""
+def _quoted_hint(knob: Knob, value: Any, path_parts: tuple[str, ...] = ()) -> str | None:
+    """For ``"10"`` where 10 belongs: say what to do. It is text either because it was
+    quoted or because settings.py read it from the environment (``os.environ.get()``), so
+    name both fixes: ``int(...)`` there, or the variable poolkit reads and converts itself.
+    For a preset name given as ``sizing`` (or the reverse), name the right key."""
+    if isinstance(value, str) and knob.name in ("preset", "sizing"):
+        other = "sizing" if knob.name == "preset" else "preset"
+        names = sizing.SIZING_FORMULAS if other == "sizing" else tuple(sizing.PRESETS)
+        if value in names:
+            return f'"{value}" is a {other} value: write "{other}": "{value}".'
+        return None
     if knob.cast is str or not isinstance(value, str):
         return None
     try:
         parsed = knob.parse(value, from_text=True)
     except _Invalid:
         return None
-    return (f"Write {parsed!r} without quotes: only environment variables and DATABASE_URL "
-            "parameters are read as text.")
+    scope = (_env_key(path_parts[1]) + "__" if len(path_parts) == 2
+             and path_parts[0] in ("DATABASES", "ENGINES") else "")
+    variable = f"{DEFAULT_ENV_PREFIX}{scope}{knob.name.upper()}"
+    wrap = ("" if knob.cast is bool else
+            f", or, when settings.py reads it from the environment, wrap it in "
+            f"{knob.cast.__name__}(...)")
+    return (f"Got the text {value!r}: write {parsed!r} without quotes{wrap}, or drop the key "
+            f"and set the environment variable {variable}={value} (environment variables "
+            "and DATABASE_URL parameters are converted).")
+
+
+#: The pooled ORM backend's ENGINE (the one that reads pool knobs out of OPTIONS).
+POOLED_ENGINE = "django_poolkit.db.backends.postgresql"
+#: PostgreSQL backends whose OPTIONS go to psycopg (so unknown keys fail at connect).
+_POSTGRESQL_ENGINES = (POOLED_ENGINE, "django.db.backends.postgresql",
+                       "django.contrib.gis.db.backends.postgis")
+#: OPTIONS keys Django's PostgreSQL backend or ``psycopg.connect()`` take besides libpq's.
+_DRIVER_OPTIONS = frozenset({
+    "isolation_level", "server_side_binding", "assume_role", "pool", "autocommit",
+    "prepare_threshold", "context", "row_factory", "cursor_factory"})
+_libpq_keywords: frozenset[str] | None = None
+
+
+def _connection_option(key: str) -> bool:
+    """Whether ``key`` is a libpq connection parameter or a driver/Django option."""
+    global _libpq_keywords
+    if key in _DRIVER_OPTIONS:
+        return True
+    if _libpq_keywords is None:
+        try:
+            from psycopg import pq
+
+            _libpq_keywords = frozenset(
+                option.keyword.decode() for option in pq.Conninfo.get_defaults())
+        except Exception:  # no usable libpq: psycopg reports that itself at connect
+            return True
+    return key in _libpq_keywords
 
 
 def _url_options(alias: str, database: Mapping[str, Any], problems: _Collector) -> dict[str, Any]:
-    """Pool knobs found in ``DATABASES[alias]["OPTIONS"]`` (``DATABASE_URL`` query params)."""
+    """Pool knobs found in ``DATABASES[alias]["OPTIONS"]`` (``DATABASE_URL`` query params).
+
+    On a PostgreSQL alias, a key that is neither a knob nor a connection parameter is a
+    misspelling (psycopg would refuse it at the first connect, without a suggestion); knobs
+    on an alias of another backend would reach its driver, which refuses them too."""
     options = database.get("OPTIONS") or {}
+    engine = database.get("ENGINE")
     values: dict[str, Any] = {}
     for key, value in options.items():
+        key = str(key)
         knob = KNOBS.get(key)
+        path = f'DATABASES["{alias}"]["OPTIONS"]["{key}"]'
         if knob is None:
+            if engine in _POSTGRESQL_ENGINES and not _connection_option(key):
+                problems.add(path, "is neither a pool parameter nor a PostgreSQL connection "
+                             f"parameter{did_you_mean(key, KNOBS)}",
+                             "DATABASE_URL query parameters and OPTIONS take the pool "
+                             "parameters " + ", ".join(sorted(KNOBS)) + ", and libpq's "
+                             "connection parameters (sslmode, connect_timeout, ...).",
+                             E_UNKNOWN_KEY)
+            continue
+        if engine is not None and engine != POOLED_ENGINE:
+            problems.add(path, f"is a pool parameter, but this alias uses ENGINE {engine!r}, "
+                         "whose driver refuses it at connect",
+                         f'Set ENGINE to "{POOLED_ENGINE}", or move it to '
+                         f'POOLKIT["DATABASES"]["{alias}"] (it then sizes get_engine('
+                         f'"{alias}") only).', E_CONFLICT)
             continue
         try:
             values[key] = knob.parse(value, from_text=True)
