@@ -40,16 +40,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..exceptions import PoolkitError
+from ..exceptions import SharingError
 
-__all__ = ["Share", "SharingError", "install_sharing", "unshared"]
+__all__ = ["Share", "install_sharing", "unshared"]
 
 _get_ident = threading.get_ident
 _running_loop = asyncio._get_running_loop
-
-
-class SharingError(PoolkitError):
-    """Something SQLAlchemy asked for cannot be done on a connection the ORM shares."""
 
 
 class Share:
