@@ -422,3 +422,26 @@ def test_handle_sigterm_drains_then_exits_143(tmp_path, admin, stopper):
                      re.MULTILINE), log
     assert _wait_for(lambda: server_connections(
         admin, f"poolkit:default:%:{process.pid}") == [])
+
+
+def test_asgi_lifespan_fails_fast_on_a_broken_configuration(settings):
+    settings.POOLKIT = {"DATABASES": {"default": {"pool_sise": 20}}}
+
+    async def django_app(scope, receive, send):
+        raise AssertionError(scope)
+
+    sent = asyncio.run(_lifespan(LifespanApplication(django_app), "lifespan.startup"))
+    assert len(sent) == 1
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert sent[0]["message"].startswith("poolkit configuration error: ")
+    assert 'did you mean "pool_size"?' in sent[0]["message"]
+
+
+def test_validate_configuration_raises_every_problem_without_io(settings):
+    from django_poolkit import PoolkitConfigurationError
+    from django_poolkit.lifecycle import validate_configuration
+
+    validate_configuration()
+    settings.POOLKIT = {"DEFAULTS": {"pool_size": "20"}}
+    with pytest.raises(PoolkitConfigurationError, match="POOLKIT_POOL_SIZE=20"):
+        validate_configuration()
