@@ -233,7 +233,8 @@ def test_a_new_project_built_from_the_readme_serves_one_connection_per_thread(
             output = project.run(command)
             if "poolplan" in command:
                 project.recommended = _recommendation(output)
-    assert files_written and len(servers) == 2
+    assert files_written
+    assert len(servers) == 2
     assert project.recommended is not None
     assert sum(project.recommended) == THREADS  # one connection per thread, no more
     project.env["POOLKIT_DEFAULT__POOL_TIMEOUT"] = "3"  # the measurement
