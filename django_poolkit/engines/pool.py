@@ -10,7 +10,6 @@ alias and the numbers. The checkin's accounting lives here too (``_do_return_con
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -55,7 +54,7 @@ class _TimedCheckout:
     poolkit_recycle: float | None = None
 
     #: Per-thread :class:`~.sharing.Share` of a pool the ORM shares (None: no sharing).
-    poolkit_local: threading.local | None = None
+    poolkit_local: sharing.PerThread | None = None
     #: SQLAlchemy's cursor classes, put on a connection SQLAlchemy joins after the ORM.
     poolkit_cursor_classes: tuple[type[Any], type[Any]] | None = None
 
@@ -125,7 +124,7 @@ class _TimedCheckout:
         local = self.poolkit_local
         if local is None:
             return None
-        share: sharing.Share | None = getattr(local, "share", None)
+        share = local.share
         if share is None or share.fairy is not fairy:
             return None
         share.orm = None
@@ -201,7 +200,7 @@ class _TimedCheckout:
         new.poolkit_recycle = self.poolkit_recycle
         new.poolkit_cursor_classes = self.poolkit_cursor_classes
         if self.poolkit_local is not None:
-            new.poolkit_local = threading.local()
+            new.poolkit_local = sharing.PerThread()
         return new
 
     def _poolkit_timeout(self, waited: float) -> PoolTimeout:

@@ -36,7 +36,7 @@ from .leaks import install_leak_detection
 from .params import ConnectSpec, is_shared, spec_for_alias, spec_for_url
 from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 from .recycle import install_recycle_jitter
-from .sharing import install_sharing
+from .sharing import PerThread, install_sharing
 
 __all__ = ["EngineRegistry", "engine_registry"]
 
@@ -168,7 +168,7 @@ class EngineRegistry:
                 sync_engine.pool.poolkit_autocommit_off = True
                 if shared:
                     # One connection per thread for the ORM and SQLAlchemy (.sharing).
-                    sync_engine.pool.poolkit_local = threading.local()
+                    sync_engine.pool.poolkit_local = PerThread()
                     sync_engine.pool.poolkit_cursor_classes = sqlalchemy_cursor_classes()
                     install_sharing(sync_engine)
             install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",

@@ -42,7 +42,7 @@ from typing import Any
 
 from ..exceptions import SharingError
 
-__all__ = ["Share", "install_sharing", "unshared"]
+__all__ = ["PerThread", "Share", "install_sharing", "unshared"]
 
 _get_ident = threading.get_ident
 _running_loop = asyncio._get_running_loop
@@ -80,12 +80,20 @@ class Share:
         return bool(self.stack) and self.stack[0] is None
 
 
+class PerThread(threading.local):
+    """A pool's per-thread slot. Class defaults make a thread that never set them read None
+    and 0 without the cost of a missing attribute (an exception inside ``getattr``)."""
+
+    share: Share | None = None
+    depth: int = 0
+
+
 def current(pool: Any) -> Share | None:
     """This thread's live share of ``pool``, or None."""
-    local = getattr(pool, "poolkit_local", None)
+    local: PerThread | None = pool.poolkit_local
     if local is None:
         return None
-    share: Share | None = getattr(local, "share", None)
+    share = local.share
     if share is None:
         return None
     if share.thread != _get_ident() or not share.live:
@@ -102,13 +110,10 @@ def can_register() -> bool:
 
 def _share_of(fairy: Any) -> Share | None:
     """The share whose checkout is ``fairy``, when it is this thread's."""
-    pool = getattr(fairy, "_pool", None)
-    if pool is None:
-        return None
-    local = getattr(pool, "poolkit_local", None)
+    local: PerThread | None = getattr(fairy._pool, "poolkit_local", None)
     if local is None:
         return None
-    share: Share | None = getattr(local, "share", None)
+    share = local.share
     if share is not None and share.fairy is fairy:
         return share
     return None
@@ -234,12 +239,12 @@ def install_sharing(engine: Any) -> None:
     dialect._set_connection_characteristics = set_connection_characteristics
 
 
-_unshared = threading.local()
+_unshared = PerThread()
 
 
 def sharing_disabled() -> bool:
     """Whether :func:`unshared` is active in this thread."""
-    return bool(getattr(_unshared, "depth", 0))
+    return _unshared.depth > 0
 
 
 @contextmanager
@@ -247,7 +252,7 @@ def unshared() -> Iterator[None]:
     """SQLAlchemy checkouts in this block get a connection of their own (counted in the
     pool like any other): for another isolation level, read-only mode, or a connection that
     must not see the ORM's transaction."""
-    _unshared.depth = getattr(_unshared, "depth", 0) + 1
+    _unshared.depth += 1
     try:
         yield
     finally:
