@@ -110,7 +110,8 @@ def can_register() -> bool:
 
 def _share_of(fairy: Any) -> Share | None:
     """The share whose checkout is ``fairy``, when it is this thread's."""
-    local: PerThread | None = getattr(fairy._pool, "poolkit_local", None)
+    # SQLAlchemy's first-connect initialisation passes an ad-hoc proxy without a pool.
+    local: PerThread | None = getattr(getattr(fairy, "_pool", None), "poolkit_local", None)
     if local is None:
         return None
     share = local.share
