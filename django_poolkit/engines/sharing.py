@@ -187,13 +187,13 @@ def install_sharing(engine: Any) -> None:
         if orm is not None and orm.in_atomic_block:
             # Committing would commit half of that block: SQLAlchemy deactivates its
             # transaction when its commit fails, so end it here, rolled back.
-            driver.rollback()
+            default_rollback(fairy)
             restore_orm_mode(share, driver)
             raise transaction.TransactionManagementError(
                 "SQLAlchemy cannot commit its transaction while an atomic() block entered "
                 "inside it is open on the same connection: both were rolled back; leave the "
                 "atomic() block before committing")
-        driver.commit()
+        default_commit(fairy)  # the dialect's (bounded by client_timeout's deadline)
         restore_orm_mode(share, driver)
 
     def do_rollback(fairy: Any) -> None:
@@ -207,7 +207,7 @@ def install_sharing(engine: Any) -> None:
             if not driver.closed and not driver.broken:
                 driver.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
             return
-        driver.rollback()
+        default_rollback(fairy)
         restore_orm_mode(share, driver)
 
     default_characteristics = dialect._set_connection_characteristics
