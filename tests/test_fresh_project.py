@@ -204,7 +204,11 @@ def _serve(project: Project, command: str, extra_env: dict[str, str], port: int,
         stop.set()
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
-        _, log = server.communicate(timeout=60)
+        try:
+            _, log = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, log = server.communicate()
     return {"statuses": Counter(status for status, _ in answers), "peaks": dict(peaks),
             "log": log, "returncode": server.returncode,
             "errors": [body[:300] for status, body in answers if status != 200]}

@@ -416,3 +416,16 @@ def test_the_async_engine_has_its_own_connections():
         return found
 
     assert asyncio.run(read()) != pid
+
+
+def test_the_orm_closed_inside_atomic_rolls_back_its_work_and_sqlalchemy_keeps_going():
+    with get_engine().connect() as sa:
+        with transaction.atomic():
+            Note.objects.create(title="lost")
+            connection.close()  # the stock backend closes the socket: the server rolls back
+        assert pool_stats().pool_checked_out == 1  # SQLAlchemy still holds it
+        assert sa.execute(TITLES).scalars().all() == []
+        sa.execute(INSERT, {"t": "engine"})
+        sa.commit()
+    assert pool_stats().pool_checked_out == 0
+    assert committed_titles() == ["engine"]
