@@ -48,7 +48,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 # inventory here (intersphinx needs the network), so references into them are named, not linked.
 nitpick_ignore_regex = [
     ("py:class", r"(sqlalchemy|django|psycopg|psycopg_pool|collections|typing|_?contextvars)\..*"),
-    ("py:class", r"(datetime|enum|types|logging|threading|asyncio)\..*"),
+    ("py:class", r"(datetime|enum|types|logging|threading|_thread|asyncio)\..*"),
     ("py:exc", r"(sqlalchemy|django|psycopg)\..*"),
     ("py:class", r"(Any|Self|T|Callable|Iterator|Mapping|Sequence|Literal)"),
     # Type variables and private helpers named in signatures.

@@ -28,7 +28,7 @@ SQLAlchemy does:
 
 A SQLAlchemy ``Connection`` that sets an isolation level, read-only or deferrable mode
 (``execution_options``) would change the ORM's session too: it gets a connection of its own
-instead (once its transaction began, that raises :class:`SharingError`). ``unshared()``
+instead (once its transaction began, that raises :class:`~django_poolkit.exceptions.SharingError`). ``unshared()``
 makes every SQLAlchemy checkout in a block its own.
 """
 
