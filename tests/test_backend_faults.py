@@ -13,7 +13,7 @@ from sqlalchemy import text
 from django_poolkit import PoolTimeout, get_engine, pool_stats
 from testproject.demo.models import Note
 
-from .test_backend_helpers import terminate
+from .helpers.backend import terminate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -20,7 +20,7 @@ from django_poolkit import get_engine
 from django_poolkit.db.checks import check_pgbouncer
 from testproject.demo.models import Note
 
-from .test_backend_helpers import extra_alias
+from .helpers.backend import extra_alias
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = "6432"

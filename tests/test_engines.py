@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from django_poolkit import UnknownAlias, get_async_engine, get_engine, pool_stats
 from django_poolkit.engines import engine_registry
 
-from .conftest import server_connections
+from .helpers.server import server_connections
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,7 +7,6 @@ Fault tests that stop or pause a server are in ``test_health_faults.py``.
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 import json
 import logging
@@ -29,49 +28,10 @@ from django_poolkit import conf, get_engine, health
 from django_poolkit.engines import engine_registry
 from django_poolkit.exceptions import Problem
 
-from .tcpproxy import free_port, proxy_to
-
-TOKEN = "health-token-" + secrets.token_hex(8)
-TOKEN_HEADER = "X-Poolkit-Health-Token"
+from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit, timed, with_token
+from .helpers.tcpproxy import free_port, proxy_to
 
 pytestmark = pytest.mark.postgres
-
-
-#: Probe timeout for tests that expect a healthy answer: generous, because a loaded machine can
-#: take longer than the suite's default 0.3 s to open a connection (that would read "degraded").
-HEALTHY_TIMEOUT = 2.0
-
-
-def poolkit(**section: Any) -> dict[str, Any]:
-    """The test project's POOLKIT plus a HEALTH section (short timeout, the test token)."""
-    health_section = {"timeout": 0.3, "cache_ttl": 0, "token": TOKEN, **section}
-    return {**settings.POOLKIT, "HEALTH": health_section}
-
-
-@pytest.fixture
-def add_alias() -> Iterator[Callable[..., str]]:
-    """Add a ``DATABASES`` alias for one test: a copy of ``default`` (already pointing at the
-    test database) with some keys changed.
-
-    ``override_settings(DATABASES=...)`` warns (warnings are errors here) and would not reach
-    ``connections.settings``, which *is* ``settings.DATABASES`` once configured; so the alias
-    is added to that dict and removed afterwards.
-    """
-    added: list[str] = []
-
-    def add(name: str, **changes: Any) -> str:
-        entry = copy.deepcopy(connections.settings["default"])
-        # Django's own backend: the ORM never uses these aliases, only poolkit's engines.
-        entry.update({"ENGINE": "django.db.backends.postgresql", "TEST": {}, **changes})
-        connections.settings[name] = entry
-        added.append(name)
-        conf.reload()
-        return name
-
-    yield add
-    for name in added:
-        connections.settings.pop(name, None)
-    conf.reload()
 
 
 def wait_for_replica(seconds: float = 15.0) -> str:
@@ -88,18 +48,6 @@ def wait_for_replica(seconds: float = 15.0) -> str:
             time.sleep(0.1)
         else:
             return "5433"
-
-
-def with_token(client: Client, path: str) -> Any:
-    """GET ``path`` sending the health token."""
-    return client.get(path, headers={TOKEN_HEADER: TOKEN})
-
-
-def timed(call: Callable[[], Any]) -> tuple[Any, float]:
-    """``call()``'s result and how long it took, in seconds."""
-    started = time.monotonic()
-    result = call()
-    return result, time.monotonic() - started
 
 
 # -- settings -------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from django_poolkit.asgi import LifespanApplication
 from django_poolkit.engines import engine_registry
 from django_poolkit.lifecycle import shutdown, warm_up
 
-from .conftest import server_connections
+from .helpers.server import server_connections
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -21,8 +21,7 @@ from sqlalchemy import text
 from django_poolkit import PoolTimeout, get_engine, pool_stats
 from testproject.demo.models import Note
 
-from ..tcpproxy import free_port
-from .faults import (
+from ..helpers.faults import (
     Availability,
     OpenConnections,
     Scratch,
@@ -31,12 +30,9 @@ from .faults import (
     app_name_like,
     ms,
     poolkit_with,
-    record,
-    scratch,
-    unblocked,
 )
-
-__all__ = ["scratch", "unblocked"]  # fixtures used here
+from ..helpers.results import record
+from ..helpers.tcpproxy import free_port
 
 DBS = ["default", "replica"]
 

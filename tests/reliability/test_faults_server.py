@@ -21,8 +21,7 @@ from django.test import Client
 
 from django_poolkit import get_engine, health
 
-from ..tcpproxy import proxy_to
-from .faults import (
+from ..helpers.faults import (
     Availability,
     Load,
     OpenConnections,
@@ -32,12 +31,9 @@ from .faults import (
     app_name_like,
     ms,
     poolkit_with,
-    record,
-    scratch,
-    unblocked,
 )
-
-__all__ = ["scratch", "unblocked"]  # fixtures used here
+from ..helpers.results import record
+from ..helpers.tcpproxy import proxy_to
 
 pytestmark = pytest.mark.usefixtures("unblocked")
 

@@ -30,9 +30,9 @@ import psycopg
 import pytest
 from django.db import connections
 
-from ..conftest import server_connections
-from ..tcpproxy import free_port
-from .state_helpers import record
+from ..helpers.results import record
+from ..helpers.server import server_connections
+from ..helpers.tcpproxy import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

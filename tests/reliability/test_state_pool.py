@@ -30,8 +30,9 @@ from sqlalchemy import event, text
 from django_poolkit import PoolTimeout, get_async_engine, get_engine
 from django_poolkit.engines import engine_registry, recycle
 
-from ..conftest import server_connections
-from .state_helpers import Clock, record, sliding_max
+from ..helpers.results import record
+from ..helpers.server import server_connections
+from ..helpers.state import Clock, sliding_max
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
