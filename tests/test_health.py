@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,6 +29,7 @@ from django_poolkit.exceptions import Problem
 
 from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit, timed, with_token
 from .helpers.tcpproxy import free_port, proxy_to
+from .helpers.threads import fan_out
 
 pytestmark = pytest.mark.postgres
 
@@ -390,12 +390,8 @@ def test_a_flood_of_requests_becomes_a_trickle_of_probes() -> None:
     with override_settings(POOLKIT=poolkit(cache_ttl=ttl, databases=["default"],
                                            timeout=HEALTHY_TIMEOUT)):
         started = health.checker.probes_started
-        workers = [threading.Thread(target=hammer, args=(n,)) for n in range(threads)]
         began = time.monotonic()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        fan_out(hammer, threads)
         elapsed = time.monotonic() - began
         probes = health.checker.probes_started - started
     assert statuses == {200}
@@ -409,18 +405,8 @@ def test_concurrent_callers_share_one_round(add_alias: Callable[..., str]) -> No
         add_alias("black", PORT=str(proxy.port))
         with override_settings(POOLKIT=poolkit(cache_ttl=0, databases=["black"])):
             started = health.checker.probes_started
-            barrier = threading.Barrier(20)
-            reports: list[health.HealthReport] = []
-
-            def call() -> None:
-                barrier.wait()
-                reports.append(health.checker.check())
-
-            workers = [threading.Thread(target=call) for _ in range(20)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
+            # All 20 start together (fan_out's start barrier).
+            reports = fan_out(lambda _: health.checker.check(), 20)
             assert health.checker.probes_started - started == 1
             assert proxy.accepted == 1
     assert len(reports) == 20
