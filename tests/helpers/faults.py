@@ -28,6 +28,8 @@ from sqlalchemy import event
 from django_poolkit import conf
 from django_poolkit.engines import engine_registry
 
+from .threads import BackgroundSampler
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "scratch-cluster"
 #: Part A's scratch cluster (part B uses 5450-5459); never the main server on 5432.
@@ -185,28 +187,6 @@ class OpenConnections:
     def closed(self) -> set[int]:
         with self._lock:
             return set(self.closed_pids)
-
-
-class BackgroundSampler:
-    """A daemon thread running :meth:`_run` between ``__enter__`` and ``__exit__``;
-    :meth:`_run` loops until ``self._stop`` is set."""
-
-    name = "sampler"
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-
-    def __enter__(self) -> Any:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        raise AssertionError("a sampler defines _run")
 
 
 class ServerCount(BackgroundSampler):

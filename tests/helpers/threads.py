@@ -5,6 +5,7 @@ errors in a list the test must remember to check.
 Every call gets a thread of its own (the calls wait for each other at a start barrier, so no
 pool thread serves two calls): Django's connections and poolkit's pin state are per thread.
 A call that is still running after ``timeout`` seconds fails the test; it cannot hang it.
+:class:`BackgroundSampler` is the other shape: a loop beside the test until it is stopped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -62,3 +63,26 @@ def fan_out(target: Callable[[int], T], count: int, *, timeout: float = TIMEOUT_
     with running(target, count, timeout=timeout) as calls:
         pass
     return calls.results
+
+
+class BackgroundSampler:
+    """A daemon thread running :meth:`_run` between ``__enter__`` and ``__exit__``;
+    :meth:`_run` loops until ``self._stop`` is set. For what runs *beside* a test (samplers,
+    pollers) and reports what it saw as figures, rather than calls whose errors fail it."""
+
+    name = "sampler"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        raise AssertionError("a sampler defines _run")

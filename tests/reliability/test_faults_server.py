@@ -34,6 +34,7 @@ from ..helpers.faults import (
 )
 from ..helpers.results import record
 from ..helpers.tcpproxy import proxy_to
+from ..helpers.threads import BackgroundSampler
 
 pytestmark = pytest.mark.usefixtures("unblocked")
 
@@ -133,22 +134,13 @@ def test_s4_restart_and_crash_under_steady_load(settings: Any, scratch: Scratch)
 # -- 5. long outage ---------------------------------------------------------------------------
 
 
-class _Sampler:
+class _Sampler(BackgroundSampler):
     """Samples counters every 0.1 s: a timeline to cut into 1 s windows."""
 
     def __init__(self, **sources: Any) -> None:
         self.sources = sources
         self.samples: list[tuple[float, dict[str, int]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
-
-    def __enter__(self) -> _Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        super().__init__()
 
     def _run(self) -> None:
         while not self._stop.is_set():
