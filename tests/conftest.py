@@ -18,7 +18,7 @@ from psycopg.rows import namedtuple_row
 
 from django_poolkit import conf, pinning
 from django_poolkit.engines import engine_registry
-from django_poolkit.replicas import replica_state
+from django_poolkit.routing.state import replica_state
 from django_poolkit.stats import reset_counters
 from django_poolkit.testing import wait_for_replicas
 
