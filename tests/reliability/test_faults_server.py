@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
 from typing import Any
 
@@ -162,6 +161,24 @@ class _Sampler(BackgroundSampler):
         return inside[-1] - inside[0] if inside else 0
 
 
+class _HealthPoller(BackgroundSampler):
+    """GETs /health/ready/ every 0.25 s: (sent, answered, status) of every answer."""
+
+    name = "health-poller"
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.answers: list[tuple[float, float, int]] = []
+        super().__init__()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status = self.client.get("/health/ready/").status_code
+            self.answers.append((started, time.monotonic(), status))
+            self._stop.wait(0.25)
+
+
 def test_s5_long_outage(settings: Any, scratch: Scratch) -> None:
     outage, workers, pause = 30.0, 4, 0.2
     health_timeout, cache_ttl = 0.5, 1.0
@@ -171,26 +188,13 @@ def test_s5_long_outage(settings: Any, scratch: Scratch) -> None:
             "timeout": health_timeout, "cache_ttl": cache_ttl, "primary": alias,
             "databases": [alias]})
         tracker = OpenConnections(get_engine(alias))
-        client = Client()
-        answers: list[tuple[float, float, int]] = []
-        health_stop = threading.Event()
-
-        def poll_health() -> None:
-            while not health_stop.is_set():
-                started = time.monotonic()
-                status = client.get("/health/ready/").status_code
-                answers.append((started, time.monotonic(), status))
-                health_stop.wait(0.25)
-
         sampler = _Sampler(attempts=lambda: proxy.accepted,
                            pool_attempts=lambda: tracker.attempts,
                            probes=lambda: health.checker.probes_started)
         load = Load(_orm_request(alias), workers=workers, pause=pause,
                     after=lambda: connections[alias].close())
-        poller = threading.Thread(target=poll_health, name="health-poller", daemon=True)
         with Availability(scratch, interval=0.05) as availability, sampler, load:
-            poller.start()
-            try:
+            with _HealthPoller(Client()) as poller:
                 time.sleep(1.5)
                 scratch.run("stop")
                 down = time.monotonic()
@@ -198,10 +202,8 @@ def test_s5_long_outage(settings: Any, scratch: Scratch) -> None:
                 up_command = time.monotonic()
                 scratch.run("start")
                 time.sleep(3.0)
-            finally:
-                health_stop.set()
-                poller.join(timeout=10)
             stuck = load.stop()
+        answers = poller.answers
         requests = load.snapshot()
 
     up = availability.up_after(up_command)
