@@ -93,3 +93,14 @@ def _url(name: str) -> str:
     entry = settings.DATABASES["default"]
     return f"postgres://{entry['USER'] or 'postgres'}@{entry['HOST'] or '127.0.0.1'}:" \
            f"{entry['PORT'] or 5432}/{name}"
+
+
+def test_a_configuration_error_is_reported_as_such(settings) -> None:
+    settings.POOLKIT = {"DATABASES": {"default": {"pool_sise": 20}}}
+    with pytest.raises(CommandError) as raised:
+        call_command("poolcheck", stdout=StringIO())
+    assert raised.value.returncode == 2
+    text = str(raised.value)
+    assert text.startswith("configuration error: ")
+    assert 'did you mean "pool_size"?' in text
+    assert "unreachable" not in text
