@@ -24,7 +24,7 @@ from django_poolkit.db.checks import check_pooled_backend
 from django_poolkit.engines import engine_registry
 from testproject.demo.models import Note
 
-from .test_backend_helpers import STOCK, backend_pid, extra_alias, terminate
+from .helpers.backend import STOCK, backend_pid, extra_alias, terminate
 
 EXTRA = {
     "stock": {"engine": STOCK},

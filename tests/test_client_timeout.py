@@ -25,7 +25,7 @@ from django_poolkit.conf import KNOBS, build_settings
 from django_poolkit.engines import deadline
 from django_poolkit.engines.deadline import PoolkitConnection
 
-from .tcpproxy import TcpProxy, proxy_to
+from .helpers.tcpproxy import TcpProxy, proxy_to
 
 ALIAS = "frozen"
 #: How late a cut may come after its deadline (scheduling on a loaded 2-core machine).

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +29,8 @@ from django_poolkit.asgi import LifespanApplication
 from django_poolkit.engines import engine_registry
 from django_poolkit.lifecycle import shutdown, warm_up
 
-from .conftest import server_connections
+from .helpers.server import server_connections
+from .helpers.threads import running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,15 +64,13 @@ def test_shutdown_waits_for_a_checked_out_connection_then_closes(side, admin):
     held = side.connect()
     held.execute(text("SELECT 1"))
 
-    def give_back() -> None:
+    def give_back(_: int) -> None:
         time.sleep(0.3)
         held.rollback()
         held.close()
 
-    returner = threading.Thread(target=give_back)
-    returner.start()
-    report = shutdown(timeout=30)
-    returner.join()
+    with running(give_back):
+        report = shutdown(timeout=30)
     assert report.drained is True
     assert report.checked_out == 0
     assert "side:sync" in report.pools

@@ -15,10 +15,8 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 
-from .tcpproxy import free_port
-from .test_health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, add_alias, poolkit
-
-__all__ = ["add_alias"]  # a fixture used here
+from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit
+from .helpers.tcpproxy import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from django_poolkit import SharingError, get_engine, pool_stats, unshared, write_session
 from testproject.demo.models import Note
 
-from .conftest import _dsn
+from .helpers.server import alias_dsn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,7 +37,7 @@ def _pattern() -> str:
 
 def server_count() -> int:
     """This process's pooled connections of ``default`` as the server sees them."""
-    with psycopg.connect(_dsn(), autocommit=True) as admin:
+    with psycopg.connect(alias_dsn(), autocommit=True) as admin:
         row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name "
                             "LIKE %s", (_pattern(),)).fetchone()
     assert row is not None
@@ -46,7 +46,7 @@ def server_count() -> int:
 
 def committed_titles() -> list[str]:
     """What another session sees: committed rows only."""
-    with psycopg.connect(_dsn(), autocommit=True) as other:
+    with psycopg.connect(alias_dsn(), autocommit=True) as other:
         return [row[0] for row in other.execute("SELECT title FROM demo_note ORDER BY title")]
 
 
