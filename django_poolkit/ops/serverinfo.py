@@ -13,6 +13,7 @@ server cannot hang a command. Errors are reduced to fixed phrases
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "measure",
     "read_limits",
     "read_position",
+    "read_server",
     "read_snapshot",
 ]
 
@@ -342,3 +344,41 @@ def read_snapshot(alias: str, timeout: float = 2.0,
                                                                    primary_lsn))
     return snapshot
 
+
+
+def _routed_primary(alias: str) -> str | None:
+    """The primary of the ``POOLKIT["ROUTING"]`` cluster that reads from ``alias``."""
+    from ..routing.settings import routing_settings
+
+    routing = routing_settings()
+    for cluster in routing.clusters.values() if routing is not None else ():
+        if any(replica.alias == alias for replica in cluster.replicas):
+            return cluster.primary
+    return None
+
+
+def read_server(alias: str, timeout: float = 2.0) -> ServerSnapshot:
+    """:func:`read_snapshot`, with one story for a replica of a ``ROUTING`` cluster: its lag
+    is the router's measurement when this process has one, else measured by the same rule
+    against its primary's position (against what it received when the primary cannot be
+    asked). What ``poolstatus`` and the dashboard show.
+
+    Raises :class:`ServerUnreachable` (a fixed phrase) when the server cannot be asked.
+    """
+    from ..routing.state import replica_state
+
+    primary = _routed_primary(alias)
+    if primary is None:
+        return read_snapshot(alias, timeout)
+    measured = replica_state.measurement(alias)
+    if measured is not None:
+        snapshot = read_snapshot(alias, timeout)
+        if snapshot.role != "replica":
+            return snapshot
+        lag = None if measured.lag_seconds is None else round(measured.lag_seconds, 3)
+        return dataclasses.replace(snapshot, replay_lag_s=lag)
+    try:
+        position: int | None = read_position(primary, timeout)
+    except ServerUnreachable:
+        position = None
+    return read_snapshot(alias, timeout, primary_lsn=position)

@@ -19,7 +19,6 @@ bad arguments.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import socket
@@ -37,9 +36,7 @@ from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings
 from ...engines import engine_registry
 from ...exceptions import PoolkitConfigurationError, ServerUnreachable
 from ...ops.deployment import server_of
-from ...ops.serverinfo import ServerSnapshot, read_position, read_snapshot
-from ...routing.settings import routing_settings
-from ...routing.state import replica_state
+from ...ops.serverinfo import ServerSnapshot, read_server
 
 #: Settings the table always shows; the others only when something other than the
 #: built-in default set them (JSON always has every one).
@@ -65,36 +62,6 @@ def _settings(pool: PoolSettings) -> dict[str, dict[str, Any]]:
             for name in KNOBS}
 
 
-def _routed_primary(alias: str) -> str | None:
-    """The primary of the ``POOLKIT["ROUTING"]`` cluster that reads from ``alias``."""
-    routing = routing_settings()
-    for cluster in routing.clusters.values() if routing is not None else ():
-        if any(replica.alias == alias for replica in cluster.replicas):
-            return cluster.primary
-    return None
-
-
-def _read_server(alias: str, timeout: float) -> ServerSnapshot:
-    """The server's view of ``alias``. A routed replica's lag is the router's measurement
-    when this process has one, else measured by the same rule against its primary's position
-    (against what it received when the primary cannot be asked)."""
-    primary = _routed_primary(alias)
-    if primary is None:
-        return read_snapshot(alias, timeout)
-    measured = replica_state.measurement(alias)
-    if measured is not None:
-        snapshot = read_snapshot(alias, timeout)
-        if snapshot.role != "replica":
-            return snapshot
-        lag = None if measured.lag_seconds is None else round(measured.lag_seconds, 3)
-        return dataclasses.replace(snapshot, replay_lag_s=lag)
-    try:
-        position: int | None = read_position(primary, timeout)
-    except ServerUnreachable:
-        position = None
-    return read_snapshot(alias, timeout, primary_lsn=position)
-
-
 def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> dict[str, Any]:
     """One round: the JSON document ``--format json`` prints (keys: README, "Operating the
     pools")."""
@@ -107,7 +74,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
         error: str | None = None
         if server_key is not None:
             try:
-                snapshot = _read_server(alias, timeout)
+                snapshot = read_server(alias, timeout)
             except ServerUnreachable as problem:
                 error = str(problem)
                 reachable = False
