@@ -53,6 +53,9 @@ __all__ = [
 CHECKOUT_AT = "poolkit_checkout_at"
 # Key in a connection's ``info`` dict: the number poolkit gave it when it was opened.
 CONNECTION_ID = "poolkit_id"
+# Key in a checked-out connection's ``info`` dict: set at checkout, popped by the checkout's
+# first statement, the only one that may be resent (:mod:`.resend`).
+FRESH = "poolkit_fresh"
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +111,9 @@ class _TimedCheckout:
             raise
         now = time.perf_counter()
         # The checkout event already ran inside super().connect(); the wait is only known now.
-        connection.info[CHECKOUT_AT] = now
+        info = connection.info
+        info[CHECKOUT_AT] = now
+        info[FRESH] = True
         counters.checked_out(now - started)  # and no longer waiting
         if signals.pool_checkout.receivers:
             signals.pool_checkout.send_robust(
@@ -253,7 +258,9 @@ def sqlalchemy_cursor_classes() -> tuple[type[Any], type[Any]]:
                 self.adapters.register_loader(oid, loader)
             self.adapters.register_dumper(Range, RangeDumper)
 
-    return SQLAlchemyCursor, SQLAlchemyServerCursor
+    from .resend import answer_tracking
+
+    return answer_tracking(SQLAlchemyCursor), SQLAlchemyServerCursor
 
 
 def _readable(dbapi_connection: Any) -> bool:

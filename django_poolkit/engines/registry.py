@@ -40,6 +40,7 @@ from .pool import (
     install_session_hygiene,
 )
 from .recycle import install_recycle_jitter
+from .resend import install_resend
 
 __all__ = ["EngineRegistry", "engine_registry"]
 
@@ -173,6 +174,9 @@ class EngineRegistry:
                                     shared=shared, counters=counters_for(alias, kind),
                                     bound=bound)
             install_pre_ping(sync_engine, pool.pre_ping_mode or "socket", bound=bound)
+        if spec.vendor == "postgresql":
+            # After the hygiene's connect listener (which sets the cursor classes it wraps).
+            install_resend(sync_engine, alias)
         if pool.leak_detection_threshold is not None:
             install_leak_detection(sync_engine, alias, kind, pool.leak_detection_threshold)
         return engine
