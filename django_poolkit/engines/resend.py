@@ -118,12 +118,12 @@ def install_resend(engine: Any, alias: str) -> None:
         driver.cursor_factory = answer_tracking(driver.cursor_factory)
 
     def run(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        fairy = context.root_connection._dbapi_connection
+        fairy: Any = context.root_connection._dbapi_connection
         # Not a pool checkout (the dialect's first-connect probe), or not the checkout's
         # first statement: SQLAlchemy's own do_execute.
         if type(fairy) is not _ConnectionFairy or not fairy.info.pop(FRESH, False):
             return False
-        driver = fairy.driver_connection
+        driver: Any = fairy.driver_connection
         idle = driver.autocommit or _idle(driver)
         try:
             _execute(cursor, statement, parameters)
