@@ -122,9 +122,10 @@ class Scratch:
 
 
 @pytest.fixture(scope="module")
-def scratch() -> Iterator[Scratch]:
+def scratch(scratch_clusters: set[int]) -> Iterator[Scratch]:
     """Part A's scratch cluster, running; healed (continued, started) after the module, and
-    left running (it is cheap and throwaway)."""
+    stopped when the test session ends (``scratch_clusters``)."""
+    scratch_clusters.add(SCRATCH_PORT)
     cluster = Scratch(SCRATCH_PORT)
     cluster.heal()
     yield cluster
