@@ -42,7 +42,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from ....conf import get_settings
 from ....engines import engine_registry
-from ....engines.pool import PRISTINE
+from ....engines.hygiene import PRISTINE
 from ....engines.resend import answer_tracking, never_ran
 from ....exceptions import PoolkitConfigurationError
 from ...checks import backend_problems
