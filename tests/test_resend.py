@@ -18,7 +18,7 @@ from sqlalchemy import exc, text
 
 from django_poolkit import get_async_engine, get_engine, pool_stats
 
-from .test_backend_helpers import terminate
+from .helpers.backend import terminate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,39 +9,33 @@ alias and the numbers. The checkin's accounting lives here too (``_do_return_con
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection, QueuePool
+from sqlalchemy.pool.base import _ConnectionFairy
 
-from .. import signals
 from ..exceptions import PoolTimeout
-from ..stats import Counters, PoolKind
+from . import sharing
+from .events import PoolEvents
 from .recycle import expire_if_due
 
-__all__ = ["CHECKOUT_AT", "CONNECTION_ID", "PoolkitAsyncQueuePool", "PoolkitQueuePool"]
+__all__ = ["ISOLATION_LEVEL", "PoolkitAsyncQueuePool", "PoolkitQueuePool"]
 
-# Key in a checked-out connection's ``info`` dict: perf_counter() at checkout, read at checkin
-# to compute the hold time.
-CHECKOUT_AT = "poolkit_checkout_at"
-# Key in a connection's ``info`` dict: the number poolkit gave it when it was opened.
-CONNECTION_ID = "poolkit_id"
-# Key in a checked-out connection's ``info`` dict: set at checkout, popped by the checkout's
-# first statement, the only one that may be resent (:mod:`.resend`).
+#: Key in a record's ``info``: the isolation level the pool gives the connection (psycopg's
+#: value after connect), restored at each checkin by the hygiene.
+ISOLATION_LEVEL = "poolkit_isolation_level"
+#: Key in a checked-out connection's ``info`` dict: set at checkout, popped by the checkout's
+#: first statement, the only one that may be resent (:mod:`.resend`).
 FRESH = "poolkit_fresh"
-
-logger = logging.getLogger(__name__)
 
 
 class _TimedCheckout:
-    """Mixin for QueuePool classes. The registry sets ``poolkit_alias``, ``poolkit_kind``,
-    ``poolkit_counters`` and ``poolkit_max_overflow`` right after building the pool."""
+    """Mixin for QueuePool classes. The registry sets ``poolkit_events`` and
+    ``poolkit_max_overflow`` right after building the pool."""
 
-    poolkit_alias: str = "?"
-    poolkit_kind: PoolKind = "sync"
-    poolkit_counters: Counters
+    poolkit_events: PoolEvents
     poolkit_max_overflow: int = 0
     #: Hand SQLAlchemy users their connection outside autocommit (psycopg pools with
     #: poolkit's checkin hygiene, which leaves the mode as the last user set it).
@@ -49,8 +43,24 @@ class _TimedCheckout:
     #: ``pool_recycle`` in seconds when poolkit spreads it (:mod:`.recycle`), else None.
     poolkit_recycle: float | None = None
 
+    #: Per-thread :class:`~.sharing.Share` of a pool the ORM shares (None: no sharing).
+    poolkit_local: sharing.PerThread | None = None
+    #: SQLAlchemy's cursor classes, put on a connection SQLAlchemy joins after the ORM.
+    poolkit_cursor_classes: tuple[type[Any], type[Any]] | None = None
+
     def connect(self) -> PoolProxiedConnection:
-        """A checkout for SQLAlchemy (``engine.connect()``, ``raw_connection()``)."""
+        """A checkout for SQLAlchemy (``engine.connect()``, ``raw_connection()``).
+
+        On a pool the ORM shares, the connection the ORM holds in this thread, counted once
+        more (:mod:`.sharing`); else a checkout of its own, which the ORM's next connect in
+        this thread reuses."""
+        local = self.poolkit_local
+        share = None
+        if local is not None:
+            share = sharing.current(self)
+            if (share is not None and share.orm is not None and share.orm.poolkit_shareable
+                    and not sharing.sharing_disabled()):
+                return self._poolkit_join(share)
         connection = self._poolkit_checkout()
         if self.poolkit_autocommit_off:
             try:
@@ -61,47 +71,83 @@ class _TimedCheckout:
                 connection.invalidate()
                 connection.close()
                 raise
+        if (local is not None and share is None and sharing.can_register()
+                and not sharing.sharing_disabled()):
+            local.share = sharing.Share(connection)
         return connection
 
-    def poolkit_orm_connect(self) -> PoolProxiedConnection:
+    def _poolkit_join(self, share: sharing.Share) -> PoolProxiedConnection:
+        """Check the shared fairy out once more for SQLAlchemy, with its cursor classes."""
+        fairy: PoolProxiedConnection = _ConnectionFairy._checkout(
+            self, fairy=share.fairy)  # type: ignore[arg-type]
+        classes = self.poolkit_cursor_classes
+        driver = fairy.driver_connection
+        if classes is not None and driver is not None:
+            driver.cursor_factory, driver.server_cursor_factory = classes
+        return fairy
+
+    def poolkit_orm_connect(self, orm: Any = None) -> PoolProxiedConnection:
         """A checkout for the pooled ORM backend, which sets the autocommit mode it wants
         itself (Django's ``set_autocommit()``): switching it off here would make two
-        driver calls per request that cancel out."""
-        return self._poolkit_checkout()
+        driver calls per request that cancel out.
+
+        On a shared pool, ``orm`` (the wrapper) reuses the connection SQLAlchemy holds in
+        this thread when its session is as pooled (isolation level, read-only, deferrable),
+        and registers its own checkout otherwise."""
+        local = self.poolkit_local
+        if local is None:
+            return self._poolkit_checkout()
+        share = sharing.current(self)
+        if share is not None and share.orm is None and _as_pooled(share.fairy, orm):
+            fairy: PoolProxiedConnection = _ConnectionFairy._checkout(
+                self, fairy=share.fairy)  # type: ignore[arg-type]
+            share.orm = orm
+            return fairy
+        connection = self._poolkit_checkout()
+        if share is None and sharing.can_register():
+            local.share = sharing.Share(connection, orm)
+        return connection
+
+    def poolkit_orm_release(self, fairy: PoolProxiedConnection) -> sharing.Share | None:
+        """The ORM lets go of ``fairy`` (before closing it): returns the share when
+        SQLAlchemy still uses it in this thread."""
+        local = self.poolkit_local
+        if local is None:
+            return None
+        share = local.share
+        if share is None or share.fairy is not fairy:
+            return None
+        share.orm = None
+        if fairy._counter > 1:
+            return share
+        local.share = None
+        return None
 
     def _poolkit_checkout(self) -> PoolProxiedConnection:
         started = time.perf_counter()
-        counters = self.poolkit_counters
-        counters.add("waiting")
+        events = self.poolkit_events
+        events.waiting()
         try:
             connection: PoolProxiedConnection = super().connect()  # type: ignore[misc]
         except sqlalchemy.exc.TimeoutError as error:
-            counters.gave_up("timeouts")
+            events.gave_up("timeouts")
             raise self._poolkit_timeout(time.perf_counter() - started) from error
         except Exception:
-            counters.gave_up("connect_errors")
+            events.gave_up("connect_errors")
             raise
         except BaseException:  # cancelled (asyncio) or interrupted: not a pool failure
-            counters.gave_up(None)
+            events.gave_up(None)
             raise
-        now = time.perf_counter()
         # The checkout event already ran inside super().connect(); the wait is only known now.
-        info = connection.info
-        info[CHECKOUT_AT] = now
-        info[FRESH] = True
-        counters.checked_out(now - started)  # and no longer waiting
-        if signals.pool_checkout.receivers:
-            signals.pool_checkout.send_robust(
-                sender=self.poolkit_alias, alias=self.poolkit_alias, kind=self.poolkit_kind,
-                connection_id=connection.info.get(CONNECTION_ID),
-                wait_ms=(now - started) * 1000.0)
+        connection.info[FRESH] = True
+        events.checked_out(connection, started)
         return connection
 
     def _do_return_conn(self, record: Any) -> None:
         # The checkin's accounting lives here rather than in a "checkin" listener: with no
         # listener SQLAlchemy skips that event's dispatch on every request. This runs at the
         # same moment (after the reset, before the queue), for invalidated connections too.
-        self._poolkit_checked_in(record)
+        self.poolkit_events.checked_in(record)
         if self.poolkit_recycle is not None and record.dbapi_connection is not None:
             expire_if_due(record, self.poolkit_recycle)
         # A pool the registry retired (settings changed, disposed, test database dropped)
@@ -111,44 +157,37 @@ class _TimedCheckout:
             return
         super()._do_return_conn(record)  # type: ignore[misc]
 
-    def _poolkit_checked_in(self, record: Any) -> None:
-        try:
-            started = record.info.pop(CHECKOUT_AT, None)
-            hold = time.perf_counter() - started if started is not None else None
-            self.poolkit_counters.checked_in(hold)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("pool %r (%s) checked in connection #%s", self.poolkit_alias,
-                             self.poolkit_kind, record.info.get(CONNECTION_ID))
-            if signals.pool_checkin.receivers:
-                signals.pool_checkin.send_robust(
-                    sender=self.poolkit_alias, alias=self.poolkit_alias,
-                    kind=self.poolkit_kind, connection_id=record.info.get(CONNECTION_ID),
-                    hold_ms=hold * 1000.0 if hold is not None else None)
-        except Exception:  # accounting must never break a checkin
-            logger.exception("poolkit checkin accounting failed")
-
     def recreate(self) -> Any:
         # Engine.dispose() swaps in a fresh pool built by recreate(): carry poolkit's wiring.
         new = super().recreate()  # type: ignore[misc]
-        new.poolkit_alias = self.poolkit_alias
-        new.poolkit_kind = self.poolkit_kind
-        new.poolkit_counters = self.poolkit_counters
+        new.poolkit_events = self.poolkit_events
         new.poolkit_max_overflow = self.poolkit_max_overflow
         new.poolkit_autocommit_off = self.poolkit_autocommit_off
         new.poolkit_recycle = self.poolkit_recycle
+        new.poolkit_cursor_classes = self.poolkit_cursor_classes
+        if self.poolkit_local is not None:
+            new.poolkit_local = sharing.PerThread()
         return new
 
     def _poolkit_timeout(self, waited: float) -> PoolTimeout:
         pool: Any = self
         figures = {"pool_size": pool.size(), "max_overflow": self.poolkit_max_overflow,
                    "timeout": pool.timeout(), "checked_out": pool.checkedout()}
-        signals.pool_timeout.send_robust(
-            sender=self.poolkit_alias, alias=self.poolkit_alias, kind=self.poolkit_kind,
-            connection_id=None, **figures)
-        logger.warning("pool %r (%s) timed out after %.3f s: pool_size=%s max_overflow=%s "
-                       "checked out=%s", self.poolkit_alias, self.poolkit_kind, waited,
-                       figures["pool_size"], figures["max_overflow"], figures["checked_out"])
-        return PoolTimeout(self.poolkit_alias, **figures)
+        self.poolkit_events.timed_out(waited, figures)
+        return PoolTimeout(self.poolkit_events.alias, **figures)
+
+
+def _as_pooled(fairy: Any, orm: Any) -> bool:
+    """Whether the session SQLAlchemy holds is as the pool hands it out (and as the ORM
+    wrapper ``orm`` wants it), so the ORM may use it too."""
+    driver = fairy.driver_connection
+    if driver is None or driver.read_only is not None or driver.deferrable is not None:
+        return False
+    level = driver.isolation_level
+    if level != fairy.info.get(ISOLATION_LEVEL, level):
+        return False
+    wanted = getattr(orm, "poolkit_isolation_level", None)
+    return wanted is None or wanted == level
 
 
 class PoolkitQueuePool(_TimedCheckout, QueuePool):

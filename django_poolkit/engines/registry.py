@@ -14,6 +14,7 @@ uses), and the lookup also compares ``os.getpid()`` in case a fork escaped the h
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import threading
@@ -30,13 +31,14 @@ from ..conf import PoolSettings, get_settings
 from ..exceptions import PoolkitError, UnknownAlias
 from ..stats import PoolKind, counters_for, reset_counters
 from .deadline import install_client_deadline, own_round_trip_bound
-from .events import attach_listeners
-from .hygiene import install_pre_ping, install_session_hygiene
+from .events import PoolEvents, attach_listeners
+from .hygiene import install_pre_ping, install_session_hygiene, sqlalchemy_cursor_classes
 from .leaks import install_leak_detection
 from .params import ConnectSpec, connection_spec, is_shared
 from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 from .recycle import install_recycle_jitter
 from .resend import install_resend
+from .sharing import PerThread, install_sharing
 
 __all__ = ["EngineRegistry", "engine_registry"]
 
@@ -54,13 +56,24 @@ def _is_memory_sqlite(spec: ConnectSpec) -> bool:
     return spec.vendor == "sqlite" and (database in ("", ":memory:") or "mode=memory" in database)
 
 
-def _configure_pool(pool: Pool, alias: str, kind: PoolKind, settings_: PoolSettings) -> None:
+def _configure_pool(pool: Pool, kind: PoolKind, settings_: PoolSettings,
+                    events: PoolEvents) -> None:
     if isinstance(pool, (PoolkitQueuePool, PoolkitAsyncQueuePool)):
-        pool.poolkit_alias = alias
-        pool.poolkit_kind = kind
-        pool.poolkit_counters = counters_for(alias, kind)
+        pool.poolkit_events = events
         pool.poolkit_max_overflow = (
             settings_.max_overflow if kind == "sync" else settings_.async_max_overflow)
+
+
+def _frozen(fingerprint: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The fingerprint as stored: its ``OPTIONS`` dict copied deeply, so that a change made
+    to the alias's ``OPTIONS`` in place still compares unequal. (Comparing the dicts costs
+    a fraction of the ``repr()`` this replaced, on every checkout.) Values that cannot be
+    copied are kept as they are: then only a new ``OPTIONS`` object is noticed."""
+    try:
+        return tuple(copy.deepcopy(part) if isinstance(part, dict) else part
+                     for part in fingerprint)
+    except Exception:  # an exotic OPTIONS value; the fingerprint still compares
+        return fingerprint
 
 
 class EngineRegistry:
@@ -88,7 +101,7 @@ class EngineRegistry:
         return (
             pool, database.get("ENGINE"), database.get("NAME"), database.get("USER"),
             database.get("PASSWORD"), database.get("HOST"), database.get("PORT"),
-            repr(database.get("OPTIONS")), database.get("TIME_ZONE"), settings.USE_TZ,
+            database.get("OPTIONS"), database.get("TIME_ZONE"), settings.USE_TZ,
             settings.TIME_ZONE,
         ), pool
 
@@ -106,7 +119,7 @@ class EngineRegistry:
             if entry is not None:
                 self._retire(alias, kind, entry, same_process=entry.pid == pid)
             engine = self._build(alias, kind, pool)
-            self._entries[(alias, kind)] = _Entry(engine, fingerprint, pid)
+            self._entries[(alias, kind)] = _Entry(engine, _frozen(fingerprint), pid)
             logger.info("built %s engine for %r: %s", kind, alias, _describe(engine))
             return engine
 
@@ -151,9 +164,10 @@ class EngineRegistry:
                     f"the async engine for {alias!r} needs a package that is not installed "
                     f"({error.name}); install django-poolkit[sqlite-async]") from error
             sync_engine = engine.sync_engine
-        _configure_pool(sync_engine.pool, alias, kind, pool)
-        attach_listeners(sync_engine, alias, kind, counters_for(alias, kind),
-                         count_resets=not hygiene)
+        events = PoolEvents(alias, kind, counters_for(alias, kind))
+        _configure_pool(sync_engine.pool, kind, pool, events)
+        attach_listeners(sync_engine, events, reset=not hygiene, checkin=not isinstance(
+            sync_engine.pool, (PoolkitQueuePool, PoolkitAsyncQueuePool)))
         install_recycle_jitter(sync_engine)  # pool_recycle minus 0-10 % per connection
         # Poolkit's connection class: client_timeout, and bounds on the pool's own round
         # trips (pre-ping, checkin reset) so a frozen server cannot hang them.
@@ -165,8 +179,13 @@ class EngineRegistry:
         if hygiene:
             if isinstance(sync_engine.pool, PoolkitQueuePool):
                 sync_engine.pool.poolkit_autocommit_off = True
+                if shared:
+                    # One connection per thread for the ORM and SQLAlchemy (.sharing).
+                    sync_engine.pool.poolkit_local = PerThread()
+                    sync_engine.pool.poolkit_cursor_classes = sqlalchemy_cursor_classes()
+                    install_sharing(sync_engine)
             install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",
-                                    shared=shared, counters=counters_for(alias, kind),
+                                    shared=shared, events=events,
                                     bound=bound)
             install_pre_ping(sync_engine, pool.pre_ping_mode or "socket", bound=bound)
         if spec.vendor == "postgresql":

@@ -27,7 +27,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.pool.base import _ConnectionFairy
 
-from .pool import CHECKOUT_AT, FRESH
+from .events import CHECKOUT_AT
+from .pool import FRESH
 
 __all__ = ["RESEND_SQLSTATES", "answer_tracking", "install_resend", "never_ran"]
 

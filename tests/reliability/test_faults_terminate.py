@@ -35,9 +35,8 @@ from sqlalchemy import text
 
 from django_poolkit import get_async_engine, get_engine
 
-from .faults import add_pooled_alias, poolkit_with, record, unblocked
-
-__all__ = ["unblocked"]  # a fixture used here
+from ..helpers.faults import add_pooled_alias, poolkit_with
+from ..helpers.results import record
 
 ROUNDS, FILL, SEQUENTIAL = 20, 12, 10
 #: A request that takes longer than this is hung (a connect takes milliseconds).

@@ -27,21 +27,24 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
+from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 from django.db.utils import OperationalError
 from django.utils.asyncio import async_unsafe
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ....conf import get_settings
-from ....engines import engine_registry
+from ....engines import engine_registry, sharing
 from ....engines.hygiene import PRISTINE
 from ....engines.resend import answer_tracking, never_ran
 from ....exceptions import PoolkitConfigurationError
@@ -105,6 +108,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_server_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
         #: True from a checkout until its first statement through a cursor wrapper.
         self._poolkit_fresh = False
+        self._poolkit_cursor_factory: Any = None
+        #: The isolation level OPTIONS asks for (None: the pool's), for sharing decisions.
+        self.poolkit_isolation_level: Any = None
+        # What connect() last checked the settings with (see connect()).
+        self._poolkit_checked: tuple[Any, ...] | None = None
         if self.poolkit_pooled and self._poolkit_pgbouncer() == "transaction":
             # Django reads this before it connects (QuerySet.iterator()): a server-side
             # cursor would outlive the transaction's server connection behind PgBouncer.
@@ -154,6 +162,56 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 raise PoolkitConfigurationError(problems)
 
     @async_unsafe
+    def connect(self) -> None:
+        """Django's ``connect()`` for a checkout of the alias's pool, minus the work a pooled
+        checkout does not need: the settings checks run again only when the settings they
+        read changed, and the connection parameters (the pool has its own) are not built.
+        Everything else (the wrapper's state, autocommit, ``init_connection_state()``,
+        ``connection_created``) is Django's, in Django's order; switching autocommit on skips
+        ``set_autocommit()``'s checks, which a fresh checkout passes by construction."""
+        if not self.poolkit_pooled:
+            super().connect()
+            return
+        settings_dict = self.settings_dict
+        checked = (settings.USE_TZ, settings_dict["TIME_ZONE"], settings_dict["CONN_MAX_AGE"],
+                   bool((settings_dict["OPTIONS"] or {}).get("pool")))
+        if checked != self._poolkit_checked:
+            self.check_settings()
+            self._poolkit_checked = checked
+        self.in_atomic_block = False
+        self.savepoint_ids = []
+        self.atomic_blocks = []
+        self.needs_rollback = False
+        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+        max_age = settings_dict["CONN_MAX_AGE"]
+        self.close_at = None if max_age is None else time.monotonic() + max_age
+        self.closed_in_transaction = False
+        self.errors_occurred = False
+        self.health_check_done = True
+        cursor_factory = (base.ServerBindingCursor
+                          if settings_dict["OPTIONS"].get("server_side_binding") is True
+                          else base.Cursor)
+        self.connection = self.get_new_connection({"cursor_factory": cursor_factory})
+        if settings_dict["AUTOCOMMIT"]:
+            # Django's set_autocommit(True) without its checks, which a fresh checkout
+            # passes by construction (no atomic block, health check done, connected).
+            # Joined to SQLAlchemy's open transaction: the mode stays until it ends, and
+            # init_connection_state() shows autocommit off to Django (engines.sharing).
+            if not self.connection.autocommit and not self._poolkit_sqlalchemy_transaction():
+                with self.wrap_database_errors:
+                    self.connection.autocommit = True
+            self.autocommit = True
+            if self.run_commit_hooks_on_set_autocommit_on:
+                self.run_and_clear_commit_hooks()
+                self.run_commit_hooks_on_set_autocommit_on = False
+        else:
+            self.set_autocommit(False)
+        self.init_connection_state()
+        connection_created.send(sender=self.__class__, connection=self)
+        self.run_on_commit = []
+
+    # No @async_unsafe on these overrides: Django's connect(), ensure_connection() and
+    # create_cursor() that call them (or that they call) already check, once per call.
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not self.poolkit_pooled:
             return super().get_new_connection(conn_params)
@@ -170,23 +228,29 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 ) from None
         else:
             self.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        self.poolkit_isolation_level = self.isolation_level if set_isolation_level else None
         pool = engine_registry.get(self.alias, "sync").pool
-        fairy = pool.poolkit_orm_connect()
-        try:
-            connection = fairy.driver_connection
-            # The pool hands out SQLAlchemy's cursor classes; the ORM uses Django's.
-            connection.cursor_factory = answer_tracking(conn_params["cursor_factory"])
-            connection.server_cursor_factory = psycopg.ServerCursor
-            if set_isolation_level:
-                connection.isolation_level = self.isolation_level
-        except BaseException:
-            fairy.invalidate()
-            raise
+        fairy = pool.poolkit_orm_connect(self)
+        self._poolkit_cursor_factory = answer_tracking(conn_params["cursor_factory"])
+        connection = fairy.driver_connection
+        if fairy._counter == 1:  # not shared with SQLAlchemy
+            try:
+                # The pool hands out SQLAlchemy's cursor classes; the ORM uses Django's.
+                connection.cursor_factory = self._poolkit_cursor_factory
+                connection.server_cursor_factory = psycopg.ServerCursor
+                if set_isolation_level:
+                    connection.isolation_level = self.isolation_level
+            except BaseException:
+                pool.poolkit_orm_release(fairy)
+                fairy.invalidate()
+                raise
         self._poolkit_fairy = fairy
         self._poolkit_pool = pool
         self._poolkit_pid = os.getpid()
         self._poolkit_pristine = bool(fairy.info.get(PRISTINE))
-        self._poolkit_fresh = True
+        # A connection shared with SQLAlchemy's checkout in this thread may carry its
+        # transaction: only an unshared checkout's first statement may be resent.
+        self._poolkit_fresh = fairy._counter == 1
         return connection
 
     def make_cursor(self, cursor: Any) -> Any:
@@ -212,7 +276,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
         with self.wrap_database_errors:
             wrapper.cursor = self.create_cursor()
 
-    @async_unsafe
     def ensure_connection(self) -> None:
         """As Django's, except in a forked child that still holds its parent's connection: that
         socket belongs to the parent's session, so let go of it and check out a connection of
@@ -226,7 +289,43 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # its lock and runs a (no-op) generator even then, on every request.
         if self._poolkit_fairy is not None and self.connection.autocommit == autocommit:
             return
+        if self._poolkit_sqlalchemy_transaction():
+            return  # SQLAlchemy's transaction owns the mode until it ends (see connect())
         super()._set_autocommit(autocommit)  # type: ignore[misc]
+
+    def _poolkit_sqlalchemy_transaction(self) -> bool:
+        """Whether this connection is shared and SQLAlchemy's real transaction is open."""
+        fairy = self._poolkit_fairy
+        if fairy is None or fairy._counter == 1:
+            return False
+        share = sharing.current(self._poolkit_pool)
+        return share is not None and share.fairy is fairy and share.sqlalchemy_transaction
+
+    def init_connection_state(self) -> None:
+        super().init_connection_state()
+        if self._poolkit_sqlalchemy_transaction():
+            # Joined SQLAlchemy's open transaction: Django must see autocommit off, so
+            # atomic() makes savepoints in it and never commits it.
+            self.autocommit = False
+
+    @property
+    def poolkit_shareable(self) -> bool:
+        """Whether SQLAlchemy may use this wrapper's connection now: not while an ORM
+        server-side cursor is open on it (a commit on the other side would end it)."""
+        cursors = self._poolkit_server_cursors
+        return not cursors or all(cursor.closed for cursor in cursors)
+
+    def _configure_timezone(self, connection: Any) -> bool:  # Django >= 5.1
+        # Django reads the session's TimeZone through psycopg's decoding helpers on every
+        # checkout; the raw bytes libpq keeps (updated by every ParameterStatus the server
+        # sends, so a SET TIME ZONE by the last user shows) answer the common case for less.
+        # Any difference goes to Django's own code, which decides and sets.
+        if self._poolkit_fairy is not None:
+            name = self.timezone_name
+            if name and connection.pgconn.parameter_status(b"TimeZone") == name.encode():
+                return False
+        result: bool = super()._configure_timezone(connection)  # type: ignore[misc]
+        return result
 
     def _poolkit_role_is_default(self) -> bool:
         """``SET ROLE`` would change nothing: the role travelled in the startup options (not
@@ -236,7 +335,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 and self._poolkit_pgbouncer() is None)
 
     def _configure_role(self, connection: Any) -> bool:  # Django >= 5.1
-        if self._poolkit_role_is_default():
+        # No role asked for (the common case): Django would send nothing either.
+        if not self.settings_dict["OPTIONS"].get("assume_role") or \
+                self._poolkit_role_is_default():
             return False
         result: bool = super()._configure_role(connection)  # type: ignore[misc]
         return result
@@ -247,9 +348,20 @@ class DatabaseWrapper(base.DatabaseWrapper):
         result: bool = super().ensure_role()  # type: ignore[misc]
         return result
 
-    @async_unsafe
     def create_cursor(self, name: str | None = None) -> Any:
-        cursor = super().create_cursor(name)
+        connection = self.connection
+        factory = self._poolkit_cursor_factory
+        if factory is not None and connection.cursor_factory is not factory:
+            # Shared with SQLAlchemy, whose cursor classes are on the connection.
+            saved = connection.cursor_factory, connection.server_cursor_factory
+            connection.cursor_factory = factory
+            connection.server_cursor_factory = psycopg.ServerCursor
+            try:
+                cursor = super().create_cursor(name)
+            finally:
+                connection.cursor_factory, connection.server_cursor_factory = saved
+        else:
+            cursor = super().create_cursor(name)
         if name is not None and self._poolkit_fairy is not None:
             self._poolkit_server_cursors.add(cursor)
         return cursor
@@ -260,11 +372,17 @@ class DatabaseWrapper(base.DatabaseWrapper):
             super()._close()  # type: ignore[misc]
             return
         pool, self._poolkit_fairy, self._poolkit_pool = self._poolkit_pool, None, None
+        self._poolkit_cursor_factory = None
         if self._poolkit_pid != os.getpid():
             # Inherited through fork: the socket is the parent's. Closing it would end the
             # parent's session; just let go (psycopg never closes it from another process).
             return
         connection = self.connection
+        share = pool.poolkit_orm_release(fairy)
+        if share is not None:
+            # SQLAlchemy still uses it in this thread: it goes back when SQLAlchemy is done.
+            self._poolkit_leave_shared(fairy, share, connection)
+            return
         with self.wrap_database_errors:
             if connection.broken:
                 # The server went away (killed, restarted, network): the pool's idle
@@ -294,6 +412,23 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 fairy.detach()
                 fairy.close()
                 return
+            fairy.close()
+
+    def _poolkit_leave_shared(self, fairy: Any, share: Any, connection: Any) -> None:
+        """Let go of a connection SQLAlchemy still holds: close this side's server cursors,
+        end the ORM's own transaction when it is closed inside one (the stock backend would
+        close the socket, so the server rolls back), and hand the mode back to SQLAlchemy."""
+        try:
+            with self.wrap_database_errors:
+                if self._poolkit_server_cursors:
+                    self._close_server_cursors()
+                if not connection.closed and not connection.broken:
+                    if self.in_atomic_block and not share.sqlalchemy_transaction:
+                        connection.rollback()  # SQLAlchemy's savepoints in it went too
+                        share.stack.clear()
+                    if not share.stack and connection.autocommit:
+                        connection.autocommit = False  # SQLAlchemy's mode
+        finally:
             fairy.close()
 
     def _close_server_cursors(self) -> None:
