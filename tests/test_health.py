@@ -508,6 +508,31 @@ def test_replica_policy_and_lag(add_alias: Callable[..., str]) -> None:
         "0 healthy replicas, 1 required")
 
 
+def test_a_routed_replica_is_judged_on_the_routers_measurement(
+        add_alias: Callable[..., str]) -> None:
+    """The router measured 40 s behind (against the primary); the health probe alone, which
+    cannot see the primary, found it caught up with what it received. One value is reported
+    and judged against HEALTH's own limit; without a router measurement, the probe's."""
+    add_alias("replica1", TEST={"MIRROR": "default"})
+    config = health.HealthSettings(max_replica_lag=30, databases=("default", "replica1"))
+    results = {"default": _ok(), "replica1": _ok("replica", 0.0)}
+    pools: dict[str, dict[str, Any]] = {"default": {}, "replica1": {}}
+    routed = {"status": "lagging", "in_rotation": False, "reason": "lag 40.0 s > 5 s",
+              "lag_s": 40.0, "lag_bytes": 4096, "measured_at": "2026-12-07T05:00:00+00:00",
+              "out_since": None}
+    report = health.evaluate(config, results, pools, routing={"replica1": routed})
+    verdict = report.databases["replica1"]
+    assert verdict.lag_s == 40.0
+    assert verdict.reasons == (
+        "replica1: replica lag 40.0 s > 30 s",
+        "replica1: out of the router's rotation (lagging: lag 40.0 s > 5 s)")
+    unmeasured = {**routed, "status": "unknown", "in_rotation": True, "reason": None,
+                  "lag_s": None, "lag_bytes": None, "measured_at": None}
+    report = health.evaluate(config, results, pools, routing={"replica1": unmeasured})
+    assert report.databases["replica1"].lag_s == 0.0
+    assert report.status == "healthy"
+
+
 @pytest.mark.django_db
 def test_a_real_replica_reports_its_role_and_lag(
         client: Client, add_alias: Callable[..., str]) -> None:
@@ -548,6 +573,9 @@ def test_the_router_replica_state_is_part_of_the_story(
     assert replica["expected_role"] == "replica"
     assert replica["routing"]["status"] == "healthy"
     assert replica["routing"]["in_rotation"] is True
+    # One measurement: the report's lag is the router's, with the time it was taken.
+    assert replica["routing"]["measured_at"] is not None
+    assert replica["lag_s"] == replica["routing"]["lag_s"]
     fake = body["databases"]["fake"]
     assert fake["role"] == "primary"
     assert fake["routing"]["status"] == "not_replica"
@@ -558,15 +586,17 @@ def test_the_router_replica_state_is_part_of_the_story(
 @pytest.mark.django_db
 def test_the_probe_session_is_short_read_only_named_and_closed(
         monkeypatch: pytest.MonkeyPatch, admin: psycopg.Connection[Any]) -> None:
-    # The probe's query, swapped for one that reports the session it runs in.
+    # The probe's query, swapped for one that reports the session it runs in (its five
+    # columns: in recovery, replay and receive positions, replay age, paused).
     monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL", """
         SELECT NOT (current_setting('statement_timeout') = '300ms'
                     AND current_setting('default_transaction_read_only') = 'on'
                     AND current_setting('application_name') LIKE 'poolkit-health:default:%'),
-               NULL""")
+               NULL, NULL, NULL, NULL""")
     assert health.probe_database("default", 0.3).role == "primary"
     # The server enforces the deadline too: a query slower than the timeout is cancelled.
-    monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL", "SELECT pg_sleep(5) IS NULL, NULL")
+    monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL",
+                        "SELECT pg_sleep(5) IS NULL, NULL, NULL, NULL, NULL")
     result, took = timed(lambda: health.probe_database("default", 0.3))
     assert result.error == "statement timeout (SQLSTATE 57014)"  # cancelled, not finished
     assert took < HANG_S

@@ -5,7 +5,8 @@ built no pool, so the command also asks PostgreSQL, which sees every process: th
 connections to each alias's database grouped by ``application_name`` (poolkit names its
 connections ``poolkit:{alias}:{host}:{pid}``, so a row is one pool of one process) and by
 state, ``max_connections``, the reserved slots and the headroom left, and for a server in
-recovery its role and replay lag. The server is asked over one short-lived connection of its
+recovery its role and replay lag (for a routed replica, the router's measurement or the same
+rule against its primary). The server is asked over one short-lived connection of its
 own (``poolkit-ops:<alias>:<pid>``) with a short ``connect_timeout`` and
 ``statement_timeout``, never through an application pool, and the wait is bounded.
 
@@ -34,7 +35,7 @@ from ...engines import engine_registry
 from ...engines.params import connection_target
 from ...exceptions import PoolkitConfigurationError, ServerUnreachable
 from ...ops.deployment import server_of
-from ...ops.serverinfo import ServerSnapshot, read_snapshot
+from ...ops.serverinfo import ServerSnapshot, read_server
 
 #: Settings the table always shows; the others only when something other than the
 #: built-in default set them (JSON always has every one).
@@ -61,7 +62,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
         error: str | None = None
         if server_key is not None:
             try:
-                snapshot = read_snapshot(alias, timeout)
+                snapshot = read_server(alias, timeout)
             except ServerUnreachable as problem:
                 error = str(problem)
                 reachable = False
