@@ -82,6 +82,10 @@ def _boolean(value: Any) -> Any:
     raise _Invalid(f"got {value!r}")
 
 
+def _optional_boolean(value: Any) -> Any:
+    return None if value is None else _boolean(value)
+
+
 def _choice(*options: str | None) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value in options:
@@ -151,8 +155,9 @@ ROUTING_OPTIONS: dict[str, _Option] = {
                            _number()),
     "cookie_name": _Option("poolkit_pin", "a non-empty string",
                            "Name of the signed read-your-writes cookie.", _text()),
-    "cookie_secure": _Option(False, "True or False", "Send the cookie over HTTPS only.",
-                             _boolean),
+    "cookie_secure": _Option(None, "True, False, or None to follow SESSION_COOKIE_SECURE",
+                             "Send the cookie over HTTPS only (None: as Django's session "
+                             "cookie).", _optional_boolean),
     "cookie_samesite": _Option("Lax", '"Lax", "Strict", "None" or None',
                                "SameSite attribute of the cookie.",
                                _choice("Lax", "Strict", "None", None)),
@@ -205,7 +210,7 @@ class RoutingSettings:
     pin_mode: PinMode
     pin_seconds: float
     cookie_name: str
-    cookie_secure: bool
+    cookie_secure: bool | None
     cookie_samesite: SameSite | None
     header_name: str | None
     default_cluster: str | None = None

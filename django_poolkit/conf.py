@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from . import sizing
@@ -51,6 +52,7 @@ __all__ = [
     "build_settings",
     "did_you_mean",
     "get_settings",
+    "parse_url",
     "reload",
     "validate",
 ]
@@ -100,14 +102,25 @@ TRUE_TEXT = ("true", "yes", "on", "1")
 FALSE_TEXT = ("false", "no", "off", "0")
 
 
+#: Numbers as the README promises them: ASCII digits, an optional minus, no "_" or "+", no
+#: "nan"/"inf" (Python's int() and float() accept all of those, and Arabic-Indic digits too).
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+_NUMBER_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]-?[0-9]+)?")
+
+
 def _from_text(raw: str, cast: type) -> Any:
     """Read one value written as text, strictly.
 
     django-environ's own casts are too forgiving for settings that size pools: any unknown
     word is a silent ``False`` and ``"5s"`` becomes ``5.0``. A typo must be an error instead.
+    An empty value is an error too: ``POOLKIT_STATEMENT_TIMEOUT=`` must not silently mean
+    "no timeout" (write ``none`` for None; unset the variable for the configured value).
     """
     text = raw.strip()
-    if text.lower() in ("", "none", "null"):
+    if not text:
+        raise _Invalid(f"got an empty value {raw!r}; unset it to keep the value configured "
+                       "elsewhere, or write none where None is accepted")
+    if text.lower() in ("none", "null"):
         return None
     if cast is str:
         return text  # a stray space must not turn "production" into a different environment
@@ -117,9 +130,15 @@ def _from_text(raw: str, cast: type) -> Any:
         if text.lower() in FALSE_TEXT:
             return False
         raise _Invalid(f"got {raw!r}")
+    pattern = _INTEGER_TEXT if cast is int else _NUMBER_TEXT
+    if not pattern.fullmatch(text):
+        lookalike = "_" in text or text.startswith("+") or any(
+            char.isdigit() and not char.isascii() for char in text)
+        raise _Invalid(f"got {raw!r}" + (" (ASCII digits only: no '+', '_' or other scripts' "
+                                         "digits)" if lookalike else ""))
     try:
         return cast(text)
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:
         raise _Invalid(f"got {raw!r}") from error
 
 
@@ -254,8 +273,10 @@ KNOBS: dict[str, Knob] = _knobs(
          "above statement_timeout.", _optional(_number(positive=True)), float),
 )
 
-#: Keys an ``ENGINES`` entry accepts besides the knobs.
-ENGINE_ONLY_KEYS = ("url",)
+#: Keys an ``ENGINES`` entry accepts besides the knobs. ``password`` beside ``url`` is the
+#: way to give a secret that Django's error reports mask (their filter hides keys matching
+#: ``PASS``; a password inside ``url`` shows in a DEBUG page and an admin e-mail).
+ENGINE_ONLY_KEYS = ("url", "password")
 
 #: Top-level keys of ``POOLKIT`` and what each holds.
 TOP_LEVEL_KEYS: dict[str, str] = {
@@ -315,6 +336,7 @@ class PoolSettings:
     leak_detection_threshold: float | None = None
     pgbouncer: str | None = None
     client_timeout: float | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def capacity(self) -> int | None:
@@ -539,6 +561,10 @@ def _read_environment(
                          "SETTING one of " + ", ".join(key.upper() for key in accepted) + ".",
                          E_ENVIRONMENT)
             continue
+        if name in ENGINE_ONLY_KEYS and not environ_[variable].strip():
+            problems.add(path, "is empty", f"Unset it, or give the engine's {name}.",
+                         E_ENVIRONMENT)
+            continue
         try:
             value = (environ_[variable] if name in ENGINE_ONLY_KEYS
                      else KNOBS[name].parse(environ_[variable], from_text=True))
@@ -631,15 +657,34 @@ def _resolve(
     return PoolSettings(alias=alias, origins=origins, **values)
 
 
+def parse_url(text: str) -> URL:
+    """SQLAlchemy's ``make_url``, reading the user and password up to the *last* ``@`` before
+    the path, as django-environ and ``urllib`` do.
+
+    SQLAlchemy's own grammar stops the password at the first ``@``: in
+    ``postgresql://app:p@tail@host/db`` the host would read ``tail@host``, and commands, logs
+    and errors would print the rest of the password as part of the host name.
+    """
+    scheme, separator, rest = text.partition("://")
+    if separator:
+        before_query = rest.split("?", 1)[0]
+        at = before_query.rfind("@")
+        if at > 0 and "@" in before_query[:at]:
+            user, colon, password = before_query[:at].partition(":")
+            quoted = (user.replace("@", "%40") + colon + password.replace("@", "%40"))
+            text = f"{scheme}://{quoted}{rest[at:]}"
+    return make_url(text)
+
+
 def _engine_url(name: str, value: Any, problems: _Collector) -> str | None:
     path = _path("ENGINES", name, "url")
     if not isinstance(value, str) or not value:
         problems.add(path, "is required: the database URL this engine connects to",
                      'Add "url": "postgresql://user@host/dbname" (the password may come from '
-                     "the environment).", E_ENGINE_URL)
+                     'its "password" key or the environment).', E_ENGINE_URL)
         return None
     try:
-        url = make_url(value)
+        url = parse_url(value)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Never echo the URL: it may hold a password.
         problems.add(path, "is not a database URL SQLAlchemy can parse",
@@ -650,6 +695,17 @@ def _engine_url(name: str, value: Any, problems: _Collector) -> str | None:
                      "Use a postgresql:// or sqlite:// URL.", E_ENGINE_URL)
         return None
     return value
+
+
+def _engine_password(name: str, value: Any, problems: _Collector) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    # Never echo the value: it is meant to be a password.
+    problems.add(_path("ENGINES", name, "password"),
+                 f"must be a non-empty string or None, got a {type(value).__name__}"
+                 + (" that is empty" if value == "" else ""),
+                 "Give the password as a string; it wins over one in the url.", E_ENGINE_URL)
+    return None
 
 
 def build_settings(
@@ -722,19 +778,17 @@ def build_settings(
         own = _read_knobs(section, ("ENGINES", name), problems, extra_keys=ENGINE_ONLY_KEYS)
         env_own = env_alias.get(name, {})
         url = _engine_url(name, env_own.pop("url", own.pop("url", None)), problems)
+        password = _engine_password(name, env_own.pop("password", own.pop("password", None)),
+                                    problems)
         layers = [builtin, _Layer("setting", defaults), _Layer("setting", own),
                   _Layer("environment", env_global), _Layer("environment", env_own)]
         resolved = _resolve(name, layers, problems, _path("ENGINES", name), environ_)
         if resolved is not None and url is not None and name not in databases:
-            pools[name] = _with_url(resolved, url)
+            pools[name] = replace(resolved, url=url, password=password)
 
     if problems.problems:
         return None, problems.problems
     return PoolkitSettings(pools=pools, env_prefix=prefix, sections=sections), []
-
-
-def _with_url(pool: PoolSettings, url: str) -> PoolSettings:
-    return replace(pool, url=url)
 
 
 def _sections(value: Any, name: str, problems: _Collector) -> dict[str, Any]:

@@ -33,10 +33,9 @@ from typing import Any, Literal
 
 import psycopg
 from django.db import connections
-from sqlalchemy.engine import make_url
 
 from . import sizing
-from .conf import PoolkitSettings, PoolSettings, Report, get_settings, known_items
+from .conf import PoolkitSettings, PoolSettings, Report, get_settings, known_items, parse_url
 from .engines.params import spec_for_alias, spec_for_url
 from .health import describe_error
 from .serverinfo import ROLE_AND_LAG_SQL
@@ -175,7 +174,7 @@ def server_of(alias: str, pool: PoolSettings) -> str | None:
     """``host:port`` of the PostgreSQL server a pool connects to, or None for SQLite (or a
     vendor poolkit does not pool). Pools on one server share its ``max_connections``."""
     if pool.url is not None:
-        url = make_url(pool.url)
+        url = parse_url(pool.url)
         if url.get_backend_name() != "postgresql":
             return None
         return f"{url.host or 'localhost'}:{url.port or 5432}"

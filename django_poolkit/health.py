@@ -151,7 +151,7 @@ class HealthSettings:
     max_replica_lag: float | None = 30.0
     saturation: float = 1.0
     saturated_status: Status = UNHEALTHY
-    staff_details: bool = True
+    staff_details: bool = False
 
     def probed_aliases(self) -> tuple[str, ...]:
         """The aliases a round probes, in ``DATABASES`` order."""

@@ -74,6 +74,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from . import health, signals
 from .api import all_pool_stats, pool_stats
 from .stats import PoolKind
+from .views import EveryAlias
 
 __all__ = [
     "COUNTERS",
@@ -343,18 +344,28 @@ def _token(request: HttpRequest) -> str | None:
 
 
 def allowed(request: HttpRequest) -> bool:
-    """Whether this caller may read the metrics (the rule of the health details)."""
+    """Whether this caller may read the metrics (the rule of the health details).
+
+    The token decides first; the staff check (``staff_details``, off by default) reads the
+    session on the application's database, so it runs only for a request with a session
+    cookie, and any error of that lookup counts as "not staff": the answer is 403, never a
+    500.
+    """
     if settings.DEBUG:
         return True
     config = health.health_settings()
     given = _token(request)
     if config.token and given is not None and hmac.compare_digest(
-            given.encode(), config.token.encode()):
+            given.encode("utf-8", "replace"), config.token.encode("utf-8")):
         return True
     if not config.staff_details or settings.SESSION_COOKIE_NAME not in request.COOKIES:
         return False
-    user: Any = getattr(request, "user", None)
-    return bool(user is not None and user.is_active and user.is_staff)
+    try:
+        user: Any = getattr(request, "user", None)
+        return bool(user is not None and user.is_active and user.is_staff)
+    except Exception:  # any failure of the optional lookup means "not staff"
+        logger.debug("metrics: the staff lookup failed; answering 403", exc_info=True)
+        return False
 
 
 @never_cache
@@ -364,6 +375,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if not allowed(request):
         return HttpResponse("forbidden\n", status=403, content_type="text/plain")
     return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+# A scrape must not open a transaction (ATOMIC_REQUESTS) on the application's database.
+metrics_view._non_atomic_requests = EveryAlias()  # type: ignore[attr-defined]
 
 
 app_name = "poolkit_metrics"

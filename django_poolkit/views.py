@@ -9,13 +9,15 @@ an outage into an error page instead of a 503).
 Anonymous callers get ``{"status": ...}`` and the status code. The detailed body (reasons,
 timings, per-database figures, host, port and database name, but never a user, password or
 DSN) goes to callers that send ``POOLKIT["HEALTH"]["token"]`` in the ``token_header`` header,
-to staff users (``staff_details``) and to everyone when ``DEBUG`` is on.
+to staff users when ``staff_details`` is on (off by default: it reads the session on the
+application's database), and to everyone when ``DEBUG`` is on.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -26,12 +28,14 @@ from django.utils.cache import add_never_cache_headers
 
 from . import health
 
-__all__ = ["db", "live", "ready"]
+__all__ = ["db", "live", "may_see_details", "ready", "token_matches"]
+
+logger = logging.getLogger(__name__)
 
 _ALLOWED_METHODS = ("GET", "HEAD")
 
 
-class _EveryAlias(frozenset[str]):
+class EveryAlias(frozenset[str]):
     """Contains every database alias: Django's ``make_view_atomic`` asks ``alias in
     view._non_atomic_requests`` for each alias, and aliases are only known at request time.
     ``transaction.non_atomic_requests`` marks one alias, and for an async view an alias left
@@ -61,7 +65,7 @@ def _health_view(view: AsyncView) -> AsyncView:
     wrapper.__qualname__ = view.__qualname__
     wrapper.__doc__ = view.__doc__
     wrapper.__module__ = view.__module__
-    wrapper._non_atomic_requests = _EveryAlias()  # type: ignore[attr-defined]
+    wrapper._non_atomic_requests = EveryAlias()  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -70,28 +74,45 @@ def _json(body: dict[str, Any], status: int) -> HttpResponse:
                         content_type="application/json", status=status)
 
 
-async def may_see_details(request: HttpRequest, config: health.HealthSettings) -> bool:
+async def may_see_details(request: HttpRequest, config: health.HealthSettings,
+                           report: health.HealthReport | None = None) -> bool:
     """Whether this caller may see the detailed report.
 
-    The token is compared in constant time. The staff check reads the user only when the
-    request carries a session cookie, so a load balancer's or kubelet's probe never loads a
-    session (which could wait on the very database that is down).
+    Decided from ``DEBUG`` and the token header first (compared in constant time), so a
+    load balancer's or kubelet's probe never loads a session. The staff check
+    (``staff_details``, off by default) is the only path that reads the session and the user,
+    both on the application's database: it runs only for a request carrying a session
+    cookie, only while the cached round found the databases reachable, and any error of that
+    lookup (a database down, a pool timeout, a missing table) counts as "not staff", so the
+    answer stays the probe's 200 or 503, never a 500.
     """
-    if settings.DEBUG:
+    if settings.DEBUG or token_matches(request, config):
         return True
-    if config.token:
-        given = request.headers.get(config.token_header)
-        if given is not None and hmac.compare_digest(given.encode(), config.token.encode()):
-            return True
     if not (config.staff_details and settings.SESSION_COOKIE_NAME in request.COOKIES):
         return False
-    auser = getattr(request, "auser", None)
-    if auser is None:
-        if not hasattr(request, "user"):
-            return False
-        return bool(await sync_to_async(_is_staff)(request))
-    user = await auser()
-    return bool(user.is_active and user.is_staff)
+    if report is not None and report.status == health.UNHEALTHY:
+        return False
+    try:
+        auser = getattr(request, "auser", None)
+        if auser is None:
+            if not hasattr(request, "user"):
+                return False
+            return bool(await sync_to_async(_is_staff)(request))
+        user = await auser()
+        return bool(user.is_active and user.is_staff)
+    except Exception:  # any failure of the optional lookup means "not staff"
+        logger.debug("health details: the staff lookup failed; answering as anonymous",
+                     exc_info=True)
+        return False
+
+
+def token_matches(request: HttpRequest, config: health.HealthSettings) -> bool:
+    """Whether the request carries the health token in ``token_header`` (constant time)."""
+    if not config.token:
+        return False
+    given = request.headers.get(config.token_header)
+    return given is not None and hmac.compare_digest(
+        given.encode("utf-8", "replace"), config.token.encode("utf-8"))
 
 
 def _is_staff(request: HttpRequest) -> bool:
@@ -112,7 +133,7 @@ async def ready(request: HttpRequest) -> HttpResponse:
     replica policy is met. 200 for healthy and degraded, 503 for unhealthy."""
     config = health.checker.config()
     report = await health.checker.acheck()
-    details = await may_see_details(request, config)
+    details = await may_see_details(request, config, report)
     return _json(report.as_dict(details=details, databases=False), report.http_status)
 
 
@@ -122,5 +143,5 @@ async def db(request: HttpRequest) -> HttpResponse:
     details), from the same round of probes as :func:`ready`."""
     config = health.checker.config()
     report = await health.checker.acheck()
-    details = await may_see_details(request, config)
+    details = await may_see_details(request, config, report)
     return _json(report.as_dict(details=details), report.http_status)

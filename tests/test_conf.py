@@ -301,13 +301,13 @@ def test_sqlite_engines_are_accepted() -> None:
         pytest.param({}, Problem(
             'POOLKIT["ENGINES"]["analytics"]["url"]',
             "is required: the database URL this engine connects to",
-            'Add "url": "postgresql://user@host/dbname" (the password may come from the '
-            "environment).", "poolkit.E007"), id="missing"),
+            'Add "url": "postgresql://user@host/dbname" (the password may come from its '
+            '"password" key or the environment).', "poolkit.E007"), id="missing"),
         pytest.param({"url": ""}, Problem(
             'POOLKIT["ENGINES"]["analytics"]["url"]',
             "is required: the database URL this engine connects to",
-            'Add "url": "postgresql://user@host/dbname" (the password may come from the '
-            "environment).", "poolkit.E007"), id="empty"),
+            'Add "url": "postgresql://user@host/dbname" (the password may come from its '
+            '"password" key or the environment).', "poolkit.E007"), id="empty"),
         pytest.param({"url": f"postgresql://u:{SENTINEL}@warehouse:port/stats"}, Problem(
             'POOLKIT["ENGINES"]["analytics"]["url"]',
             "is not a database URL SQLAlchemy can parse",
@@ -325,7 +325,7 @@ def test_sqlite_engines_are_accepted() -> None:
         pytest.param({"ur1": f"postgresql://u:{SENTINEL}@warehouse/stats",
                       "url": "postgresql://u@warehouse/stats"}, Problem(
             'POOLKIT["ENGINES"]["analytics"]["ur1"]', 'unknown key; did you mean "url"?',
-            KNOB_KEYS[:-1] + ', "url".', "poolkit.E002"), id="misspelt-key"),
+            KNOB_KEYS[:-1] + ', "url", "password".', "poolkit.E002"), id="misspelt-key"),
     ],
 )
 def test_engine_url_problems_never_show_the_url(engine: dict[str, Any], expected: Problem) -> None:

@@ -62,7 +62,6 @@ def problems_of(environ: dict[str, str], poolkit: Any = None,
         ("CONNECT_TIMEOUT", "0", 0),
         ("STATEMENT_TIMEOUT", "5000", 5000),
         ("STATEMENT_TIMEOUT", "none", None),
-        ("STATEMENT_TIMEOUT", "", None),
         ("APPLICATION_NAME", "web:{alias}", "web:{alias}"),
         ("PRESET", "high_traffic", "high_traffic"),
         ("QUERIES_PER_REQUEST", "2.5", 2.5),
@@ -173,7 +172,7 @@ def test_engine_variables_include_the_url() -> None:
             "poolkit.E006"), id="unit-suffix"),
         pytest.param({"POOLKIT_POOL_TIMEOUT": "nan"}, Problem(
             "environment variable POOLKIT_POOL_TIMEOUT",
-            "must be a number of seconds > 0, got nan",
+            "must be a number of seconds > 0, got 'nan'",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E006"), id="nan"),
         pytest.param({"POOLKIT_POOL_PRE_PING": "maybe"}, Problem(

@@ -37,6 +37,7 @@ from ...deployment import (
     read_limits,
 )
 from ...exceptions import PoolkitConfigurationError
+from ..arguments import UsageExit2, bounded
 
 #: Option -> ``Deployment`` field, for the options that override ``POOLKIT["DEPLOYMENT"]``.
 _OVERRIDES = {
@@ -46,34 +47,16 @@ _OVERRIDES = {
 }
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
+#: Bounds of the numeric arguments: wide enough for any real deployment, narrow enough that
+#: a typo (or nan/inf) is a usage error instead of a traceback.
+_MOST = 1_000_000
+_positive = bounded(1, _MOST, integer=True)
+_non_negative = bounded(0, _MOST, integer=True)
+_queries = bounded(0.001, 10_000)
+_seconds = bounded(0, 30, above=True, unit="seconds")
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
-
-
-# argparse names the type in its error message ("invalid _positive value").
-_positive.__name__ = "integer >= 1"
-_non_negative.__name__ = "integer >= 0"
-_positive_float.__name__ = "number > 0"
-
-
-class Command(BaseCommand):
+class Command(UsageExit2, BaseCommand):
     """Recommend pool sizes for a deployment and check them against max_connections."""
 
     help = ("Recommend pool_size/max_overflow per alias for a deployment (hosts x workers x "
@@ -89,7 +72,7 @@ class Command(BaseCommand):
         group.add_argument("--threads", type=_positive, help="Request threads per process.")
         group.add_argument("--async-concurrency", type=_positive,
                            help="Concurrent async requests per process (counts async pools).")
-        group.add_argument("--queries-per-request", type=_positive_float,
+        group.add_argument("--queries-per-request", type=_queries,
                            help="Average queries per request (async formula; default 1).")
         group.add_argument("--cores", type=_positive,
                            help="CPU cores per host (default: this machine's).")
@@ -115,7 +98,7 @@ class Command(BaseCommand):
                                  "PostgreSQL's superuser_reserved_connections).")
         parser.add_argument("--format", choices=("table", "json"), default="table",
                             help="table (default) or json (stable keys).")
-        parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+        parser.add_argument("--timeout", type=_seconds, default=2.0, metavar="SECONDS",
                             help="How long each server may take to answer (default 2).")
 
     def handle(self, *args: Any, **options: Any) -> None:

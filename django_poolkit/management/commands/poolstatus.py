@@ -28,13 +28,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
-from sqlalchemy.engine import make_url
 
 from ...api import pool_stats
-from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings
+from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings, parse_url
 from ...deployment import ServerSnapshot, ServerUnreachable, read_snapshot, server_of
 from ...engines import engine_registry
 from ...exceptions import PoolkitConfigurationError
+from ..arguments import UsageExit2, bounded
 
 #: Settings the table always shows; the others only when something other than the
 #: built-in default set them (JSON always has every one).
@@ -47,7 +47,7 @@ _LOW_HEADROOM = 0.1
 def _target(alias: str, pool: PoolSettings) -> dict[str, Any]:
     """Where the pool connects, without the password."""
     if pool.url is not None:
-        url = make_url(pool.url)
+        url = parse_url(pool.url)
         return {"host": url.host, "port": url.port, "database": url.database,
                 "user": url.username}
     entry = connections.settings[alias]
@@ -98,7 +98,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
     }
 
 
-class Command(BaseCommand):
+class Command(UsageExit2, BaseCommand):
     """Show each pool's settings (with origins), this process's figures and the server's."""
 
     help = ("Show every pool's effective settings and where each came from, this process's "
@@ -112,9 +112,11 @@ class Command(BaseCommand):
                             help="Only this alias or engine name (repeatable). Default: all.")
         parser.add_argument("--format", choices=("table", "json"), default="table",
                             help="table (default) or json (stable keys).")
-        parser.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+        parser.add_argument("--watch", type=bounded(0.5, 86_400, unit="seconds"), default=None,
+                            metavar="SECONDS",
                             help="Refresh every SECONDS until interrupted (Ctrl-C).")
-        parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+        parser.add_argument("--timeout", type=bounded(0, 30, above=True, unit="seconds"),
+                            default=2.0, metavar="SECONDS",
                             help="How long each server may take to answer (default 2).")
         # For tests and scripts: stop --watch after this many rounds.
         parser.add_argument("--iterations", type=int, default=None, help=argparse.SUPPRESS)
