@@ -245,4 +245,5 @@ def test_the_503_log_line_escapes_the_path(site, caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "django_poolkit.middleware"]
     assert len(messages) == 1
     assert messages[0].startswith("GET /exhausted-any/x\\n2026-12-07 INFO forged\\x1b[31m")
-    assert messages[0].isascii() and messages[0].isprintable()
+    assert messages[0].isascii()
+    assert messages[0].isprintable()

@@ -23,6 +23,10 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
+def _shown(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def bounded(
     minimum: float, maximum: float, *, integer: bool = False, above: bool = False,
     unit: str = "",
@@ -30,8 +34,8 @@ def bounded(
     """An argparse ``type``: ASCII digits only, finite, and ``minimum <= value <= maximum``
     (``minimum < value`` with ``above``). Integers when ``integer``."""
     kind = "an integer" if integer else "a number"
-    low = f"> {minimum:g}" if above else f">= {minimum:g}"
-    accepted = f"{kind}{' of ' + unit if unit else ''} {low} and <= {maximum:g}"
+    low = f"> {_shown(minimum)}" if above else f">= {_shown(minimum)}"
+    accepted = f"{kind}{' of ' + unit if unit else ''} {low} and <= {_shown(maximum)}"
 
     def parse(text: str) -> float:
         pattern = _INTEGER if integer else _DECIMAL
