@@ -226,7 +226,8 @@ def test_commands_print_the_host_not_the_rest_of_the_password(settings: Any) -> 
 @pytest.mark.parametrize(("variable", "value"), [
     ("POOLKIT_STATEMENT_TIMEOUT", ""), ("POOLKIT_PGBOUNCER", ""), ("POOLKIT_CLIENT_TIMEOUT", ""),
     ("POOLKIT_LEAK_DETECTION_THRESHOLD", " "), ("POOLKIT_APPLICATION_NAME", ""),
-    ("POOLKIT_POOL_SIZE", ""), ("POOLKIT_POOL_SIZE", "\u0661\u0660"), ("POOLKIT_POOL_SIZE", "1_000"),
+    ("POOLKIT_POOL_SIZE", ""), ("POOLKIT_POOL_SIZE", "\u0661\u0660"),
+    ("POOLKIT_POOL_SIZE", "1_000"),
     ("POOLKIT_POOL_SIZE", "+7"), ("POOLKIT_POOL_TIMEOUT", "1_0"),
 ])
 def test_an_empty_or_loose_variable_is_an_error_naming_it(variable: str, value: str) -> None:
