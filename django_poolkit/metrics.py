@@ -73,8 +73,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from . import health, signals
 from .api import all_pool_stats, pool_stats
+from .health.views import EveryAlias
 from .stats import PoolKind
-from .views import EveryAlias
 
 __all__ = [
     "COUNTERS",
@@ -171,7 +171,7 @@ class PoolCollector(Collector):
 
     def _routing(self) -> Iterator[Metric]:
         """The router's shared replica state (no I/O: its prober keeps it current)."""
-        from .replicas import replica_state
+        from .routing.state import replica_state
 
         clusters = replica_state.snapshot()
         rotation = GaugeMetricFamily(

@@ -31,9 +31,10 @@ from django.db import connections
 
 from ...api import pool_stats
 from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings, parse_url
-from ...deployment import ServerSnapshot, ServerUnreachable, read_snapshot, server_of
 from ...engines import engine_registry
-from ...exceptions import PoolkitConfigurationError
+from ...exceptions import PoolkitConfigurationError, ServerUnreachable
+from ...ops.deployment import server_of
+from ...ops.serverinfo import ServerSnapshot, read_snapshot
 from ..arguments import UsageExit2, bounded
 
 #: Settings the table always shows; the others only when something other than the

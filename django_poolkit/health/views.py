@@ -1,4 +1,4 @@
-"""The health views: ``live``, ``ready`` and ``db``, rendering :mod:`django_poolkit.health`.
+"""The health views: ``live``, ``ready`` and ``db``, rendering :mod:`django_poolkit.health.report`.
 
 They are async views, so under ASGI a slow database never blocks the event loop (the probes
 run in threads; the view awaits them). Under WSGI Django runs them in a private loop, which
@@ -26,7 +26,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.utils.cache import add_never_cache_headers
 
-from . import health
+from .report import HealthReport
+from .runner import checker
+from .settings import HEALTHY, UNHEALTHY, HealthSettings
 
 __all__ = ["db", "live", "may_see_details", "ready", "token_matches"]
 
@@ -74,8 +76,8 @@ def _json(body: dict[str, Any], status: int) -> HttpResponse:
                         content_type="application/json", status=status)
 
 
-async def may_see_details(request: HttpRequest, config: health.HealthSettings,
-                           report: health.HealthReport | None = None) -> bool:
+async def may_see_details(request: HttpRequest, config: HealthSettings,
+                           report: HealthReport | None = None) -> bool:
     """Whether this caller may see the detailed report.
 
     Decided from ``DEBUG`` and the token header first (compared in constant time), so a
@@ -90,7 +92,7 @@ async def may_see_details(request: HttpRequest, config: health.HealthSettings,
         return True
     if not (config.staff_details and settings.SESSION_COOKIE_NAME in request.COOKIES):
         return False
-    if report is not None and report.status == health.UNHEALTHY:
+    if report is not None and report.status == UNHEALTHY:
         return False
     try:
         auser = getattr(request, "auser", None)
@@ -106,7 +108,7 @@ async def may_see_details(request: HttpRequest, config: health.HealthSettings,
         return False
 
 
-def token_matches(request: HttpRequest, config: health.HealthSettings) -> bool:
+def token_matches(request: HttpRequest, config: HealthSettings) -> bool:
     """Whether the request carries the health token in ``token_header`` (constant time)."""
     if not config.token:
         return False
@@ -124,15 +126,15 @@ def _is_staff(request: HttpRequest) -> bool:
 async def live(request: HttpRequest) -> HttpResponse:
     """Liveness: this process answers requests. Touches no database, ever: a liveness
     failure restarts the pod, and restarting does not fix a slow database."""
-    return _json({"status": health.HEALTHY}, 200)
+    return _json({"status": HEALTHY}, 200)
 
 
 @_health_view
 async def ready(request: HttpRequest) -> HttpResponse:
     """Readiness: the primary is reachable and writable, its pool is not saturated and the
     replica policy is met. 200 for healthy and degraded, 503 for unhealthy."""
-    config = health.checker.config()
-    report = await health.checker.acheck()
+    config = checker.config()
+    report = await checker.acheck()
     details = await may_see_details(request, config, report)
     return _json(report.as_dict(details=details, databases=False), report.http_status)
 
@@ -141,7 +143,7 @@ async def ready(request: HttpRequest) -> HttpResponse:
 async def db(request: HttpRequest) -> HttpResponse:
     """Per-database detail: status, role, latency, replica lag and pool figures (with
     details), from the same round of probes as :func:`ready`."""
-    config = health.checker.config()
-    report = await health.checker.acheck()
+    config = checker.config()
+    report = await checker.acheck()
     details = await may_see_details(request, config, report)
     return _json(report.as_dict(details=details), report.http_status)
