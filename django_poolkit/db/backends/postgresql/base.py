@@ -34,6 +34,7 @@ from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from django.utils.asyncio import async_unsafe
+from django.views.decorators.debug import sensitive_variables
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ....conf import get_settings
@@ -107,6 +108,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
             problems = backend_problems(self.alias, self.settings_dict)
             if problems:
                 raise PoolkitConfigurationError(problems)
+
+    @sensitive_variables()
+    def connect(self) -> None:
+        """Django's ``connect``, with every variable of it and below it hidden from Django's
+        error reports (``conn_params`` holds the password: an admin e-mail about a failed
+        connection must not)."""
+        super().connect()
 
     @async_unsafe
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
