@@ -40,14 +40,12 @@ with ``hmac.compare_digest``.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
@@ -73,6 +71,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from . import health, signals
 from .api import all_pool_stats, pool_stats
+from .health.access import may_see_details_sync
 from .health.views import EveryAlias
 from .stats import PoolKind
 
@@ -333,39 +332,9 @@ def registry() -> CollectorRegistry:
     return target
 
 
-def _token(request: HttpRequest) -> str | None:
-    config = health.health_settings()
-    given = request.headers.get(config.token_header)
-    if given is None:
-        authorization = request.headers.get("Authorization", "")
-        if authorization.startswith("Bearer "):
-            given = authorization.removeprefix("Bearer ").strip()
-    return given
-
-
 def allowed(request: HttpRequest) -> bool:
-    """Whether this caller may read the metrics (the rule of the health details).
-
-    The token decides first; the staff check (``staff_details``, off by default) reads the
-    session on the application's database, so it runs only for a request with a session
-    cookie, and any error of that lookup counts as "not staff": the answer is 403, never a
-    500.
-    """
-    if settings.DEBUG:
-        return True
-    config = health.health_settings()
-    given = _token(request)
-    if config.token and given is not None and hmac.compare_digest(
-            given.encode("utf-8", "replace"), config.token.encode("utf-8")):
-        return True
-    if not config.staff_details or settings.SESSION_COOKIE_NAME not in request.COOKIES:
-        return False
-    try:
-        user: Any = getattr(request, "user", None)
-        return bool(user is not None and user.is_active and user.is_staff)
-    except Exception:  # any failure of the optional lookup means "not staff"
-        logger.debug("metrics: the staff lookup failed; answering 403", exc_info=True)
-        return False
+    """Whether this caller may read the metrics: the policy of the health details."""
+    return may_see_details_sync(request, health.health_settings())
 
 
 @never_cache

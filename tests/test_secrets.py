@@ -19,6 +19,7 @@ import sqlalchemy.exc
 from django.core.management import CommandError, call_command
 from django.db import connections
 from django.test import Client, RequestFactory, override_settings
+from django.utils.module_loading import import_string
 from django.views.debug import ExceptionReporter
 from sqlalchemy import text
 
@@ -123,9 +124,11 @@ class Captures:
         # Django's own report: what AdminEmailHandler mails (DEBUG off) and DEBUG shows. With
         # Django's own filter a DEBUG page shows every frame's variables, by Django's design.
         for debug in (False, True) if self.filter == POOLKIT_FILTER else (False,):
-            with override_settings(DEBUG=debug, DEFAULT_EXCEPTION_REPORTER_FILTER=self.filter):
-                reporter = ExceptionReporter(RequestFactory().get("/boom/"), type(error), error,
-                                             error.__traceback__)
+            # Django caches the default filter: the request names the one to test.
+            request = RequestFactory().get("/boom/")
+            request.exception_reporter_filter = import_string(self.filter)()
+            with override_settings(DEBUG=debug):
+                reporter = ExceptionReporter(request, type(error), error, error.__traceback__)
                 self.add(f"{label}: report text DEBUG={debug}", reporter.get_traceback_text())
                 self.add(f"{label}: report html DEBUG={debug}", reporter.get_traceback_html())
 
@@ -134,8 +137,10 @@ class Captures:
 
 
 def _copy_of_default(**changes: Any) -> dict[str, Any]:
+    """A copy of "default", on poolkit's pooled backend (Django's stock backend shows its own
+    connect parameters in the reports of its connection errors: Django's matter)."""
     entry = copy.deepcopy(connections.settings["default"])
-    entry.update({"ENGINE": "django.db.backends.postgresql", "TEST": {}, **changes})
+    entry.update({"TEST": {}, **changes})
     return entry
 
 
@@ -293,6 +298,7 @@ def test_django_own_error_reports_mask_the_password_key_and_its_variable(
         raise RuntimeError("provoked")
     except RuntimeError as error:
         request = RequestFactory().get("/", **{"POOLKIT_VAULT__PASSWORD": SENTINEL})
+        request.exception_reporter_filter = import_string(DJANGO_FILTER)()
         for debug in (False, True):
             with override_settings(DEBUG=debug):
                 reporter = ExceptionReporter(request, type(error), error, error.__traceback__)

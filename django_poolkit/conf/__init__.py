@@ -31,7 +31,6 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .._schema import Report, accepted_keys, did_you_mean, known_items
 from ..exceptions import PoolkitConfigurationError, Problem
 from .build import build_settings, parse_url
 from .knobs import (
@@ -39,7 +38,6 @@ from .knobs import (
     KNOBS,
     SECTION_PARSERS,
     TOP_LEVEL_KEYS,
-    Knob,
     PoolkitSettings,
     PoolSettings,
 )
@@ -49,15 +47,10 @@ __all__ = [
     "KNOBS",
     "SECTION_PARSERS",
     "TOP_LEVEL_KEYS",
-    "Knob",
     "PoolSettings",
     "PoolkitSettings",
-    "Report",
-    "accepted_keys",
     "build_settings",
-    "did_you_mean",
     "get_settings",
-    "known_items",
     "on_reload",
     "parse_url",
     "reload",

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .. import signals
+from ..exceptions import describe_error
 from ..stats import Counters, PoolKind
 from .pool import CHECKOUT_AT, CONNECTION_ID, PoolkitAsyncQueuePool, PoolkitQueuePool
 
@@ -33,14 +34,6 @@ def connection_id(record: ConnectionPoolEntry) -> int | None:
     """The process-unique number poolkit gave this pooled connection when it was opened."""
     value = record.info.get(_ID)
     return value if isinstance(value, int) else None
-
-
-def _describe(error: BaseException | None) -> str:
-    """An error's class and first line: enough to diagnose, never a DSN or a full chain."""
-    if error is None:
-        return "explicit invalidation"
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
 def _guarded(handler: Callable[..., None]) -> Callable[..., None]:
@@ -99,7 +92,7 @@ def attach_listeners(engine: Engine, alias: str, kind: PoolKind, counters: Count
                       error: BaseException | None) -> None:
         counters.add("invalidations")
         logger.warning("pool %r (%s) invalidated connection #%s: %s", alias, kind,
-                       record.info.get(_ID), _describe(error))
+                       record.info.get(_ID), describe_error(error, quote=True))
         send(signals.pool_invalidate, record, error=error)
 
     @_guarded
@@ -107,7 +100,7 @@ def attach_listeners(engine: Engine, alias: str, kind: PoolKind, counters: Count
                            error: BaseException | None) -> None:
         counters.add("soft_invalidations")
         logger.info("pool %r (%s) will replace connection #%s at its next checkout: %s",
-                    alias, kind, record.info.get(_ID), _describe(error))
+                    alias, kind, record.info.get(_ID), describe_error(error, quote=True))
         send(signals.pool_soft_invalidate, record, error=error)
 
     @_guarded

@@ -34,7 +34,7 @@ from .deadline import install_client_deadline, own_round_trip_bound
 from .events import attach_listeners
 from .hygiene import install_pre_ping, install_session_hygiene
 from .leaks import install_leak_detection
-from .params import ConnectSpec, is_shared, spec_for_alias, spec_for_url
+from .params import ConnectSpec, connection_spec, is_shared
 from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 from .recycle import install_recycle_jitter
 
@@ -117,8 +117,7 @@ class EngineRegistry:
 
     def _build(self, alias: str, kind: PoolKind, pool: PoolSettings) -> Any:
         shared = kind == "sync" and pool.url is None and is_shared(alias)
-        spec = (spec_for_url(alias, pool.url, pool) if pool.url
-                else spec_for_alias(alias, pool, shared=shared))
+        spec = connection_spec(alias, pool, shared=shared)
         # The password stays out of SQLAlchemy's connect arguments (whose frames Django's error
         # reports show): install_password adds it below a frame those reports hide.
         connect_args = dict(spec.connect_args)
@@ -154,7 +153,7 @@ class EngineRegistry:
             except ImportError as error:
                 raise PoolkitError(
                     f"the async engine for {alias!r} needs a package that is not installed "
-                    f"({error.name}); install django-poolkit[async]") from error
+                    f"({error.name}); install django-poolkit[sqlite-async]") from error
             sync_engine = engine.sync_engine
         _configure_pool(sync_engine.pool, alias, kind, pool)
         attach_listeners(sync_engine, alias, kind, counters_for(alias, kind),

@@ -31,7 +31,7 @@ Settings live in ``POOLKIT["HEALTH"]`` (:class:`HealthSettings`), validated by
 
 from __future__ import annotations
 
-from ..ops.serverinfo import describe_error
+from ..exceptions import describe_error
 from .probe import ProbeResult, probe_database
 from .report import DatabaseHealth, HealthReport, evaluate, worst
 from .runner import HealthChecker, checker

@@ -8,31 +8,23 @@ an outage into an error page instead of a 503).
 
 Anonymous callers get ``{"status": ...}`` and the status code. The detailed body (reasons,
 timings, per-database figures, host, port and database name, but never a user, password or
-DSN) goes to callers that send ``POOLKIT["HEALTH"]["token"]`` in the ``token_header`` header,
-to staff users when ``staff_details`` is on (off by default: it reads the session on the
-application's database), and to everyone when ``DEBUG`` is on.
+DSN) goes to the callers :mod:`~django_poolkit.health.access` allows (the token, staff,
+``DEBUG``), the same policy as the metrics view.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.utils.cache import add_never_cache_headers
 
-from .report import HealthReport
+from .access import may_see_details
 from .runner import checker
-from .settings import HEALTHY, UNHEALTHY, HealthSettings
+from .settings import HEALTHY
 
-__all__ = ["db", "live", "may_see_details", "ready", "token_matches"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["db", "live", "ready"]
 
 _ALLOWED_METHODS = ("GET", "HEAD")
 
@@ -71,62 +63,15 @@ def _health_view(view: AsyncView) -> AsyncView:
     return wrapper
 
 
-def _json(body: dict[str, Any], status: int) -> HttpResponse:
-    return HttpResponse(json.dumps(body, indent=None, separators=(",", ":")),
-                        content_type="application/json", status=status)
-
-
-async def may_see_details(request: HttpRequest, config: HealthSettings,
-                           report: HealthReport | None = None) -> bool:
-    """Whether this caller may see the detailed report.
-
-    Decided from ``DEBUG`` and the token header first (compared in constant time), so a
-    load balancer's or kubelet's probe never loads a session. The staff check
-    (``staff_details``, off by default) is the only path that reads the session and the user,
-    both on the application's database: it runs only for a request carrying a session
-    cookie, only while the cached round found the databases reachable, and any error of that
-    lookup (a database down, a pool timeout, a missing table) counts as "not staff", so the
-    answer stays the probe's 200 or 503, never a 500.
-    """
-    if settings.DEBUG or token_matches(request, config):
-        return True
-    if not (config.staff_details and settings.SESSION_COOKIE_NAME in request.COOKIES):
-        return False
-    if report is not None and report.status == UNHEALTHY:
-        return False
-    try:
-        auser = getattr(request, "auser", None)
-        if auser is None:
-            if not hasattr(request, "user"):
-                return False
-            return bool(await sync_to_async(_is_staff)(request))
-        user = await auser()
-        return bool(user.is_active and user.is_staff)
-    except Exception:  # any failure of the optional lookup means "not staff"
-        logger.debug("health details: the staff lookup failed; answering as anonymous",
-                     exc_info=True)
-        return False
-
-
-def token_matches(request: HttpRequest, config: HealthSettings) -> bool:
-    """Whether the request carries the health token in ``token_header`` (constant time)."""
-    if not config.token:
-        return False
-    given = request.headers.get(config.token_header)
-    return given is not None and hmac.compare_digest(
-        given.encode("utf-8", "replace"), config.token.encode("utf-8"))
-
-
-def _is_staff(request: HttpRequest) -> bool:
-    user: Any = request.user
-    return bool(user.is_active and user.is_staff)
+def _json_response(body: dict[str, Any], status: int) -> JsonResponse:
+    return JsonResponse(body, status=status, json_dumps_params={"separators": (",", ":")})
 
 
 @_health_view
 async def live(request: HttpRequest) -> HttpResponse:
     """Liveness: this process answers requests. Touches no database, ever: a liveness
     failure restarts the pod, and restarting does not fix a slow database."""
-    return _json({"status": HEALTHY}, 200)
+    return _json_response({"status": HEALTHY}, 200)
 
 
 @_health_view
@@ -136,7 +81,7 @@ async def ready(request: HttpRequest) -> HttpResponse:
     config = checker.config()
     report = await checker.acheck()
     details = await may_see_details(request, config, report)
-    return _json(report.as_dict(details=details, databases=False), report.http_status)
+    return _json_response(report.as_dict(details=details, databases=False), report.http_status)
 
 
 @_health_view
@@ -146,4 +91,4 @@ async def db(request: HttpRequest) -> HttpResponse:
     config = checker.config()
     report = await checker.acheck()
     details = await may_see_details(request, config, report)
-    return _json(report.as_dict(details=details), report.http_status)
+    return _json_response(report.as_dict(details=details), report.http_status)

@@ -41,12 +41,12 @@ from typing import Any
 
 from sqlalchemy import text
 
-from ..exceptions import NoHealthyReplica
+from ..exceptions import NoHealthyReplica, describe_error
 from ..pinning import format_lsn, parse_lsn
 from ..signals import replica_state_changed
 from ..stats import counters_for
 from .settings import ClusterConfig, RoutingSettings, routing_settings
-from .status import ClusterStatus, ReplicaStatus, Status
+from .status import ClusterStatus, ReplicaStatus, RotationStatus
 
 __all__ = [
     "ClusterStatus",
@@ -63,7 +63,7 @@ class _Replica:
     alias: str
     cluster: str
     weight: float
-    status: Status = "unknown"
+    status: RotationStatus = "unknown"
     reason: str | None = None
     out_since: float | None = None
     lag_seconds: float | None = None
@@ -102,13 +102,6 @@ def _pool_errors(alias: str) -> int:
     """Connections the pools of ``alias`` (sync and async) failed to open, since start."""
     return int(counters_for(alias, "sync").connect_errors
                + counters_for(alias, "async").connect_errors)
-
-
-def describe_error(error: BaseException) -> str:
-    """An error's class and first line: enough to diagnose, never a DSN or a chain.
-    (libpq never puts the password in its messages.)"""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 _PRIMARY_SQL = text("SELECT pg_current_wal_lsn()::text")
@@ -307,8 +300,8 @@ class ReplicaState:
             replica = found.replicas.get(alias)
             if replica is not None:
                 with self._lock:
-                    self._mark(replica, "down", f"connection failed: {describe_error(error)}")
-                    replica.last_error = describe_error(error)
+                    replica.last_error = describe_error(error, quote=True)
+                    self._mark(replica, "down", f"connection failed: {replica.last_error}")
                     replica.failures += 1
         self._announce()
 
@@ -325,7 +318,7 @@ class ReplicaState:
         except Exception as error:
             # Lag is then measured against what each replica has received.
             found.primary_lsn = None
-            found.primary_error = describe_error(error)
+            found.primary_error = describe_error(error, quote=True)
             logger.warning("cluster %r: cannot read the primary's WAL position: %s",
                            found.config.name, found.primary_error)
         for replica in list(found.replicas.values()):
@@ -338,7 +331,7 @@ class ReplicaState:
                 with self._lock:
                     replica.errors_seen = _pool_errors(replica.alias)
                     replica.last_probe_at = now
-                    replica.last_error = describe_error(error)
+                    replica.last_error = describe_error(error, quote=True)
                     replica.failures += 1
                     self._mark(replica, "down", f"connection failed: {replica.last_error}")
                 continue
@@ -403,7 +396,7 @@ class ReplicaState:
         else:
             self._mark(replica, "healthy", None)
 
-    def _mark(self, replica: _Replica, status: Status, reason: str | None) -> None:
+    def _mark(self, replica: _Replica, status: RotationStatus, reason: str | None) -> None:
         was_in = replica.in_rotation
         previous = replica.status
         replica.status = status
@@ -431,7 +424,7 @@ class ReplicaState:
                     sender=change["alias"], **change):
                 if isinstance(result, Exception):
                     logger.error("replica_state_changed receiver %r failed: %s", receiver,
-                                 describe_error(result))
+                                 describe_error(result, quote=True))
 
     # The background prober ---------------------------------------------------------------
 
