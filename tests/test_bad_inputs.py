@@ -258,7 +258,8 @@ URL_ROWS: list[tuple[Row, str]] = [
           ("application_name={", "{", "poolkit.E003", f'{OPT}["application_name"]', "'{'"),
           ("pool_size=0", 0, "poolkit.E003", f'{OPT}["pool_size"]', "0"),
           ("pool_timeout=nan", "nan", "poolkit.E003", f'{OPT}["pool_timeout"]', "'nan'"),
-          ("pool_timeout=1e10", "1e10", "poolkit.E003", f'{OPT}["pool_timeout"]', "1e10"),
+          ("pool_timeout=1e10", "1e10", "poolkit.E003", f'{OPT}["pool_timeout"]',
+           "10000000000.0"),
           ("statement_timeout=2147483648", 2147483648, "poolkit.E003",
            f'{OPT}["statement_timeout"]', "2147483648"),
           ("pool_pre_ping=maybe", "maybe", "poolkit.E003", f'{OPT}["pool_pre_ping"]', "'maybe'"),
@@ -490,3 +491,45 @@ def test_the_table_counts(capsys: pytest.CaptureFixture[str]) -> None:
         print(f"\nbad-input table: {tried} tried, {tried - on_purpose} refused or ignored, "
               f"{on_purpose} accepted on purpose")
     assert tried >= 150
+
+
+def _every_field() -> list[tuple[str, Any]]:
+    from django_poolkit.conf.knobs import KNOBS, OPTION_FIELDS
+    from django_poolkit.health.settings import FIELDS as HEALTH
+    from django_poolkit.ops.deployment import FIELDS as DEPLOYMENT
+    from django_poolkit.routing.settings import (
+        _REPLICA_OPTIONS,
+        CLUSTER_OPTIONS,
+        ROUTING_OPTIONS,
+    )
+
+    sections = {"knobs": KNOBS, "OPTIONS": OPTION_FIELDS, "HEALTH": HEALTH,
+                "DEPLOYMENT": DEPLOYMENT, "ROUTING": ROUTING_OPTIONS,
+                "CLUSTERS": CLUSTER_OPTIONS, "replicas": _REPLICA_OPTIONS}
+    return [(f"{section}.{name}", field_) for section, found in sections.items()
+            for name, field_ in found.items()]
+
+
+@pytest.mark.parametrize(("name", "field_"), _every_field(), ids=[n for n, _ in _every_field()])
+def test_one_schema_bounds_every_number(name: str, field_: Any) -> None:
+    """Every setting of every section: a number rule refuses inf, nan and what lies past its
+    maximum, and the text the messages quote states that maximum (one place decides both)."""
+    from django_poolkit._schema import Invalid, bounds_of
+
+    takes_numbers = True
+    try:
+        field_.check(1)
+    except Invalid:
+        takes_numbers = False
+    for value in (math.inf, -math.inf, math.nan, 10**30, 1e300):
+        with pytest.raises(Invalid):
+            field_.check(value)
+    bounds = bounds_of(field_.check)
+    if takes_numbers and not isinstance(field_.default, bool):
+        assert bounds is not None, f"{name} takes numbers but states no bounds"
+    if bounds is not None:
+        high = bounds[1]
+        shown = str(int(high)) if float(high).is_integer() else str(high)
+        # readmit_lag(_bytes) is bounded by max_lag(_bytes), which states the ceiling.
+        assert shown in field_.accepted or "<= max_lag" in field_.accepted, (
+            f"{name}: {field_.accepted!r} does not state {shown}")

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._schema import Collector, Field, Invalid, key_path, nearest, read_fields
 from ..check_ids import E_BAD_VALUE, E_ENVIRONMENT, E_NOT_A_DICT, E_UNKNOWN_KEY
-from .knobs import ENGINE_ONLY_KEYS, KNOBS
+from .knobs import ENGINE_ONLY_KEYS, KNOBS, OPTION_FIELDS
 
 __all__ = ["read_environment", "read_knobs", "url_options"]
 
@@ -61,6 +61,14 @@ def url_options(alias: str, database: Mapping[str, Any], problems: Collector) ->
     """Pool knobs found in ``DATABASES[alias]["OPTIONS"]`` (``DATABASE_URL`` query params)."""
     options = database.get("OPTIONS") or {}
     values: dict[str, Any] = {}
+    for key, option in OPTION_FIELDS.items():
+        if key in options:
+            given = options[key]
+            try:  # text from a URL is read as text; Python values (an IntEnum) as they are
+                option.parse(given, from_text=isinstance(given, str))
+            except Invalid as error:
+                problems.add(f'DATABASES["{alias}"]["OPTIONS"]["{key}"]', option.message(error),
+                             option.hint or option.doc, E_BAD_VALUE)
     for key, value in options.items():
         knob = KNOBS.get(key)
         if knob is None:

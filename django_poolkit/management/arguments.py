@@ -17,7 +17,9 @@ from typing import Any, NoReturn
 
 from django.core.management.base import CommandError, CommandParser
 
-__all__ = ["UsageExit2", "bounded"]
+from .._schema import Rule, bounds_of
+
+__all__ = ["UsageExit2", "bounded", "field_argument"]
 
 _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
@@ -71,3 +73,13 @@ class UsageExit2:
 
         parser.error = error  # type: ignore[method-assign]
         return parser
+
+
+def field_argument(rule: Rule, *, integer: bool = False, unit: str = "") -> Callable[[str], float]:
+    """The argparse type of an option that overrides a setting: the bounds of the setting's
+    own rule in the schema, so a command and ``POOLKIT`` accept the same range."""
+    found = bounds_of(rule)
+    if found is None:
+        raise TypeError("field_argument needs a number rule with bounds")
+    low, high = found
+    return bounded(low, high, integer=integer, unit=unit)

@@ -27,10 +27,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ...conf import get_settings
 from ...exceptions import PoolkitConfigurationError
 from ...ops import sizing
-from ...ops.deployment import Deployment, check_pool_names, deployment_settings
+from ...ops.deployment import (
+    FIELDS,
+    MOST,
+    Deployment,
+    check_pool_names,
+    deployment_settings,
+)
 from ...ops.plan import PLAN_FORMULAS, Plan, build_plan
 from ...ops.serverinfo import ServerLimits, read_limits
-from ..arguments import UsageExit2, bounded
+from ..arguments import UsageExit2, bounded, field_argument
 
 #: Option -> ``Deployment`` field, for the options that override ``POOLKIT["DEPLOYMENT"]``.
 _OVERRIDES = {
@@ -42,11 +48,14 @@ _OVERRIDES = {
 
 #: Bounds of the numeric arguments: wide enough for any real deployment, narrow enough that
 #: a typo (or nan/inf) is a usage error instead of a traceback.
-_MOST = 1_000_000
-_positive = bounded(1, _MOST, integer=True)
-_non_negative = bounded(0, _MOST, integer=True)
-_queries = bounded(0.001, 10_000)
+_positive = bounded(1, MOST, integer=True)
+_non_negative = bounded(0, MOST, integer=True)
 _seconds = bounded(0, 30, above=True, unit="seconds")
+
+
+def _setting(name: str, *, integer: bool = True) -> Any:
+    """The type of an option overriding POOLKIT["DEPLOYMENT"][name]: the setting's bounds."""
+    return field_argument(FIELDS[name].check, integer=integer)
 
 
 class Command(UsageExit2, BaseCommand):
@@ -60,18 +69,20 @@ class Command(UsageExit2, BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         group = parser.add_argument_group(
             "deployment (defaults: POOLKIT[\"DEPLOYMENT\"], else 1 host, 1 worker, 1 thread)")
-        group.add_argument("--hosts", type=_positive, help="Machines or containers.")
-        group.add_argument("--workers", type=_positive, help="Processes per host.")
-        group.add_argument("--threads", type=_positive, help="Request threads per process.")
-        group.add_argument("--async-concurrency", type=_positive,
+        group.add_argument("--hosts", type=_setting("hosts"), help="Machines or containers.")
+        group.add_argument("--workers", type=_setting("workers"), help="Processes per host.")
+        group.add_argument("--threads", type=_setting("threads"),
+                           help="Request threads per process.")
+        group.add_argument("--async-concurrency", type=_setting("async_concurrency"),
                            help="Concurrent async requests per process (counts async pools).")
-        group.add_argument("--queries-per-request", type=_queries,
+        group.add_argument("--queries-per-request",
+                           type=_setting("queries_per_request", integer=False),
                            help="Average queries per request (async formula; default 1).")
-        group.add_argument("--cores", type=_positive,
+        group.add_argument("--cores", type=_setting("cores"),
                            help="CPU cores per host (default: this machine's).")
-        group.add_argument("--spindles", type=_non_negative,
+        group.add_argument("--spindles", type=_setting("spindles"),
                            help="Disk spindles (0 for SSDs; default 0).")
-        group.add_argument("--extra-connections", type=_non_negative,
+        group.add_argument("--extra-connections", type=_setting("extra_connections"),
                            help="Connections outside the pools (cron, shells, migrations).")
         parser.add_argument("--db-cores", type=_positive,
                             help="The database server's cores, for PgBouncer's "
