@@ -73,6 +73,7 @@ from . import health, signals
 from .api import all_pool_stats, pool_stats
 from .health.access import may_see_details_sync
 from .health.views import EveryAlias
+from .stats import COUNTERS as POOL_COUNTERS
 from .stats import PoolKind
 
 __all__ = [
@@ -103,15 +104,11 @@ GAUGES: dict[str, tuple[str, str]] = {
                              "for a connection or opening one)."),
 }
 
-#: Counter metric name (without ``_total``) -> (``PoolStats`` key, help text).
+#: Counter metric name (without ``_total``) -> (``PoolStats`` key, help text), from the
+#: counters' one declaration (:data:`django_poolkit.stats.COUNTERS`).
 COUNTERS: dict[str, tuple[str, str]] = {
-    "poolkit_connections_opened": ("connections_opened", "Server connections opened."),
-    "poolkit_connections_closed": ("connections_closed", "Server connections closed."),
-    "poolkit_connect_errors": ("connect_errors", "Checkouts that failed with an error."),
-    "poolkit_checkouts": ("checkouts", "Connections handed out."),
-    "poolkit_checkins": ("checkins", "Connections returned."),
-    "poolkit_invalidations": ("invalidations", "Connections found broken and discarded."),
-    "poolkit_timeouts": ("timeouts", "Checkouts that gave up after pool_timeout."),
+    counter.metric: (counter.key, counter.help) for counter in POOL_COUNTERS
+    if counter.metric is not None
 }
 
 #: Seconds; a healthy pool hands out connections in well under a millisecond.

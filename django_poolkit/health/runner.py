@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -192,7 +191,4 @@ checker = HealthChecker()
 def _forget_cached_report() -> None:
     checker.clear()
 
-
-# A pre-forking server (gunicorn --preload) may import this module before it forks.
-os.register_at_fork(after_in_child=checker.after_fork_in_child)
 

@@ -39,6 +39,9 @@ class EveryAlias(frozenset[str]):
         return True
 
 
+#: The name other views imported before it was public (the dashboard).
+_EveryAlias = EveryAlias
+
 AsyncView = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]
 
 

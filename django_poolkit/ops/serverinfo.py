@@ -23,6 +23,7 @@ from ..engines.params import connection_spec, direct_connect_args
 from ..exceptions import ServerUnreachable, describe_error
 
 __all__ = [
+    "PRIMARY_POSITION_SQL",
     "ROLE_AND_LAG_SQL",
     "ApplicationConnections",
     "ServerLimits",
@@ -31,17 +32,28 @@ __all__ = [
     "read_snapshot",
 ]
 
-#: One round trip: ``pg_is_in_recovery()`` and the replay lag in seconds (NULL on a primary).
-#: Replay lag is the age of the last replayed transaction, which keeps growing while an idle
-#: primary sends nothing, so a standby that has replayed everything it received counts as 0 s
-#: behind.
+#: The one measurement of a server's role and replay lag, for every reader: the health
+#: probes and ``poolstatus`` read the first two columns, the router's prober all of them.
+#: One round trip: ``pg_is_in_recovery()``; the replay lag in seconds (NULL on a primary);
+#: the replay and receive positions; the age of the last replayed transaction; whether
+#: replay is paused. Replay lag is the age of the last replayed transaction, which keeps
+#: growing while an idle primary sends nothing, so a standby that has replayed everything
+#: it received counts as 0 s behind. The router refines the lag against the primary's own
+#: position (:data:`PRIMARY_POSITION_SQL`), which only it reads.
 ROLE_AND_LAG_SQL = """
 SELECT pg_is_in_recovery(),
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
             ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-       END
+       END,
+       pg_last_wal_replay_lsn()::text,
+       pg_last_wal_receive_lsn()::text,
+       EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8,
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END
 """
+
+#: The primary's WAL position now.
+PRIMARY_POSITION_SQL = "SELECT pg_current_wal_lsn()::text"
 
 
 def _bounded(work: Callable[[], Any], timeout: float) -> Any:
