@@ -25,5 +25,3 @@ DATABASES["replica"] = {  # noqa: F405
     "ENGINE": DATABASES["default"]["ENGINE"],  # noqa: F405
     "TEST": {"MIRROR": "default"},
 }
-# Sessions, as most projects have them: the health and metrics views must not read them.
-INSTALLED_APPS = [*INSTALLED_APPS, "django.contrib.sessions"]  # noqa: F405

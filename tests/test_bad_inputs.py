@@ -444,10 +444,10 @@ def test_command_arguments(row: Row) -> None:
 @pytest.fixture
 def site(settings: Any) -> None:
     settings.ROOT_URLCONF = __name__
-    settings.MIDDLEWARE = [
-        "django_poolkit.middleware.PoolkitMiddleware", *settings.MIDDLEWARE[1:],
-        "django.contrib.sessions.middleware.SessionMiddleware",
-        "django.contrib.auth.middleware.AuthenticationMiddleware"]
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, *(
+        name for name in ("django.contrib.sessions.middleware.SessionMiddleware",
+                          "django.contrib.auth.middleware.AuthenticationMiddleware")
+        if name not in settings.MIDDLEWARE)]
     settings.SESSION_ENGINE = "django.contrib.sessions.backends.db"
     settings.POOLKIT = {**poolkit(timeout=2.0, cache_ttl=60, databases=["default"]),
                         **routing(pin_seconds=15)}

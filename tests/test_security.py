@@ -38,18 +38,17 @@ urlpatterns = [
     path("metrics/", include("django_poolkit.metrics")),
 ]
 
-SESSION_STACK = [
-    *settings.MIDDLEWARE,
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-]
+SESSION_STACK = [*settings.MIDDLEWARE, *(
+    name for name in ("django.contrib.sessions.middleware.SessionMiddleware",
+                      "django.contrib.auth.middleware.AuthenticationMiddleware")
+    if name not in settings.MIDDLEWARE)]
 
 
 def _database_work() -> int:
     """Checkouts and failed connects of the application's pool for "default" (the health
     probes use connections of their own, outside the pool)."""
     counters = counters_for("default", "sync")
-    return counters.checkouts + counters.connect_errors
+    return int(counters.get("checkouts") + counters.get("connect_errors"))
 
 
 @pytest.fixture
@@ -270,3 +269,45 @@ def test_a_bad_watch_exits_2_from_the_command_line() -> None:
     assert "argument --watch: must be a number of seconds >= 0.5 and <= 86400, got 'nan'" in (
         result.stderr)
     assert "Traceback" not in result.stderr
+
+
+# -- 6 and 7. numbers and strings that broke at run time are refused at first use --------------
+
+
+@pytest.mark.parametrize(("poolkit_", "path"), [
+    ({"DEFAULTS": {"pool_timeout": 1e10}}, 'POOLKIT["DEFAULTS"]["pool_timeout"]'),
+    ({"DEFAULTS": {"statement_timeout": 2**31}}, 'POOLKIT["DEFAULTS"]["statement_timeout"]'),
+    ({"DEFAULTS": {"application_name": "billing{v2}"}},
+     'POOLKIT["DEFAULTS"]["application_name"]'),
+    ({"ROUTING": {"pin_seconds": float("inf"), "CLUSTERS": {
+        "main": {"primary": "default", "replicas": ["replica"]}}}},
+     'POOLKIT["ROUTING"]["pin_seconds"]'),
+    ({"HEALTH": {"databases": []}}, 'POOLKIT["HEALTH"]["databases"]'),
+])
+def test_first_use_names_the_key_instead_of_failing_later(settings: Any, poolkit_: dict[str, Any],
+                                                          path: str) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.POOLKIT = poolkit_
+    with pytest.raises(ImproperlyConfigured) as raised:
+        get_engine("default")
+    assert path in str(raised.value)
+    assert "must be" in str(raised.value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_braces_in_application_name_are_written_doubled(settings: Any) -> None:
+    settings.POOLKIT = {"ENGINES": {"named": {"url": _engine_url("postgres"),
+                                              "application_name": "{{v2}}:{alias}"}}}
+    with get_engine("named").connect() as connection:
+        name = connection.execute(text("SELECT current_setting('application_name')")).scalar()
+    assert name == "{v2}:named"
+
+
+def test_isolation_level_7_is_a_check_error_not_a_key_error() -> None:
+    databases = {"default": {"ENGINE": "django_poolkit.db.backends.postgresql", "NAME": "x",
+                             "OPTIONS": {"isolation_level": 7}}}
+    problems = conf.build_settings({}, databases, {})[1]
+    assert [(p.check_id, p.path) for p in problems] == [
+        ("poolkit.E003", 'DATABASES["default"]["OPTIONS"]["isolation_level"]')]
+    assert "got 7" in problems[0].message
