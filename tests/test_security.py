@@ -311,3 +311,20 @@ def test_isolation_level_7_is_a_check_error_not_a_key_error() -> None:
     assert [(p.check_id, p.path) for p in problems] == [
         ("poolkit.E003", 'DATABASES["default"]["OPTIONS"]["isolation_level"]')]
     assert "got 7" in problems[0].message
+
+
+# -- 1. operations connections use the engine's own connect arguments (issue 15's builder) -------
+
+
+def test_commands_keep_the_sslmode_of_an_engine_url(settings: Any) -> None:
+    # The test server runs without TLS: with sslmode=require the engine cannot connect, so
+    # poolstatus must not call the server reachable (it used to drop the query).
+    settings.POOLKIT = {"ENGINES": {"tls": {
+        "url": _engine_url("postgres", "?sslmode=require"), "connect_timeout": 2}}}
+    output = io.StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("poolstatus", "--database", "tls", "--format", "json", stdout=output)
+    assert raised.value.returncode == 1
+    entry = json.loads(output.getvalue())["databases"][0]
+    assert entry["alias"] == "tls"
+    assert entry["error"]
