@@ -16,7 +16,8 @@ by the configuration, never by traffic. What is exported:
 - histograms ``poolkit_checkout_wait_seconds`` and ``poolkit_connection_hold_seconds``;
 - from the health probes (``POOLKIT["HEALTH"]``, cached and bounded like the health views):
   ``poolkit_database_up{alias}``, ``poolkit_database_status{alias}`` (0 healthy, 1 degraded,
-  2 unhealthy) and ``poolkit_replica_lag_seconds{alias}``;
+  2 unhealthy) and ``poolkit_replica_lag_seconds{alias}`` (the report's ``lag_s``: for a
+  routed replica, the router's own measurement);
 - from the router's replica state (``POOLKIT["ROUTING"]``, this process's view):
   ``poolkit_replica_in_rotation{cluster,alias}`` and ``poolkit_router_fallbacks_total{cluster}``.
 

@@ -7,14 +7,12 @@ Fault tests that stop or pause a server are in ``test_health_faults.py``.
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 import json
 import logging
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,49 +27,11 @@ from django_poolkit import conf, get_engine, health
 from django_poolkit.engines import engine_registry
 from django_poolkit.exceptions import Problem
 
-from .tcpproxy import free_port, proxy_to
-
-TOKEN = "health-token-" + secrets.token_hex(8)
-TOKEN_HEADER = "X-Poolkit-Health-Token"
+from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit, timed, with_token
+from .helpers.tcpproxy import free_port, proxy_to
+from .helpers.threads import fan_out
 
 pytestmark = pytest.mark.postgres
-
-
-#: Probe timeout for tests that expect a healthy answer: generous, because a loaded machine can
-#: take longer than the suite's default 0.3 s to open a connection (that would read "degraded").
-HEALTHY_TIMEOUT = 2.0
-
-
-def poolkit(**section: Any) -> dict[str, Any]:
-    """The test project's POOLKIT plus a HEALTH section (short timeout, the test token)."""
-    health_section = {"timeout": 0.3, "cache_ttl": 0, "token": TOKEN, **section}
-    return {**settings.POOLKIT, "HEALTH": health_section}
-
-
-@pytest.fixture
-def add_alias() -> Iterator[Callable[..., str]]:
-    """Add a ``DATABASES`` alias for one test: a copy of ``default`` (already pointing at the
-    test database) with some keys changed.
-
-    ``override_settings(DATABASES=...)`` warns (warnings are errors here) and would not reach
-    ``connections.settings``, which *is* ``settings.DATABASES`` once configured; so the alias
-    is added to that dict and removed afterwards.
-    """
-    added: list[str] = []
-
-    def add(name: str, **changes: Any) -> str:
-        entry = copy.deepcopy(connections.settings["default"])
-        # Django's own backend: the ORM never uses these aliases, only poolkit's engines.
-        entry.update({"ENGINE": "django.db.backends.postgresql", "TEST": {}, **changes})
-        connections.settings[name] = entry
-        added.append(name)
-        conf.reload()
-        return name
-
-    yield add
-    for name in added:
-        connections.settings.pop(name, None)
-    conf.reload()
 
 
 def wait_for_replica(seconds: float = 15.0) -> str:
@@ -88,18 +48,6 @@ def wait_for_replica(seconds: float = 15.0) -> str:
             time.sleep(0.1)
         else:
             return "5433"
-
-
-def with_token(client: Client, path: str) -> Any:
-    """GET ``path`` sending the health token."""
-    return client.get(path, headers={TOKEN_HEADER: TOKEN})
-
-
-def timed(call: Callable[[], Any]) -> tuple[Any, float]:
-    """``call()``'s result and how long it took, in seconds."""
-    started = time.monotonic()
-    result = call()
-    return result, time.monotonic() - started
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -442,12 +390,8 @@ def test_a_flood_of_requests_becomes_a_trickle_of_probes() -> None:
     with override_settings(POOLKIT=poolkit(cache_ttl=ttl, databases=["default"],
                                            timeout=HEALTHY_TIMEOUT)):
         started = health.checker.probes_started
-        workers = [threading.Thread(target=hammer, args=(n,)) for n in range(threads)]
         began = time.monotonic()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        fan_out(hammer, threads)
         elapsed = time.monotonic() - began
         probes = health.checker.probes_started - started
     assert statuses == {200}
@@ -461,18 +405,8 @@ def test_concurrent_callers_share_one_round(add_alias: Callable[..., str]) -> No
         add_alias("black", PORT=str(proxy.port))
         with override_settings(POOLKIT=poolkit(cache_ttl=0, databases=["black"])):
             started = health.checker.probes_started
-            barrier = threading.Barrier(20)
-            reports: list[health.HealthReport] = []
-
-            def call() -> None:
-                barrier.wait()
-                reports.append(health.checker.check())
-
-            workers = [threading.Thread(target=call) for _ in range(20)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
+            # All 20 start together (fan_out's start barrier).
+            reports = fan_out(lambda _: health.checker.check(), 20)
             assert health.checker.probes_started - started == 1
             assert proxy.accepted == 1
     assert len(reports) == 20
@@ -568,6 +502,31 @@ def test_replica_policy_and_lag(add_alias: Callable[..., str]) -> None:
         "0 healthy replicas, 1 required")
 
 
+def test_a_routed_replica_is_judged_on_the_routers_measurement(
+        add_alias: Callable[..., str]) -> None:
+    """The router measured 40 s behind (against the primary); the health probe alone, which
+    cannot see the primary, found it caught up with what it received. One value is reported
+    and judged against HEALTH's own limit; without a router measurement, the probe's."""
+    add_alias("replica1", TEST={"MIRROR": "default"})
+    config = health.HealthSettings(max_replica_lag=30, databases=("default", "replica1"))
+    results = {"default": _ok(), "replica1": _ok("replica", 0.0)}
+    pools: dict[str, dict[str, Any]] = {"default": {}, "replica1": {}}
+    routed = {"status": "lagging", "in_rotation": False, "reason": "lag 40.0 s > 5 s",
+              "lag_s": 40.0, "lag_bytes": 4096, "measured_at": "2026-12-07T05:00:00+00:00",
+              "out_since": None}
+    report = health.evaluate(config, results, pools, routing={"replica1": routed})
+    verdict = report.databases["replica1"]
+    assert verdict.lag_s == 40.0
+    assert verdict.reasons == (
+        "replica1: replica lag 40.0 s > 30 s",
+        "replica1: out of the router's rotation (lagging: lag 40.0 s > 5 s)")
+    unmeasured = {**routed, "status": "unknown", "in_rotation": True, "reason": None,
+                  "lag_s": None, "lag_bytes": None, "measured_at": None}
+    report = health.evaluate(config, results, pools, routing={"replica1": unmeasured})
+    assert report.databases["replica1"].lag_s == 0.0
+    assert report.status == "healthy"
+
+
 @pytest.mark.django_db
 def test_a_real_replica_reports_its_role_and_lag(
         client: Client, add_alias: Callable[..., str]) -> None:
@@ -608,6 +567,9 @@ def test_the_router_replica_state_is_part_of_the_story(
     assert replica["expected_role"] == "replica"
     assert replica["routing"]["status"] == "healthy"
     assert replica["routing"]["in_rotation"] is True
+    # One measurement: the report's lag is the router's, with the time it was taken.
+    assert replica["routing"]["measured_at"] is not None
+    assert replica["lag_s"] == replica["routing"]["lag_s"]
     fake = body["databases"]["fake"]
     assert fake["role"] == "primary"
     assert fake["routing"]["status"] == "not_replica"
@@ -618,15 +580,17 @@ def test_the_router_replica_state_is_part_of_the_story(
 @pytest.mark.django_db
 def test_the_probe_session_is_short_read_only_named_and_closed(
         monkeypatch: pytest.MonkeyPatch, admin: psycopg.Connection[Any]) -> None:
-    # The probe's query, swapped for one that reports the session it runs in.
+    # The probe's query, swapped for one that reports the session it runs in (its five
+    # columns: in recovery, replay and receive positions, replay age, paused).
     monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL", """
         SELECT NOT (current_setting('statement_timeout') = '300ms'
                     AND current_setting('default_transaction_read_only') = 'on'
                     AND current_setting('application_name') LIKE 'poolkit-health:default:%'),
-               NULL""")
+               NULL, NULL, NULL, NULL""")
     assert health.probe_database("default", 0.3).role == "primary"
     # The server enforces the deadline too: a query slower than the timeout is cancelled.
-    monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL", "SELECT pg_sleep(5) IS NULL, NULL")
+    monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL",
+                        "SELECT pg_sleep(5) IS NULL, NULL, NULL, NULL, NULL")
     result, took = timed(lambda: health.probe_database("default", 0.3))
     assert result.error == "statement timeout (SQLSTATE 57014)"
     assert took < 3

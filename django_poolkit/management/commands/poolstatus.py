@@ -5,7 +5,8 @@ built no pool, so the command also asks PostgreSQL, which sees every process: th
 connections to each alias's database grouped by ``application_name`` (poolkit names its
 connections ``poolkit:{alias}:{host}:{pid}``, so a row is one pool of one process) and by
 state, ``max_connections``, the reserved slots and the headroom left, and for a server in
-recovery its role and replay lag. The server is asked over one short-lived connection of its
+recovery its role and replay lag (for a routed replica, the router's measurement or the same
+rule against its primary). The server is asked over one short-lived connection of its
 own (``poolkit-ops:<alias>:<pid>``) with a short ``connect_timeout`` and
 ``statement_timeout``, never through an application pool, and the wait is bounded.
 
@@ -27,14 +28,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
 
 from ...api import pool_stats
-from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings, parse_url
+from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings
 from ...engines import engine_registry
+from ...engines.params import connection_target
 from ...exceptions import PoolkitConfigurationError, ServerUnreachable
 from ...ops.deployment import server_of
-from ...ops.serverinfo import ServerSnapshot, read_snapshot
+from ...ops.serverinfo import ServerSnapshot, read_server
 from ..arguments import UsageExit2, bounded
 
 #: Settings the table always shows; the others only when something other than the
@@ -43,17 +44,6 @@ _ALWAYS_SHOWN = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "p
 
 # Below this share of the server's available slots left, the headroom is shown as a warning.
 _LOW_HEADROOM = 0.1
-
-
-def _target(alias: str, pool: PoolSettings) -> dict[str, Any]:
-    """Where the pool connects, without the password."""
-    if pool.url is not None:
-        url = parse_url(pool.url)
-        return {"host": url.host, "port": url.port, "database": url.database,
-                "user": url.username}
-    entry = connections.settings[alias]
-    return {"host": entry.get("HOST") or None, "port": entry.get("PORT") or None,
-            "database": str(entry.get("NAME") or ""), "user": entry.get("USER") or None}
 
 
 def _settings(pool: PoolSettings) -> dict[str, dict[str, Any]]:
@@ -73,7 +63,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
         error: str | None = None
         if server_key is not None:
             try:
-                snapshot = read_snapshot(alias, timeout)
+                snapshot = read_server(alias, timeout)
             except ServerUnreachable as problem:
                 error = str(problem)
                 reachable = False
@@ -84,7 +74,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
             "alias": alias,
             "vendor": "postgresql" if server_key is not None else "other",
             "server": server_key,
-            "target": _target(alias, pool),
+            "target": connection_target(alias, pool),
             "settings": _settings(pool),
             "pools": pools,
             "server_status": snapshot.as_dict() if snapshot is not None else None,
