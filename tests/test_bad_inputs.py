@@ -25,7 +25,7 @@ from django.urls import include, path
 
 from django_poolkit import conf, pinning
 
-from .test_health import TOKEN, poolkit
+from .helpers.health import TOKEN, poolkit
 
 pytestmark = pytest.mark.postgres
 

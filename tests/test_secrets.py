@@ -26,7 +26,7 @@ from sqlalchemy import text
 from django_poolkit import PoolTimeout, conf, get_engine, pool_stats
 from django_poolkit.engines import engine_registry
 
-from .tcpproxy import free_port
+from .helpers.tcpproxy import free_port
 
 SENTINEL = "s3ntinel-PW-7c41d"
 

@@ -27,7 +27,7 @@ from django_poolkit import conf, get_engine
 from django_poolkit.engines import engine_registry
 from django_poolkit.stats import counters_for
 
-from .test_health import TOKEN, poolkit
+from .helpers.health import TOKEN, poolkit
 
 pytestmark = pytest.mark.postgres
 
