@@ -8,11 +8,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DATABASE = "poolkit_helper3_runner"
+#: The runner's database, named after this run's own (DATABASE_URL): runs of the suite that
+#: share one server (several checkouts, CI jobs) never see each other's clones.
+DATABASE = (urlsplit(os.environ.get("DATABASE_URL", "")).path.lstrip("/") or "poolkit") + "_runner"
 
 PROBE = '''
 from django.db import connection

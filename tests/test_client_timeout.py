@@ -28,8 +28,10 @@ from django_poolkit.engines.deadline import PoolkitConnection
 from .helpers.tcpproxy import TcpProxy, proxy_to
 
 ALIAS = "frozen"
-#: How late a cut may come after its deadline (scheduling on a loaded 2-core machine).
-SLACK = 0.5
+#: How late a cut may come after its deadline before it counts as a hang. The frozen server
+#: never answers, so the ClientTimeout itself proves the cut; this bound only catches a hang,
+#: and is generous so that a loaded machine cannot fail it (the timing is not what is tested).
+SLACK = 10.0
 
 
 @pytest.fixture

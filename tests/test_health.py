@@ -7,7 +7,6 @@ Fault tests that stop or pause a server are in ``test_health_faults.py``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import os
@@ -30,6 +29,10 @@ from django_poolkit.exceptions import Problem
 from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit, timed, with_token
 from .helpers.tcpproxy import free_port, proxy_to
 from .helpers.threads import fan_out
+
+#: A bound on a hang, generous so that a loaded 2-core machine cannot fail it: the tests
+#: prove what answered (the probe's deadline, a status, a counter), not how fast.
+HANG_S = 10.0
 
 pytestmark = pytest.mark.postgres
 
@@ -111,7 +114,7 @@ def test_live_touches_no_database(monkeypatch: pytest.MonkeyPatch, client: Clien
     assert response.status_code == 200
     assert response.json() == {"status": "healthy"}
     assert health.checker.probes_started == before
-    assert took < 1.0
+    assert took < HANG_S
 
 
 @pytest.mark.django_db
@@ -138,7 +141,7 @@ def test_db_details_with_the_token(client: Client) -> None:
     assert default["status"] == "healthy"
     assert default["role"] == "primary"
     assert default["expected_role"] == "primary"
-    assert 0 < default["latency_ms"] < 1000
+    assert 0 < default["latency_ms"] < HANG_S * 1000
     assert default["lag_s"] is None
     assert default["error"] is None
     assert default["pool"]["built"] is True
@@ -217,7 +220,7 @@ def test_primary_down_is_unhealthy_503_within_the_timeout(
     assert body["status"] == "unhealthy"
     assert body["databases"]["gone"]["error"] == "connection refused"
     assert body["databases"]["default"]["status"] == "healthy"
-    assert took < 1.5
+    assert took < HANG_S
 
 
 @pytest.mark.django_db
@@ -245,8 +248,9 @@ def test_a_blackholed_server_answers_within_the_timeout(
         with override_settings(POOLKIT=poolkit(primary="black", databases=["black"])):
             response, took = timed(lambda: with_token(client, "/health/ready/"))
             assert response.status_code == 503
+            # The reason names the probe's own deadline: it, not libpq's, ended the wait.
             assert response.json()["reasons"] == ["black: unreachable (no answer within 0.3 s)"]
-            assert took < 1.5
+            assert took < HANG_S
             # The next round waits on the probe still stuck instead of opening another one.
             started = health.checker.probes_started
             accepted = proxy.accepted
@@ -274,8 +278,8 @@ def test_a_saturated_pool_is_reported_fast_and_no_slot_is_taken(
             assert pool["pool_capacity"] == 1
             assert body["reasons"] == [
                 "small: pool saturated (1 of 1 connections checked out)"]
-            # Far below pool_timeout: the probe never queued for the pool's only slot.
-            assert took < 1.5
+            # Far below pool_timeout (30 s): the probe never queued for the pool's only slot.
+            assert took < HANG_S
             assert held.exec_driver_sql("SELECT 1").scalar() == 1
         assert engine.pool.checkedout() == 0
     degraded = {**pool_settings, "HEALTH": {**section, "saturated_status": "degraded"}}
@@ -441,9 +445,10 @@ async def test_async_views_do_not_block_the_event_loop(
             await task
     assert response.status_code == 503
     assert took >= 0.3
-    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
-    assert len(ticks) >= 10
-    assert max(gaps) < 0.25
+    # The loop kept ticking while the request waited (a blocked loop ticks at most at the
+    # edges of the wait): counted, not timed, so a loaded machine cannot fail it.
+    during = [tick for tick in ticks if started < tick < started + took]
+    assert len(during) >= 5, (took, len(ticks))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -463,8 +468,9 @@ async def test_many_asgi_requests_on_one_loop_share_one_probe(
             assert health.checker.probes_started - started == 1
     assert {response.status_code for response in responses} == {503}
     # One after another they would take 200 x 0.3 s = 60 s; together, one timeout plus
-    # the test client's own cost for 200 requests (seconds on 2 busy cores).
-    assert took < 15
+    # the test client's own cost for 200 requests (seconds on 2 busy cores). The one probe
+    # above is the proof; this bound only catches a hang.
+    assert took < 45
 
 
 # -- the evaluation rules -------------------------------------------------------------------
@@ -592,8 +598,8 @@ def test_the_probe_session_is_short_read_only_named_and_closed(
     monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL",
                         "SELECT pg_sleep(5) IS NULL, NULL, NULL, NULL, NULL")
     result, took = timed(lambda: health.probe_database("default", 0.3))
-    assert result.error == "statement timeout (SQLSTATE 57014)"
-    assert took < 3
+    assert result.error == "statement timeout (SQLSTATE 57014)"  # cancelled, not finished
+    assert took < HANG_S
     # Closed: the backends go away (the server notices a closed socket a moment later).
     deadline = time.monotonic() + 5
     while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",

@@ -38,6 +38,7 @@ from .leaks import install_leak_detection
 from .params import ConnectSpec, connection_spec, is_shared
 from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 from .recycle import install_recycle_jitter
+from .resend import install_resend
 from .sharing import PerThread, install_sharing
 
 __all__ = ["EngineRegistry", "engine_registry"]
@@ -194,6 +195,9 @@ class EngineRegistry:
                                     shared=shared, events=events,
                                     bound=bound)
             install_pre_ping(sync_engine, pool.pre_ping_mode or "socket", bound=bound)
+        if spec.vendor == "postgresql":
+            # After the hygiene's connect listener (which sets the cursor classes it wraps).
+            install_resend(sync_engine, alias)
         if pool.leak_detection_threshold is not None:
             install_leak_detection(sync_engine, alias, kind, pool.leak_detection_threshold)
         return engine

@@ -15,6 +15,8 @@ time zone, cursors and error wrapping. The differences:
   the role is then already the session default, sent in the startup ``options``.
 - Unfinished server-side cursors (an abandoned ``.iterator()``) are closed before the
   connection goes back, so they cannot outlive the request on someone else's checkout.
+- The first statement of a checkout is sent again on a new connection when the server
+  provably never ran it (it ended the session first: :mod:`~django_poolkit.engines.resend`).
 
 A wrapper whose ``settings_dict`` is not the alias's configured one (Django's
 ``_nodb_cursor()`` wrapper with ``NAME=None``, ``connection.copy()``) connects directly, as
@@ -36,6 +38,8 @@ from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from django.db.backends.signals import connection_created
+from django.db.backends.utils import CursorWrapper
+from django.db.utils import OperationalError
 from django.utils.asyncio import async_unsafe
 from django.views.decorators.debug import sensitive_variables
 from sqlalchemy.pool import PoolProxiedConnection
@@ -43,6 +47,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from ....conf import get_settings
 from ....engines import engine_registry, sharing
 from ....engines.hygiene import PRISTINE
+from ....engines.resend import answer_tracking, never_ran
 from ....exceptions import PoolkitConfigurationError
 from ...checks import backend_problems
 from .creation import DatabaseCreation
@@ -50,6 +55,44 @@ from .creation import DatabaseCreation
 __all__ = ["DatabaseWrapper"]
 
 logger = logging.getLogger(__name__)
+
+
+class _FirstStatement:
+    """Cursor wrapper mixin for the cursors made while a checkout has sent nothing yet: the
+    first statement gets one resend when the server ended the connection before running it.
+    Later statements, and every cursor made after the first statement, pay nothing."""
+
+    db: DatabaseWrapper
+    cursor: Any
+
+    def _execute(self, *args: Any) -> Any:
+        return self._poolkit_first(super()._execute, args)  # type: ignore[misc]
+
+    def _executemany(self, *args: Any) -> Any:
+        return self._poolkit_first(super()._executemany, args)  # type: ignore[misc]
+
+    def _poolkit_first(self, execute: Any, args: tuple[Any, ...]) -> Any:
+        db = self.db
+        if not db._poolkit_fresh:
+            return execute(*args)
+        db._poolkit_fresh = False
+        idle = db.get_autocommit() and not db.in_atomic_block
+        try:
+            return execute(*args)
+        except OperationalError as error:
+            if not (idle and error.__cause__ is not None
+                    and never_ran(error.__cause__, self.cursor)):
+                raise
+            db._poolkit_replace(self, error.__cause__)
+        return execute(*args)
+
+
+class _FirstStatementCursor(_FirstStatement, CursorWrapper):
+    pass
+
+
+class _FirstStatementDebugCursor(_FirstStatement, base.CursorDebugWrapper):
+    pass
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -64,6 +107,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pristine = False
         self._poolkit_pid = 0
         self._poolkit_server_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: True from a checkout until its first statement through a cursor wrapper.
+        self._poolkit_fresh = False
         self._poolkit_cursor_factory: Any = None
         #: The isolation level OPTIONS asks for (None: the pool's), for sharing decisions.
         self.poolkit_isolation_level: Any = None
@@ -200,12 +245,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.poolkit_isolation_level = self.isolation_level if set_isolation_level else None
         pool = engine_registry.get(self.alias, "sync").pool
         fairy = pool.poolkit_orm_connect(self)
-        self._poolkit_cursor_factory = conn_params["cursor_factory"]
+        self._poolkit_cursor_factory = answer_tracking(conn_params["cursor_factory"])
         connection = fairy.driver_connection
         if fairy._counter == 1:  # not shared with SQLAlchemy
             try:
                 # The pool hands out SQLAlchemy's cursor classes; the ORM uses Django's.
-                connection.cursor_factory = conn_params["cursor_factory"]
+                connection.cursor_factory = self._poolkit_cursor_factory
                 connection.server_cursor_factory = psycopg.ServerCursor
                 if set_isolation_level:
                     connection.isolation_level = self.isolation_level
@@ -217,7 +262,33 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pool = pool
         self._poolkit_pid = os.getpid()
         self._poolkit_pristine = bool(fairy.info.get(PRISTINE))
+        # A connection shared with SQLAlchemy's checkout in this thread may carry its
+        # transaction: only an unshared checkout's first statement may be resent.
+        self._poolkit_fresh = fairy._counter == 1
         return connection
+
+    def make_cursor(self, cursor: Any) -> Any:
+        if self._poolkit_fresh and not isinstance(cursor, psycopg.ServerCursor):
+            return _FirstStatementCursor(cursor, self)
+        return super().make_cursor(cursor)
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        if self._poolkit_fresh and not isinstance(cursor, psycopg.ServerCursor):
+            return _FirstStatementDebugCursor(cursor, self)
+        return super().make_debug_cursor(cursor)
+
+    def _poolkit_replace(self, wrapper: Any, error: BaseException) -> None:
+        """Swap the connection the server ended for a new one, and ``wrapper``'s driver
+        cursor for one on it: Django then sees one statement (one queries-log entry, one
+        execute-wrapper call) that succeeded on this wrapper's current connection."""
+        logger.warning("database %r: the server ended a pooled connection before its "
+                       "checkout's first statement ran (SQLSTATE %s); sending it again on a "
+                       "new connection", self.alias, getattr(error, "sqlstate", None))
+        self.close()  # broken: invalidated, and the pool's idle connections replaced
+        self.ensure_connection()
+        self._poolkit_fresh = False
+        with self.wrap_database_errors:
+            wrapper.cursor = self.create_cursor()
 
     def ensure_connection(self) -> None:
         """As Django's, except in a forked child that still holds its parent's connection: that
