@@ -73,6 +73,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from . import health, signals
 from .api import all_pool_stats, pool_stats
 from .health.access import may_see_details_sync
+from .health.views import EveryAlias
 from .stats import COUNTERS as POOL_COUNTERS
 from .stats import PoolKind
 
@@ -341,6 +342,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if not allowed(request):
         return HttpResponse("forbidden\n", status=403, content_type="text/plain")
     return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+# A scrape must not open a transaction (ATOMIC_REQUESTS) on the application's database.
+metrics_view._non_atomic_requests = EveryAlias()  # type: ignore[attr-defined]
 
 
 app_name = "poolkit_metrics"

@@ -168,7 +168,7 @@ def test_debug_shows_details(client: Client) -> None:
 
 @pytest.mark.django_db
 @override_settings(
-    POOLKIT=poolkit(),
+    POOLKIT=poolkit(staff_details=True),
     SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
     MIDDLEWARE=[*settings.MIDDLEWARE, "django.contrib.sessions.middleware.SessionMiddleware",
                 "django.contrib.auth.middleware.AuthenticationMiddleware"],

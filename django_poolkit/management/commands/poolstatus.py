@@ -36,6 +36,7 @@ from ...engines.params import connection_target
 from ...exceptions import PoolkitConfigurationError, ServerUnreachable
 from ...ops.deployment import server_of
 from ...ops.serverinfo import ServerSnapshot, read_server
+from ..arguments import UsageExit2, bounded
 
 #: Settings the table always shows; the others only when something other than the
 #: built-in default set them (JSON always has every one).
@@ -88,7 +89,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
     }
 
 
-class Command(BaseCommand):
+class Command(UsageExit2, BaseCommand):
     """Show each pool's settings (with origins), this process's figures and the server's."""
 
     help = ("Show every pool's effective settings and where each came from, this process's "
@@ -102,9 +103,11 @@ class Command(BaseCommand):
                             help="Only this alias or engine name (repeatable). Default: all.")
         parser.add_argument("--format", choices=("table", "json"), default="table",
                             help="table (default) or json (stable keys).")
-        parser.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+        parser.add_argument("--watch", type=bounded(0.5, 86_400, unit="seconds"), default=None,
+                            metavar="SECONDS",
                             help="Refresh every SECONDS until interrupted (Ctrl-C).")
-        parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+        parser.add_argument("--timeout", type=bounded(0, 30, above=True, unit="seconds"),
+                            default=2.0, metavar="SECONDS",
                             help="How long each server may take to answer (default 2).")
         # For tests and scripts: stop --watch after this many rounds.
         parser.add_argument("--iterations", type=int, default=None, help=argparse.SUPPRESS)

@@ -41,6 +41,7 @@ from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 from django.db.utils import OperationalError
 from django.utils.asyncio import async_unsafe
+from django.views.decorators.debug import sensitive_variables
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ....conf import get_settings
@@ -161,6 +162,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if problems:
                 raise PoolkitConfigurationError(problems)
 
+    @sensitive_variables()
+    def _stock_connect(self) -> None:
+        """Django's ``connect``, with every variable of it and below it hidden from Django's
+        error reports (its ``conn_params`` holds the password: an admin e-mail about a failed
+        connection must not). A pooled checkout builds no connection parameters at all."""
+        super().connect()
+
     @async_unsafe
     def connect(self) -> None:
         """Django's ``connect()`` for a checkout of the alias's pool, minus the work a pooled
@@ -170,7 +178,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         ``connection_created``) is Django's, in Django's order; switching autocommit on skips
         ``set_autocommit()``'s checks, which a fresh checkout passes by construction."""
         if not self.poolkit_pooled:
-            super().connect()
+            self._stock_connect()
             return
         settings_dict = self.settings_dict
         checked = (settings.USE_TZ, settings_dict["TIME_ZONE"], settings_dict["CONN_MAX_AGE"],
@@ -191,8 +199,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         cursor_factory = (base.ServerBindingCursor
                           if settings_dict["OPTIONS"].get("server_side_binding") is True
                           else base.Cursor)
+        autocommit = settings_dict["AUTOCOMMIT"]
+        # The entry holds the password: no frame variable may, when the checkout below fails
+        # and Django's error report lists this frame's variables.
+        del settings_dict
         self.connection = self.get_new_connection({"cursor_factory": cursor_factory})
-        if settings_dict["AUTOCOMMIT"]:
+        if autocommit:
             # Django's set_autocommit(True) without its checks, which a fresh checkout
             # passes by construction (no atomic block, health check done, connected).
             # Joined to SQLAlchemy's open transaction: the mode stays until it ends, and
@@ -218,12 +230,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # As Django: the wrapper's isolation_level is the OPTIONS value or READ COMMITTED.
         options = self.settings_dict["OPTIONS"]
         set_isolation_level = "isolation_level" in options
+        level = options.get("isolation_level")
+        del options  # it may hold OPTIONS["password"]: not a frame variable of a failed checkout
         if set_isolation_level:
             try:
-                self.isolation_level = psycopg.IsolationLevel(options["isolation_level"])
+                self.isolation_level = psycopg.IsolationLevel(level)
             except ValueError:
                 raise ImproperlyConfigured(
-                    f"Invalid transaction isolation level {options['isolation_level']} "
+                    f"Invalid transaction isolation level {level} "
                     "specified. Use one of the psycopg.IsolationLevel values."
                 ) from None
         else:
