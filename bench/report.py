@@ -376,7 +376,7 @@ SHORT_NAMES = {
 
 def headline_rst(results: dict[str, Any]) -> str:
     """The headline table in reStructuredText (``headline.rst``; docs/bench.rst and the
-    README quote it): per configuration, req/s relative to B on both views (median and
+    performance page quote it): per configuration, req/s relative to B on both views (median and
     range of the paired ratios), statements per request, and peak server connections."""
     summary = results.get("summary", {})
     work = results.get("work", {})

@@ -62,7 +62,7 @@ TRUE_TEXT = ("true", "yes", "on", "1")
 FALSE_TEXT = ("false", "no", "off", "0")
 
 
-#: Numbers as the README promises them: ASCII digits, an optional minus, no "_" or "+", no
+#: Numbers as the manual promises them: ASCII digits, an optional minus, no "_" or "+", no
 #: "nan"/"inf" (Python's int() and float() accept all of those, and other scripts' digits too).
 _INTEGER_TEXT = re.compile(r"-?[0-9]+")
 _NUMBER_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]-?[0-9]+)?")

@@ -1,6 +1,6 @@
 """Every system check id poolkit reports, defined once.
 
-Ids are API: never reused, each documented in the README ("System checks"). A section's
+Ids are API: never reused, each documented in docs/checks.rst. A section's
 validator, the backend's rules and the wiring checks import their ids from here, so one
 module shows which numbers are taken and what each means.
 """

@@ -1,4 +1,4 @@
-"""System checks. Ids are API: never reused, every one documented in the README.
+"""System checks. Ids are API: never reused, every one documented in docs/checks.rst.
 
 - poolkit.E001: a section of ``POOLKIT`` has the wrong type.
 - poolkit.E002: an unknown key (the message suggests the nearest valid one).

@@ -6,7 +6,7 @@
 - ``REPLICA_URLS``: comma-separated read replicas of the primary (optional); each becomes an
   alias ``replica1``, ``replica2``, ... that mirrors ``default`` in tests.
 - On PostgreSQL the aliases use the pooled backend ``django_poolkit.db.backends.postgresql``.
-- ``POOLKIT_*``: pool settings (see the README's environment variable table).
+- ``POOLKIT_*``: pool settings (see docs/configuration.rst, "Environment variables").
 """
 
 from pathlib import Path
@@ -87,7 +87,7 @@ POOLKIT: dict[str, Any] = {
 }
 
 # With REPLICA_URLS, reads go to the replicas and writes (and a writer's next reads) to the
-# primary: see the README, "Read replicas".
+# primary: see docs/replicas.rst.
 REPLICA_ALIASES = [alias for alias in DATABASES if alias.startswith("replica")]
 if REPLICA_ALIASES:
     POOLKIT["ROUTING"] = {"CLUSTERS": {"main": {"primary": "default",

@@ -150,7 +150,7 @@ def test_a_password_in_the_url_query_never_shows(settings: Any,
     assert "built sync engine for 'vault'" in caplog.text
     assert "first-pw-1" not in seen
     assert "second-pw-2" not in seen
-    assert engine.url.password is None  # the README's promise
+    assert engine.url.password is None  # the manual's promise (docs/configuration.rst)
     assert engine.url.query == {"sslmode": "prefer"}  # the rest of the query is kept
 
 

@@ -3,7 +3,7 @@
 :func:`get_settings` builds the configuration on first use (:mod:`.build` merges the layers
 that :mod:`.sources` reads, per the table in :mod:`.knobs`), caches it, and drops the cache on
 ``setting_changed`` so ``override_settings`` works; nothing is read at import time or in
-``ready()``. The layers and their order are in the README, "Configuration reference".
+``ready()``. The layers and their order are in docs/configuration.rst.
 """
 
 from __future__ import annotations

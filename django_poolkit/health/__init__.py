@@ -4,8 +4,8 @@ the metrics and the django-health-check backend.
 A round probes every database over a fresh connection outside the pools (:mod:`.probe`),
 bounded by ``timeout`` and cached for ``cache_ttl`` (:mod:`.runner`), and turns the answers
 and the pools' gauges into a typed report (:mod:`.report`). Errors are fixed phrases, never
-the driver's text; details go only to the callers :mod:`.access` allows. How and why: the
-README, "Health endpoints".
+the driver's text; details go only to the callers :mod:`.access` allows. How and why:
+docs/health.rst.
 """
 
 from __future__ import annotations

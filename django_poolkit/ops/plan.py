@@ -31,7 +31,7 @@ class PoolPlan:
     rule: str
 
     def as_dict(self) -> dict[str, Any]:
-        """Stable keys: see the README, "Operating the pools"."""
+        """Stable keys: see docs/operations.rst."""
         capacity = (None if self.configured.max_overflow < 0
                     else sum(self.configured))
         return {
@@ -78,7 +78,7 @@ class ServerBudget:
         return None if self.limits is None else self.recommended_total <= self.limits.available
 
     def as_dict(self) -> dict[str, Any]:
-        """Stable keys: see the README, "Operating the pools"."""
+        """Stable keys: see docs/operations.rst."""
         limits = self.limits
         pgbouncer = self.pgbouncer
         return {
@@ -127,7 +127,7 @@ class Plan:
         return None if None in verdicts else True
 
     def as_dict(self) -> dict[str, Any]:
-        """Stable keys: see the README, "Operating the pools"."""
+        """Stable keys: see docs/operations.rst."""
         deployment = self.deployment
         return {
             "deployment": {

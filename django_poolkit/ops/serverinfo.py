@@ -180,7 +180,7 @@ class ApplicationConnections:
         return self.active + self.idle + self.idle_in_transaction + self.other
 
     def as_dict(self) -> dict[str, Any]:
-        """Stable keys: see the README, "Operating the pools"."""
+        """Stable keys: see docs/operations.rst."""
         return {"application_name": self.application_name, "alias": self.alias,
                 "host": self.host, "pid": self.pid, "active": self.active, "idle": self.idle,
                 "idle_in_transaction": self.idle_in_transaction, "other": self.other,
@@ -220,7 +220,7 @@ class ServerSnapshot:
         return totals
 
     def as_dict(self) -> dict[str, Any]:
-        """Stable keys: see the README, "Operating the pools"."""
+        """Stable keys: see docs/operations.rst."""
         return {
             "server_version": self.limits.server_version,
             "role": self.role,

@@ -4,7 +4,7 @@ The router, ``read_session()``, the health views, ``poolstatus`` and metrics all
 :data:`replica_state`, so they tell the same story about which replica is out and why. A
 background prober (one per process, started by the first routed read) refreshes it through
 the application's pools, never on the request path. The rules (down, not_replica, lagging
-with hysteresis, unknown) are in the README, "Replica health and fallback".
+with hysteresis, unknown) are in docs/replicas.rst, "Replica health and fallback".
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ What is left is waiting for replication, which this module does:
   had written when it was called: the test database, its tables, committed rows;
 - :class:`ReplicaTestRunner` (``TEST_RUNNER``) creates the test databases with reads pinned
   to the primary, then waits for the replicas;
-- for pytest-django, extend ``django_db_setup`` (see the README, "Read replicas").
+- for pytest-django, extend ``django_db_setup`` (see docs/replicas.rst).
 
 Inside Django's ``TestCase`` every test runs in a transaction on the primary, which no
 replica can see; the router keeps such reads on the primary (``in_atomic_block``). Tests that

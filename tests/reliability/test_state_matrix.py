@@ -2,8 +2,8 @@
 
 One request leaves an item of session state on the pool's only connection; the next request
 (the same server process, asserted) probes it, once through the ORM and once through
-``get_engine()``. Only what the README says the default policy clears or restores is in the
-bar ("What a checkin does: reset_on_return" and "Return"); the items the README lists as
+``get_engine()``. Only what docs/backend.rst says the default policy clears or restores is in the
+bar ("What a checkin does: reset_on_return" and "Return"); the items docs/backend.rst lists as
 leaking under ``rollback`` (SET, temporary tables, advisory locks, PREPARE, LISTEN) are
 ``tests/test_backend_reset.py``'s matrix and not repeated here.
 """
@@ -129,7 +129,7 @@ def _orm_request() -> Any:
 @dataclass(frozen=True)
 class Item:
     """One item of session state: how a request leaves it, how the next one sees it (True:
-    it leaked), and for which probers the README claims the default policy clears it."""
+    it leaked), and for which probers docs/backend.rst claims the default policy clears it."""
 
     name: str
     leave: Callable[[], Any]
@@ -174,7 +174,7 @@ ITEMS = [
     Item("SET ROLE with assume_role configured", _orm_sql("RESET ROLE", "SET ROLE postgres"),
          lambda p: p.value("SELECT current_user") != ROLE,
          ("orm",), "table: leaks [1] (Django's SET ROLE at checkout restores it)"),
-    # The README's table row "assume_role, TIME_ZONE, statement_timeout afterwards: correct"
+    # docs/backend.rst's table row "assume_role, TIME_ZONE, statement_timeout afterwards: correct"
     # is wrong for statement_timeout under rollback: a request's SET stays (as
     # tests/test_backend_reset.py asserts, "5ms"). Not in the bar; reported as a wrong claim.
     Item("SET statement_timeout", _orm_sql("SET statement_timeout = 5"),
@@ -182,7 +182,7 @@ ITEMS = [
          (), "table: statement_timeout afterwards correct (WRONG under rollback)"),
 ]
 
-#: Items the README claims cleared under the default policy that in fact leak.
+#: Items docs/backend.rst claims cleared under the default policy that in fact leak.
 WRONG_CLAIMS = {"SET statement_timeout"}
 
 
@@ -228,14 +228,14 @@ def test_scenario_14_session_state_default_policy(matrix_alias, rows):
                 probe.close()
             rows.execute(f"DELETE FROM {ROWS}")
     claimed = [(item, via) for item in ITEMS for via in item.claimed]
-    leaked = [f"{item.name} ({via}; README: {item.claim})" for item, via in claimed
+    leaked = [f"{item.name} ({via}; docs: {item.claim})" for item, via in claimed
               if found[item.name][via]]
     unclaimed = {f"{item.name} ({via})": found[item.name][via] for item in ITEMS
                  for via in ("orm", "sqlalchemy") if via not in item.claimed}
     wrong = sorted(f"{item.name} ({via})" for item in ITEMS if item.name in WRONG_CLAIMS
                    for via in ("orm", "sqlalchemy") if found[item.name][via])
     record("14 session state, default policy (rollback)",
-           bar="leaked items 0 of those the README says the default policy clears",
+           bar="leaked items 0 of those docs/backend.rst says the default policy clears",
            met=not leaked, claimed_checks=len(claimed), leaked=len(leaked),
            leaked_items=leaked, readme_claim_wrong=wrong,
            not_claimed_measured=unclaimed)
@@ -244,5 +244,5 @@ def test_scenario_14_session_state_default_policy(matrix_alias, rows):
         del kept
         gc.collect()
     assert not leaked, found
-    # The README's wrong claim, asserted as it stands so a change of either shows here.
+    # docs/backend.rst's wrong claim, asserted as it stands so a change of either shows here.
     assert wrong == ["SET statement_timeout (orm)", "SET statement_timeout (sqlalchemy)"]

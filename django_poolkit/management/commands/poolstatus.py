@@ -11,7 +11,7 @@ own (``poolkit-ops:<alias>:<pid>``) with a short ``connect_timeout`` and
 ``statement_timeout``, never through an application pool, and the wait is bounded.
 
 ``--format table`` (default) is for people; ``--format json`` has the stable keys documented
-in the README ("Operating the pools"). ``--watch SECONDS`` repeats until interrupted (JSON
+in docs/operations.rst. ``--watch SECONDS`` repeats until interrupted (JSON
 then prints one document per line). Exit status: 0, or 1 when a database could not be reached; 2 for
 bad arguments.
 """
@@ -52,8 +52,7 @@ def _settings(pool: PoolSettings) -> dict[str, dict[str, Any]]:
 
 
 def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> dict[str, Any]:
-    """One round: the JSON document ``--format json`` prints (keys: README, "Operating the
-    pools")."""
+    """One round: the JSON document ``--format json`` prints (keys: docs/operations.rst)."""
     databases = []
     reachable = True
     for alias in aliases:
