@@ -52,8 +52,8 @@ DAY = 86_400
 YEAR = 31_536_000
 INT4_MAX = 2_147_483_647  # PostgreSQL's statement_timeout is an int4 of milliseconds
 
-#: Every per-pool setting, in the order docs/configuration.rst documents them. Defaults follow a typical
-#: production ``create_engine(...)``.
+#: Every per-pool setting, in the order docs/configuration.rst documents them. Defaults
+#: follow a typical production ``create_engine(...)``.
 KNOBS: dict[str, Field] = fields(
     Field("pool_size", 5, f"an integer >= 1 and <= {MOST_CONNECTIONS}",
          "Connections kept open in the pool (per process).", integer(1, MOST_CONNECTIONS),

@@ -28,8 +28,9 @@ SQLAlchemy does:
 
 A SQLAlchemy ``Connection`` that sets an isolation level, read-only or deferrable mode
 (``execution_options``) would change the ORM's session too: it gets a connection of its own
-instead (once its transaction began, that raises :class:`~django_poolkit.exceptions.SharingError`). ``unshared()``
-makes every SQLAlchemy checkout in a block its own.
+instead (once its transaction began, that raises
+:class:`~django_poolkit.exceptions.SharingError`). ``unshared()`` makes every SQLAlchemy
+checkout in a block its own.
 """
 
 from __future__ import annotations
