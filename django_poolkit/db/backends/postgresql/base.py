@@ -47,6 +47,18 @@ __all__ = ["DatabaseWrapper"]
 
 logger = logging.getLogger(__name__)
 
+# Every wrapper of this process, for the at-fork hook (wrappers are per thread and per alias).
+_wrappers: weakref.WeakSet[DatabaseWrapper] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Let every wrapper forget the connection it inherited from the parent."""
+    for wrapper in list(_wrappers):
+        wrapper._poolkit_let_go_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class DatabaseWrapper(base.DatabaseWrapper):
     """Django's PostgreSQL ``DatabaseWrapper`` with pooled connections (psycopg 3 only)."""
@@ -55,6 +67,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _wrappers.add(self)
         self._poolkit_fairy: PoolProxiedConnection | None = None
         self._poolkit_pool: Any = None
         self._poolkit_pristine = False
@@ -143,14 +156,27 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pristine = bool(fairy.info.get(PRISTINE))
         return connection
 
-    @async_unsafe
-    def ensure_connection(self) -> None:
-        """As Django's, except in a forked child that still holds its parent's connection: that
-        socket belongs to the parent's session, so let go of it and check out a connection of
-        this process's own pool (the stock backend would share the parent's server process)."""
+    def _poolkit_let_go_after_fork(self) -> None:
+        """In a forked child: forget the parent's connection without touching its socket, so
+        Django's next ``ensure_connection()`` checks out of this process's own pool (the stock
+        backend would share the parent's server process). Runs from ``os.register_at_fork``."""
+        if self._poolkit_fairy is None or self._poolkit_pid == os.getpid():
+            return
+        self._poolkit_fairy = self._poolkit_pool = None
+        self._poolkit_server_cursors = weakref.WeakSet()
+        self.run_on_commit = []
+        if self.in_atomic_block:
+            # As close() inside atomic(): the block must fail, not go on elsewhere.
+            self.closed_in_transaction = True
+            self.needs_rollback = True
+        self.connection = None
+
+    def close_if_health_check_failed(self) -> None:
+        """Django calls this before each cursor: besides its health check, let go of a
+        connection inherited through a fork the at-fork hook did not see (a fork from C)."""
         if self._poolkit_fairy is not None and self._poolkit_pid != os.getpid():
-            self.close()
-        super().ensure_connection()
+            self._poolkit_let_go_after_fork()
+        super().close_if_health_check_failed()
 
     def _set_autocommit(self, autocommit: bool) -> None:
         # A pooled connection often already is in the wanted mode; psycopg's setter takes
@@ -166,16 +192,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return (self._poolkit_fairy is not None and self._poolkit_pristine
                 and self._poolkit_pgbouncer() is None)
 
-    def _configure_role(self, connection: Any) -> bool:  # Django >= 5.1
+    def _configure_role(self, connection: Any) -> bool:
         if self._poolkit_role_is_default():
             return False
         result: bool = super()._configure_role(connection)  # type: ignore[misc]
-        return result
-
-    def ensure_role(self) -> bool:  # Django 4.2 and 5.0
-        if self._poolkit_role_is_default():
-            return False
-        result: bool = super().ensure_role()  # type: ignore[misc]
         return result
 
     @async_unsafe
@@ -191,11 +211,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
             super()._close()  # type: ignore[misc]
             return
         pool, self._poolkit_fairy, self._poolkit_pool = self._poolkit_pool, None, None
+        connection = self.connection
         if self._poolkit_pid != os.getpid():
             # Inherited through fork: the socket is the parent's. Closing it would end the
             # parent's session; just let go (psycopg never closes it from another process).
+            self.connection = None
             return
-        connection = self.connection
         with self.wrap_database_errors:
             if connection.broken:
                 # The server went away (killed, restarted, network): the pool's idle
@@ -224,8 +245,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 # The pool was disposed while we held this connection: nobody would use it.
                 fairy.detach()
                 fairy.close()
-                return
-            fairy.close()
+            else:
+                fairy.close()
+            # As Django's own pool does: the connection is no longer ours, so is_usable() and
+            # any other use must not reach a session another checkout may hold now.
+            self.connection = None
 
     def _close_server_cursors(self) -> None:
         """Close the named cursors this checkout left open (``WITH HOLD`` ones outlive the
