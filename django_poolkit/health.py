@@ -43,7 +43,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
@@ -214,7 +214,7 @@ def _routing_view(alias: str) -> dict[str, Any] | None:
         "status": found.status, "in_rotation": found.in_rotation,
         "reason": found.reason if found.status in ("lagging", "not_replica") else None,
         "lag_s": found.lag_seconds, "lag_bytes": found.lag_bytes,
-        "out_since": (datetime.fromtimestamp(found.out_since, timezone.utc).isoformat(
+        "out_since": (datetime.fromtimestamp(found.out_since, UTC).isoformat(
             timespec="seconds") if found.out_since is not None else None),
     }
 
@@ -508,7 +508,7 @@ class HealthReport:
         data: dict[str, Any] = {
             "status": self.status,
             "reasons": list(self.reasons),
-            "checked_at": datetime.fromtimestamp(self.checked_at, timezone.utc).isoformat(
+            "checked_at": datetime.fromtimestamp(self.checked_at, UTC).isoformat(
                 timespec="milliseconds"),
             "age_s": round(max(0.0, time.time() - self.checked_at), 3),
             "duration_ms": self.duration_ms,
@@ -686,7 +686,7 @@ class HealthChecker:
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                           timeout + _GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return _late_report(timeout)
 
     def _probe(self, alias: str, timeout: float) -> tuple[

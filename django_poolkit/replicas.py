@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import text
@@ -168,7 +168,7 @@ class ClusterStatus:
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(value, tz=UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass

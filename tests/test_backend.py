@@ -182,7 +182,7 @@ CREATE TABLE poolkit_typed (
 
 VALUES = {
     "doc": {"a": [1, 2, {"b": None}]},
-    "at": datetime.datetime(2026, 11, 24, 12, 30, 15, 123456, tzinfo=datetime.timezone.utc),
+    "at": datetime.datetime(2026, 11, 24, 12, 30, 15, 123456, tzinfo=datetime.UTC),
     "addr": "192.168.7.1",
     "amount": decimal.Decimal("1234.50"),
     "token": uuid.UUID("12345678-1234-5678-1234-567812345678"),
@@ -253,7 +253,7 @@ def test_types_round_trip_through_both_on_the_same_server_process(settings, type
     assert orm_pid == engine_pid
     assert orm_row == ORM_EXPECTED
     assert engine_row == ENGINE_EXPECTED
-    assert orm_row[1].tzinfo == datetime.timezone.utc
+    assert orm_row[1].tzinfo == datetime.UTC
 
 
 def test_the_orm_sees_what_the_stock_backend_sees(typed_table):
