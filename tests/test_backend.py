@@ -146,6 +146,26 @@ def test_django_native_pool_option_is_rejected():
     assert [m.id for m in check_pooled_backend() if "native" in m.msg] == ["poolkit.E011"]
 
 
+def test_django_native_pool_options_are_translated_in_the_hint():
+    """Who moves from Django's pool reads the POOLKIT settings that do the same, from a plain
+    `manage.py check` (run_checks() without tags or databases), before any request."""
+    from django.core.checks import run_checks
+
+    from django_poolkit.db.checks import backend_problems
+
+    (problem,) = backend_problems("moved", {"OPTIONS": {"pool": {
+        "min_size": 4, "max_size": 10, "timeout": 5, "max_lifetime": 1800.0}}})
+    assert problem.message == (
+        "Django's own connection pool cannot be combined with "
+        "django_poolkit.db.backends.postgresql: two pools cannot both own the connections")
+    assert problem.hint == (
+        'Remove "pool" from OPTIONS and configure the pool in POOLKIT["DATABASES"]["moved"], '
+        'for these options: "pool_size": 4, "max_overflow": 6, "pool_timeout": 5, '
+        '"pool_recycle": 1800.')
+    assert [m.id for m in run_checks() if "native" in m.msg] == ["poolkit.E011"]
+    assert [m.id for m in run_checks() if "aged" in m.msg] == ["poolkit.E010"]
+
+
 def test_nodb_and_copied_wrappers_connect_directly():
     with connection._nodb_cursor() as cursor:
         cursor.execute("SELECT current_database()")
