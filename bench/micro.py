@@ -143,8 +143,9 @@ def run(url: str, quick: bool) -> dict[str, Any]:
     from psycopg_pool import ConnectionPool
 
     from bench.models import Item
-    from django_poolkit import get_engine, views
+    from django_poolkit import get_engine
     from django_poolkit.engines import engine_registry
+    from django_poolkit.health import views
     from django_poolkit.routers import PrimaryReplicaRouter
 
     loops, repeats = (1000, 7) if quick else (4000, 15)

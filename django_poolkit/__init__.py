@@ -4,18 +4,16 @@ Importing this package has no side effects: nothing reads settings or connects u
 function below is called.
 """
 
-from .api import (
-    adispose_all,
-    all_pool_stats,
-    dispose_all,
-    get_async_engine,
-    get_engine,
-    pool_stats,
+from .api import adispose_all, all_pool_stats, dispose_all, get_async_engine, get_engine, pool_stats
+from .exceptions import (
+    ClientTimeout,
+    PoolkitConfigurationError,
+    PoolkitError,
+    PoolTimeout,
+    UnknownAlias,
 )
-from .engines.deadline import ClientTimeout
-from .exceptions import PoolkitConfigurationError, PoolkitError, PoolTimeout, UnknownAlias
 from .pinning import use_primary
-from .sessions import read_session, write_session
+from .routing.sessions import read_session, write_session
 from .stats import PoolStats
 
 __version__ = "0.1.0.dev0"

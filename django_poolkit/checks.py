@@ -17,6 +17,14 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, register
 
+from .check_ids import (
+    E_DEPLOYMENT_UNKNOWN_POOL,
+    W_BUDGET_EXCEEDED,
+    W_BUDGET_UNKNOWN,
+    W_NO_MIDDLEWARE,
+    W_NO_ROUTER,
+    W_THREADS_OVER_POOL,
+)
 from .conf import validate
 
 __all__ = ["check_poolkit_settings"]
@@ -40,7 +48,7 @@ def _sentence(text: str) -> str:
     return text if text.endswith(("?", ".", "!")) else f"{text}."
 
 
-# Connection budget (django_poolkit.deployment). poolkit.E040-E042 come from
+# Connection budget (django_poolkit.ops.deployment). poolkit.E040-E042 come from
 # validate() above: POOLKIT["DEPLOYMENT"] not a dict, unknown key, bad value.
 # - poolkit.E043: POOLKIT["DEPLOYMENT"]["databases"] names a pool nobody configured.
 # - poolkit.W040: the deployment's pools can open more connections than the server accepts
@@ -55,8 +63,8 @@ def _deployment_and_settings() -> tuple[Any, Any] | None:
     """The declared deployment and the settings, or None (nothing declared, or settings
     that check_poolkit_settings already reports as errors)."""
     from .conf import get_settings
-    from .deployment import deployment_settings
     from .exceptions import PoolkitConfigurationError
+    from .ops.deployment import deployment_settings
 
     try:
         deployment = deployment_settings()
@@ -71,7 +79,7 @@ def check_deployment(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """E043 and W042: the declared deployment against the configured pools (no I/O)."""
-    from .deployment import check_pool_names
+    from .ops.deployment import check_pool_names
 
     found = _deployment_and_settings()
     if found is None:
@@ -84,7 +92,7 @@ def check_deployment(
             + (f'; did you mean "{suggestion}"?' if suggestion else "."),
             hint="Pools are the aliases of settings.DATABASES and the names of "
                  'POOLKIT["ENGINES"]: ' + ", ".join(f'"{n}"' for n in config.pools) + ".",
-            id="poolkit.E043"))
+            id=E_DEPLOYMENT_UNKNOWN_POOL))
     for alias, pool in config.pools.items():
         if deployment.databases is not None and alias not in deployment.databases:
             continue
@@ -97,7 +105,7 @@ def check_deployment(
                 hint="Under full load the other threads wait pool_timeout seconds and fail "
                      "with PoolTimeout: raise pool_size or max_overflow to at least "
                      f"{deployment.threads}, or run fewer threads (manage.py poolplan).",
-                id="poolkit.W042"))
+                id=W_THREADS_OVER_POOL))
     return messages
 
 
@@ -114,7 +122,10 @@ def check_connection_budget(
     outside the pools; a plain ``manage.py check`` runs no database check. Without a
     ``POOLKIT["DEPLOYMENT"]`` there is nothing to add up and nothing is read.
     """
-    from .deployment import ServerUnreachable, build_plan, read_limits, server_of
+    from .exceptions import ServerUnreachable
+    from .ops.deployment import server_of
+    from .ops.plan import build_plan
+    from .ops.serverinfo import read_limits
 
     found = _deployment_and_settings()
     if not databases or found is None:
@@ -136,7 +147,7 @@ def check_connection_budget(
             messages.append(django_checks.Warning(
                 f"Cannot check the connection budget of {budget.server}: {budget.error}.",
                 hint="Run the check where the database is reachable, or plan offline with "
-                     "manage.py poolplan --max-connections N.", id="poolkit.W041"))
+                     "manage.py poolplan --max-connections N.", id=W_BUDGET_UNKNOWN))
         elif not budget.fits:
             available = budget.limits.available
             opened = ("an unlimited number of connections (max_overflow=-1)"
@@ -152,7 +163,7 @@ def check_connection_budget(
                       f"Even the recommended pools need {budget.recommended_total}: put "
                       "PgBouncer in transaction mode in front of the server; ")
                 + "run manage.py poolplan for the sizes and settings.",
-                id="poolkit.W040"))
+                id=W_BUDGET_EXCEEDED))
     return messages
 
 
@@ -188,10 +199,10 @@ def check_routing_wiring(
     from django.conf import settings
     from django.core.checks import Warning as CheckWarning
 
-    from .clusters import routing_settings
     from .exceptions import PoolkitConfigurationError
     from .middleware import PoolkitMiddleware
     from .routers import PrimaryReplicaRouter
+    from .routing.settings import routing_settings
 
     try:
         routing = routing_settings()
@@ -204,7 +215,7 @@ def check_routing_wiring(
             'POOLKIT["ROUTING"] declares replicas, but DATABASE_ROUTERS has no '
             "PrimaryReplicaRouter: every read still goes to the primary.",
             hint='Add "django_poolkit.routers.PrimaryReplicaRouter" to DATABASE_ROUTERS.',
-            id="poolkit.W020")]
+            id=W_NO_ROUTER)]
     if not _installed(settings.MIDDLEWARE, PoolkitMiddleware):
         return [CheckWarning(
             "Reads are routed to replicas, but PoolkitMiddleware is not in MIDDLEWARE: a "
@@ -212,5 +223,5 @@ def check_routing_wiring(
             "timeout is a 500 instead of a 503.",
             hint='Add "django_poolkit.middleware.PoolkitMiddleware" near the top of '
                  "MIDDLEWARE, above the middleware that reads the database.",
-            id="poolkit.W021")]
+            id=W_NO_MIDDLEWARE)]
     return []

@@ -1,7 +1,8 @@
-"""Exceptions raised by django-poolkit.
+"""Every exception django-poolkit raises, in one place (as ``psycopg_pool/errors.py`` does).
 
 Each keeps its natural base class, so code that already catches ``ImproperlyConfigured``,
-``ConnectionDoesNotExist`` or SQLAlchemy's ``TimeoutError`` keeps working.
+``ConnectionDoesNotExist``, SQLAlchemy's ``TimeoutError`` or psycopg's ``OperationalError``
+keeps working.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import psycopg
 import sqlalchemy.exc
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.connection import ConnectionDoesNotExist
 
 __all__ = [
+    "ClientTimeout",
+    "NoHealthyReplica",
     "PoolTimeout",
     "PoolkitConfigurationError",
     "PoolkitError",
     "Problem",
+    "ServerUnreachable",
     "UnknownAlias",
+    "UnusableConnection",
 ]
 
 
@@ -102,3 +108,37 @@ class PoolTimeout(PoolkitError, sqlalchemy.exc.TimeoutError):
             type(self),
             (self.alias, self.pool_size, self.max_overflow, self.timeout, self.checked_out),
         )
+
+
+class NoHealthyReplica(PoolkitError):
+    """A read found no replica to serve it and the cluster's ``fallback`` is ``"raise"``.
+
+    ``PoolkitMiddleware`` answers it with HTTP 503, like a pool timeout.
+    """
+
+    def __init__(self, cluster: str, reasons: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.reasons = reasons
+        detail = "; ".join(f"{alias}: {why}" for alias, why in reasons.items()) or "none"
+        super().__init__(f"no replica of cluster {cluster!r} can serve reads ({detail}) and "
+                         'its fallback is "raise"')
+
+
+class ServerUnreachable(PoolkitError):
+    """A server could not be asked (``poolstatus``, ``poolplan``, the budget check); ``str()``
+    is a fixed phrase, never the driver's text."""
+
+
+class ClientTimeout(psycopg.OperationalError):
+    """No answer from the server within the deadline: poolkit closed the connection.
+
+    An ``OperationalError`` like any lost connection, so Django raises
+    ``django.db.OperationalError`` and SQLAlchemy ``sqlalchemy.exc.OperationalError`` (with
+    ``connection_invalidated`` set)."""
+
+    __module__ = "django_poolkit"
+
+
+class UnusableConnection(Exception):
+    """Raised inside a checkin when a connection cannot be made clean; SQLAlchemy then
+    invalidates it (closes it) instead of putting it back. Internal: never reaches users."""

@@ -33,9 +33,9 @@ from sqlalchemy import text
 
 from .api import all_pool_stats, get_async_engine, get_engine
 from .conf import get_settings
-from .deployment import server_of
 from .engines import engine_registry
 from .exceptions import PoolkitConfigurationError
+from .ops.deployment import server_of
 
 __all__ = [
     "ShutdownReport",

@@ -170,7 +170,7 @@ class PoolCollector(Collector):
 
     def _routing(self) -> Iterator[Metric]:
         """The router's shared replica state (no I/O: its prober keeps it current)."""
-        from .replicas import replica_state
+        from .routing.state import replica_state
 
         clusters = replica_state.snapshot()
         rotation = GaugeMetricFamily(

@@ -13,7 +13,7 @@ Per request it:
 2. after the response, when the request wrote, records the primary's WAL position
    (``pin_mode="lsn"``) and sends a new signed token in the cookie and the header;
 3. answers :class:`~django_poolkit.PoolTimeout` (no pooled connection within
-   ``pool_timeout``) and :class:`~django_poolkit.replicas.NoHealthyReplica` with HTTP 503 and a
+   ``pool_timeout``) and :class:`~django_poolkit.exceptions.NoHealthyReplica` with HTTP 503 and a
    ``Retry-After`` header, instead of a 500: the server is overloaded, not broken, and load
    balancers and clients know to retry a 503. The body names no alias, host or figure; the
    log line does.
@@ -34,10 +34,9 @@ from django.http.response import HttpResponseBase
 from django.utils.cache import add_never_cache_headers
 
 from . import pinning
-from .clusters import RoutingSettings, routing_settings
-from .exceptions import PoolTimeout
-from .replicas import NoHealthyReplica
+from .exceptions import NoHealthyReplica, PoolTimeout
 from .routers import issue_token
+from .routing.settings import RoutingSettings, routing_settings
 
 __all__ = ["PoolkitMiddleware", "unavailable_response"]
 

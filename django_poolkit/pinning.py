@@ -294,7 +294,7 @@ class scope(_Switch):
     def _enter(self) -> PinScope:
         max_age = self._max_age
         if max_age is None:
-            from .clusters import routing_settings
+            from .routing.settings import routing_settings
 
             routing = routing_settings()
             max_age = routing.pin_seconds if routing is not None else 0.0

@@ -1,7 +1,7 @@
 """``PrimaryReplicaRouter``: writes to a cluster's primary, reads to a healthy replica.
 
 Every decision reads cached state only (the configuration, the ``contextvars`` pin state and
-:data:`~django_poolkit.replicas.replica_state`), so routing adds no round trip to a read.
+:data:`~django_poolkit.routing.state.replica_state`), so routing adds no round trip to a read.
 :func:`choose_read` is the one decision both the ORM router and ``read_session()`` use; it
 returns the alias and the reason, which is logged at DEBUG on ``django_poolkit.routers``.
 
@@ -11,7 +11,7 @@ its own writes, and Django's ``TestCase`` wraps every test in one); this scope w
 cluster; the client holds a read-your-writes pin that no replica has caught up with. Otherwise
 it goes to a replica in rotation, picked by the cluster's strategy (and, with ``sticky``, the
 same one for the rest of the scope); with none in rotation it falls back to the primary or
-raises :class:`~django_poolkit.replicas.NoHealthyReplica`, as the cluster's ``fallback`` says.
+raises :class:`~django_poolkit.exceptions.NoHealthyReplica`, as the cluster's ``fallback`` says.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from django.db import DatabaseError, connections
 
 from . import pinning
-from .clusters import ClusterConfig, RoutingSettings, routing_settings
+from .exceptions import NoHealthyReplica
 from .pinning import PinToken, parse_lsn
-from .replicas import NoHealthyReplica, replica_state
+from .routing.settings import ClusterConfig, RoutingSettings, routing_settings
+from .routing.state import replica_state
 
 if TYPE_CHECKING:
     from django.db.models import Model

@@ -17,7 +17,7 @@ With ``leak_detection_threshold`` set for the alias, the failure message also sh
 connection still out was checked out.
 
 Test databases with a real streaming replica (``ReplicaTestRunner``, ``wait_for_replicas``,
-``replica_database``) live in :mod:`django_poolkit.testing_replicas` and are importable from
+``replica_database``) live in :mod:`django_poolkit.routing.testing` and are importable from
 here too.
 """
 
@@ -27,15 +27,15 @@ from django.db import connections
 
 from .conf import get_settings
 from .engines import engine_registry
-from .engines.pool import leak_detector
-from .stats import PoolKind
-from .testing_replicas import (
+from .engines.leaks import leak_detector
+from .routing.testing import (
     ReplicaNotCaughtUp,
     ReplicaTestRunner,
     check_replica_aliases,
     replica_database,
     wait_for_replicas,
 )
+from .stats import PoolKind
 
 __all__ = [
     "ReplicaNotCaughtUp",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from .health import views
 
 app_name = "poolkit"
 

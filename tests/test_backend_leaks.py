@@ -10,12 +10,12 @@ import pytest
 from django.db import connection
 
 from django_poolkit import get_engine
-from django_poolkit.engines.pool import leak_detector
+from django_poolkit.engines.leaks import leak_detector
 from django_poolkit.testing import assert_no_checked_out_connections, checked_out_connections
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LEAK_LOGGER = "django_poolkit.engines.pool"
+LEAK_LOGGER = "django_poolkit.engines.leaks"
 
 
 @pytest.fixture(autouse=True)

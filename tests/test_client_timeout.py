@@ -20,10 +20,10 @@ import sqlalchemy.exc
 from django.db import OperationalError, connections
 from sqlalchemy import event, text
 
-from django_poolkit import PoolkitError, get_async_engine, get_engine, pool_stats
+from django_poolkit import ClientTimeout, PoolkitError, get_async_engine, get_engine, pool_stats
 from django_poolkit.conf import KNOBS, build_settings
 from django_poolkit.engines import deadline
-from django_poolkit.engines.deadline import ClientTimeout, PoolkitConnection
+from django_poolkit.engines.deadline import PoolkitConnection
 
 from .tcpproxy import TcpProxy, proxy_to
 

@@ -20,13 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_poolkit import PoolkitConfigurationError, conf, get_engine
-from django_poolkit.conf import (
-    KNOBS,
-    PoolkitSettings,
-    build_settings,
-    get_settings,
-    reload,
-)
+from django_poolkit.conf import KNOBS, PoolkitSettings, build_settings, get_settings, reload
 from django_poolkit.exceptions import Problem
 
 ROOT = Path(__file__).resolve().parent.parent

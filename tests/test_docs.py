@@ -10,8 +10,8 @@ from pathlib import Path
 import docutils.core
 import pytest
 
-from django_poolkit import sizing
 from django_poolkit.conf import KNOBS, TOP_LEVEL_KEYS
+from django_poolkit.ops import sizing
 
 README = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
 

@@ -589,7 +589,7 @@ def test_the_router_replica_state_is_part_of_the_story(
         client: Client, add_alias: Callable[..., str]) -> None:
     """The health report and the router read the same replica state: a replica the router
     took out of rotation is degraded here too, with the router's reason."""
-    from django_poolkit.replicas import replica_state
+    from django_poolkit.routing.state import replica_state
 
     add_alias("replica1", PORT=wait_for_replica())
     add_alias("fake", PORT="5432")  # "replica" that is really the primary
@@ -619,14 +619,14 @@ def test_the_router_replica_state_is_part_of_the_story(
 def test_the_probe_session_is_short_read_only_named_and_closed(
         monkeypatch: pytest.MonkeyPatch, admin: psycopg.Connection[Any]) -> None:
     # The probe's query, swapped for one that reports the session it runs in.
-    monkeypatch.setattr(health, "ROLE_AND_LAG_SQL", """
+    monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL", """
         SELECT NOT (current_setting('statement_timeout') = '300ms'
                     AND current_setting('default_transaction_read_only') = 'on'
                     AND current_setting('application_name') LIKE 'poolkit-health:default:%'),
                NULL""")
     assert health.probe_database("default", 0.3).role == "primary"
     # The server enforces the deadline too: a query slower than the timeout is cancelled.
-    monkeypatch.setattr(health, "ROLE_AND_LAG_SQL", "SELECT pg_sleep(5) IS NULL, NULL")
+    monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL", "SELECT pg_sleep(5) IS NULL, NULL")
     result, took = timed(lambda: health.probe_database("default", 0.3))
     assert result.error == "statement timeout (SQLSTATE 57014)"
     assert took < 3

@@ -117,7 +117,7 @@ def test_mounted_with_include(side, settings, client):
 
 
 def test_the_routers_replica_state(settings):
-    from django_poolkit.replicas import replica_state
+    from django_poolkit.routing.state import replica_state
 
     settings.POOLKIT = {
         "ROUTING": {"CLUSTERS": {"main": {"primary": "default", "replicas": ["replica"]}}},

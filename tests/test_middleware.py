@@ -14,7 +14,7 @@ from django.test import AsyncClient, Client
 from django.urls import path
 
 from django_poolkit import PoolTimeout
-from django_poolkit.replicas import NoHealthyReplica
+from django_poolkit.exceptions import NoHealthyReplica
 from django_poolkit.testing import wait_for_replicas
 from testproject.demo.models import Note
 

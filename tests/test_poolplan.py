@@ -11,9 +11,13 @@ import pytest
 from django.core.checks import Error, Tags, Warning, run_checks
 from django.core.management import CommandError, call_command
 
-from django_poolkit import conf, sizing
+from django_poolkit import conf
 from django_poolkit.checks import check_connection_budget, check_deployment
-from django_poolkit.deployment import Deployment, ServerLimits, ServerUnreachable, build_plan
+from django_poolkit.exceptions import ServerUnreachable
+from django_poolkit.ops import sizing
+from django_poolkit.ops.deployment import Deployment
+from django_poolkit.ops.plan import build_plan
+from django_poolkit.ops.serverinfo import ServerLimits
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -279,7 +279,7 @@ def test_a_server_that_never_answers_cannot_hang_the_command(settings):
 
 
 def test_the_server_query_is_read_only_and_bounded(server_dsn):
-    from django_poolkit.deployment import _guard
+    from django_poolkit.ops.serverinfo import _guard
 
     with psycopg.connect(server_dsn, autocommit=True) as connection:
         def run(timeout_ms: int, sql: str) -> None:

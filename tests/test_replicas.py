@@ -12,15 +12,10 @@ import pytest
 from django.db import OperationalError, connections
 
 from django_poolkit import pinning
-from django_poolkit.clusters import ClusterConfig, ReplicaConfig
+from django_poolkit.exceptions import NoHealthyReplica
 from django_poolkit.pinning import parse_lsn
-from django_poolkit.replicas import (
-    NoHealthyReplica,
-    ReplicaState,
-    _Cluster,
-    _Replica,
-    replica_state,
-)
+from django_poolkit.routing.settings import ClusterConfig, ReplicaConfig
+from django_poolkit.routing.state import ReplicaState, _Cluster, _Replica, replica_state
 from django_poolkit.signals import replica_state_changed
 from testproject.demo.models import Note
 

@@ -13,8 +13,8 @@ from django.contrib.auth.models import User
 from django.contrib.contenttypes.models import ContentType
 
 from django_poolkit import pinning, routers
-from django_poolkit.clusters import ClusterConfig, ReplicaConfig, RoutingSettings
-from django_poolkit.replicas import replica_state
+from django_poolkit.routing.settings import ClusterConfig, ReplicaConfig, RoutingSettings
+from django_poolkit.routing.state import replica_state
 from testproject.demo.models import Note
 
 PG = "django.db.backends.postgresql"
@@ -64,7 +64,7 @@ def routing(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setattr(routers, "routing_settings", lambda: state["routing"])
     monkeypatch.setattr(routers, "connections", fake)
-    monkeypatch.setattr("django_poolkit.replicas.routing_settings", lambda: state["routing"])
+    monkeypatch.setattr("django_poolkit.routing.state.routing_settings", lambda: state["routing"])
     pinning.clear()
     use.connections = fake  # type: ignore[attr-defined]
     yield use

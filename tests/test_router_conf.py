@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from django_poolkit.clusters import RoutingSettings
 from django_poolkit.conf import build_settings
 from django_poolkit.exceptions import Problem
+from django_poolkit.routing.settings import RoutingSettings
 
 PG = "django.db.backends.postgresql"
 DATABASES: dict[str, dict[str, Any]] = {

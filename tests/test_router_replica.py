@@ -10,8 +10,8 @@ import pytest
 from django.db import connections, transaction
 
 from django_poolkit import pinning, use_primary
-from django_poolkit.replicas import replica_state
 from django_poolkit.routers import choose_read
+from django_poolkit.routing.state import replica_state
 from testproject.demo.models import Note
 
 from .test_router_support import DBS, replica_paused, routing_fixture
@@ -131,7 +131,7 @@ def test_read_your_writes_across_requests_by_lsn(route):
 
 
 def _main():
-    from django_poolkit.clusters import routing_settings
+    from django_poolkit.routing.settings import routing_settings
 
     routing = routing_settings()
     assert routing is not None

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from django_poolkit import pinning, read_session, use_primary, write_session
-from django_poolkit.sessions import resolve
+from django_poolkit.routing.sessions import resolve
 
 from .test_router_support import DBS, replica_paused, routing_fixture
 

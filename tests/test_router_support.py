@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from django_poolkit import pinning
-from django_poolkit.replicas import replica_state
+from django_poolkit.routing.state import replica_state
 from django_poolkit.testing import wait_for_replicas
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "replica"

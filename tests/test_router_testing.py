@@ -1,4 +1,4 @@
-"""django_poolkit.testing_replicas: test databases with a real replica, under pytest-django
+"""django_poolkit.routing.testing: test databases with a real replica, under pytest-django
 and under Django's own test runner."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from django.db import connections
 from django.test import TransactionTestCase, override_settings
 
 from django_poolkit import pinning
-from django_poolkit.testing_replicas import (
+from django_poolkit.routing.testing import (
     ReplicaNotCaughtUp,
     check_replica_aliases,
     replica_database,
@@ -105,7 +105,7 @@ django.setup()
 from django.conf import settings
 from django.db import connections
 from django_poolkit import pinning
-from django_poolkit.replicas import replica_state
+from django_poolkit.routing.state import replica_state
 from testproject.demo.models import Note
 
 print(settings.DATABASE_ROUTERS, settings.MIDDLEWARE[1], settings.TEST_RUNNER)

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from django_poolkit import sizing
 from django_poolkit.conf import PoolSettings, build_settings
-from django_poolkit.sizing import PoolSize
+from django_poolkit.ops import sizing
+from django_poolkit.ops.sizing import PoolSize
 
 DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "app"}}
 

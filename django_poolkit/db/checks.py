@@ -22,26 +22,24 @@ from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 
+from ..check_ids import (
+    E_CONN_MAX_AGE,
+    E_NATIVE_POOL,
+    W_PGBOUNCER_OPTIONS,
+    W_PGBOUNCER_OVERRIDE,
+    W_PGBOUNCER_RESET,
+    W_PGBOUNCER_ROLE,
+    W_PGBOUNCER_TIMEOUT,
+)
 from ..engines.params import POOLED_BACKEND
 from ..exceptions import Problem
 
 __all__ = [
-    "E_CONN_MAX_AGE",
-    "E_NATIVE_POOL",
     "backend_problems",
     "check_pgbouncer",
     "check_pooled_backend",
     "pgbouncer_warnings",
 ]
-
-E_CONN_MAX_AGE = "poolkit.E010"
-E_NATIVE_POOL = "poolkit.E011"
-W_PGBOUNCER_ROLE = "poolkit.W010"
-W_PGBOUNCER_TIMEOUT = "poolkit.W011"
-W_PGBOUNCER_RESET = "poolkit.W012"
-W_PGBOUNCER_OVERRIDE = "poolkit.W013"
-W_PGBOUNCER_OPTIONS = "poolkit.W014"
-
 
 def backend_problems(alias: str, database: Mapping[str, Any]) -> list[Problem]:
     """What is wrong with one ``DATABASES`` entry that uses the pooled backend."""

@@ -39,11 +39,10 @@ import psycopg
 from psycopg import errors, generators
 from psycopg.abc import RV, PQGen
 
-from ..exceptions import PoolkitError
+from ..exceptions import ClientTimeout, PoolkitError
 
 __all__ = [
     "OWN_ROUND_TRIP_BOUND",
-    "ClientTimeout",
     "PoolkitAsyncConnection",
     "PoolkitConnection",
     "bounded",
@@ -72,14 +71,6 @@ def supported() -> bool:
     return _WaitTimeout is not None and all(
         "timeout" in inspect.signature(cls.wait).parameters
         for cls in (psycopg.Connection, psycopg.AsyncConnection))
-
-
-class ClientTimeout(psycopg.OperationalError):
-    """No answer from the server within the deadline: poolkit closed the connection.
-
-    An ``OperationalError`` like any lost connection, so Django raises
-    ``django.db.OperationalError`` and SQLAlchemy ``sqlalchemy.exc.OperationalError`` (with
-    ``connection_invalidated`` set)."""
 
 
 def _cut(connection: Any, limit: float) -> ClientTimeout:
@@ -172,7 +163,7 @@ def install_client_deadline(engine: Any, alias: str, client_timeout: float | Non
     with a transaction open (and an async pool resets its connections with it). A
     ``ROLLBACK`` waits for nothing on a server that runs, so the bound only ever cuts one
     that does not answer. An async engine's pre-ping (SQLAlchemy's own) is bounded too; sync
-    engines get poolkit's, see :func:`~django_poolkit.engines.pool.install_pre_ping`.
+    engines get poolkit's, see :func:`~django_poolkit.engines.hygiene.install_pre_ping`.
 
     Returns False (and installs nothing) on a psycopg without wait deadlines; a
     ``client_timeout`` then raises :class:`~django_poolkit.PoolkitError`.

@@ -97,7 +97,7 @@ def spec_for_alias(alias: str, pool: PoolSettings, *, shared: bool = False) -> C
     ``shared``: the pool also serves the ORM (the alias's sync pool on poolkit's backend).
     Its connections then keep Django's adapter context, so ORM cursors get exactly the types
     the stock backend gives them; SQLAlchemy's cursors put psycopg's defaults back on
-    themselves (see :func:`~django_poolkit.engines.pool.sqlalchemy_cursor_classes`).
+    themselves (see :func:`~django_poolkit.engines.hygiene.sqlalchemy_cursor_classes`).
     Otherwise SQLAlchemy's psycopg dialect brings its own context.
     """
     wrapper = connections.create_connection(alias)

@@ -31,14 +31,10 @@ from ..exceptions import PoolkitError, UnknownAlias
 from ..stats import PoolKind, counters_for, reset_counters
 from .deadline import install_client_deadline, own_round_trip_bound
 from .events import attach_listeners
+from .hygiene import install_pre_ping, install_session_hygiene
+from .leaks import install_leak_detection
 from .params import ConnectSpec, is_shared, spec_for_alias, spec_for_url
-from .pool import (
-    PoolkitAsyncQueuePool,
-    PoolkitQueuePool,
-    install_leak_detection,
-    install_pre_ping,
-    install_session_hygiene,
-)
+from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 from .recycle import install_recycle_jitter
 
 __all__ = ["EngineRegistry", "engine_registry"]

@@ -227,7 +227,7 @@ def test_s5_long_outage(settings: Any, scratch: Scratch) -> None:
     outage_answers = [(start, end, status) for start, end, status in answers
                       if settled <= start and end < up_command]
     late = [end - start for start, end, _ in outage_answers
-            if end - start > health_timeout + health._GRACE_S + 0.25]
+            if end - start > health_timeout + health.runner._GRACE_S + 0.25]
     healthy_during = [status for _, _, status in outage_answers if status != 503]
     first_ok = min((one.end for one in requests if one.ok and one.start >= up_command),
                    default=None)

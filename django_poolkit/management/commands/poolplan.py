@@ -24,19 +24,12 @@ from typing import Any, Literal
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import sizing
 from ...conf import get_settings
-from ...deployment import (
-    PLAN_FORMULAS,
-    Deployment,
-    Plan,
-    ServerLimits,
-    build_plan,
-    check_pool_names,
-    deployment_settings,
-    read_limits,
-)
 from ...exceptions import PoolkitConfigurationError
+from ...ops import sizing
+from ...ops.deployment import Deployment, check_pool_names, deployment_settings
+from ...ops.plan import PLAN_FORMULAS, Plan, build_plan
+from ...ops.serverinfo import ServerLimits, read_limits
 
 #: Option -> ``Deployment`` field, for the options that override ``POOLKIT["DEPLOYMENT"]``.
 _OVERRIDES = {

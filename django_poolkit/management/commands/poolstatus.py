@@ -32,9 +32,10 @@ from sqlalchemy.engine import make_url
 
 from ...api import pool_stats
 from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings
-from ...deployment import ServerSnapshot, ServerUnreachable, read_snapshot, server_of
 from ...engines import engine_registry
-from ...exceptions import PoolkitConfigurationError
+from ...exceptions import PoolkitConfigurationError, ServerUnreachable
+from ...ops.deployment import server_of
+from ...ops.serverinfo import ServerSnapshot, read_snapshot
 
 #: Settings the table always shows; the others only when something other than the
 #: built-in default set them (JSON always has every one).

@@ -38,7 +38,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from ....conf import get_settings
 from ....engines import engine_registry
-from ....engines.pool import PRISTINE
+from ....engines.hygiene import PRISTINE
 from ....exceptions import PoolkitConfigurationError
 from ...checks import backend_problems
 from .creation import DatabaseCreation

@@ -36,17 +36,17 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 
-from .clusters import ClusterConfig, RoutingSettings, routing_settings
-from .exceptions import PoolkitError
-from .pinning import format_lsn, parse_lsn
-from .signals import replica_state_changed
-from .stats import counters_for
+from ..exceptions import NoHealthyReplica
+from ..pinning import format_lsn, parse_lsn
+from ..signals import replica_state_changed
+from ..stats import counters_for
+from .settings import ClusterConfig, RoutingSettings, routing_settings
+from .status import ClusterStatus, ReplicaStatus, Status
 
 __all__ = [
     "ClusterStatus",
@@ -57,25 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Status = Literal["unknown", "healthy", "lagging", "down", "not_replica"]
-
-
-class NoHealthyReplica(PoolkitError):
-    """A read found no replica to serve it and the cluster's ``fallback`` is ``"raise"``.
-
-    ``PoolkitMiddleware`` answers it with HTTP 503, like a pool timeout.
-    """
-
-    __module__ = "django_poolkit.replicas"
-
-    def __init__(self, cluster: str, reasons: dict[str, str]) -> None:
-        self.cluster = cluster
-        self.reasons = reasons
-        detail = "; ".join(f"{alias}: {why}" for alias, why in reasons.items()) or "none"
-        super().__init__(f"no replica of cluster {cluster!r} can serve reads ({detail}) and "
-                         'its fallback is "raise"')
-
 
 @dataclass
 class _Replica:
@@ -101,74 +82,6 @@ class _Replica:
     @property
     def in_rotation(self) -> bool:
         return self.status in ("unknown", "healthy")
-
-
-@dataclass(frozen=True)
-class ReplicaStatus:
-    """A snapshot of one replica. Times are ``time.time()`` seconds; ``reason`` says why it is
-    out of rotation (None when in); ``lag_seconds``/``lag_bytes`` are None until measured."""
-
-    alias: str
-    cluster: str
-    weight: float
-    status: Status
-    in_rotation: bool
-    reason: str | None
-    out_since: float | None
-    lag_seconds: float | None
-    lag_bytes: int | None
-    replay_lsn: str | None
-    replay_paused: bool | None
-    last_probe_at: float | None
-    last_ok_at: float | None
-    last_error: str | None
-    failures: int
-    reads: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, with times as ISO 8601 UTC strings."""
-        values = asdict(self)
-        for key in ("out_since", "last_probe_at", "last_ok_at"):
-            values[key] = _iso(values[key])
-        return values
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    """A snapshot of one cluster: its replicas; ``fallbacks``, the reads that went to the
-    primary because no replica qualified (with the latest reason and time); and
-    ``primary_reads``, the reads sent there on purpose (``use_primary()``, ``atomic()``,
-    read-your-writes). Counters are per process, since it started."""
-
-    name: str
-    primary: str
-    fallback: str
-    replicas: tuple[ReplicaStatus, ...]
-    primary_lsn: str | None
-    primary_error: str | None
-    fallbacks: int
-    primary_reads: int
-    last_fallback_at: float | None
-    last_fallback_reason: str | None
-
-    @property
-    def degraded(self) -> bool:
-        """True when the cluster has replicas and none of them serves reads."""
-        return bool(self.replicas) and not any(r.in_rotation for r in self.replicas)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, with ``degraded`` included."""
-        values = asdict(self)
-        values["replicas"] = [replica.as_dict() for replica in self.replicas]
-        values["last_fallback_at"] = _iso(self.last_fallback_at)
-        values["degraded"] = self.degraded
-        return values
-
-
-def _iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, tz=UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -400,7 +313,7 @@ class ReplicaState:
         self._announce()
 
     def _probe_cluster(self, found: _Cluster) -> None:
-        from .api import get_engine
+        from ..api import get_engine
 
         routing = self._routing
         timeout_ms = int((routing.probe_timeout if routing else 2.0) * 1000)
@@ -576,7 +489,7 @@ def _hook_reload() -> None:
     prober at interpreter exit."""
     global _reload_hooked
     if not _reload_hooked:
-        from .conf import on_reload
+        from ..conf import on_reload
 
         _reload_hooked = True
         on_reload(replica_state.reset)

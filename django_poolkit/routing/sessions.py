@@ -27,11 +27,11 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from . import pinning
-from .api import get_async_engine, get_engine
-from .clusters import ClusterConfig, routing_settings
-from .exceptions import UnknownAlias
-from .routers import choose_read
+from .. import pinning
+from ..api import get_async_engine, get_engine
+from ..exceptions import UnknownAlias
+from ..routers import choose_read
+from .settings import ClusterConfig, routing_settings
 
 __all__ = ["read_session", "write_session"]
 

@@ -1,4 +1,4 @@
-"""The health views: ``live``, ``ready`` and ``db``, rendering :mod:`django_poolkit.health`.
+"""The health views: ``live``, ``ready`` and ``db``, rendering :mod:`django_poolkit.health.report`.
 
 They are async views, so under ASGI a slow database never blocks the event loop (the probes
 run in threads; the view awaits them). Under WSGI Django runs them in a private loop, which
@@ -24,7 +24,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.utils.cache import add_never_cache_headers
 
-from . import health
+from .runner import checker
+from .settings import HEALTHY, HealthSettings
 
 __all__ = ["db", "live", "ready"]
 
@@ -70,7 +71,7 @@ def _json(body: dict[str, Any], status: int) -> HttpResponse:
                         content_type="application/json", status=status)
 
 
-async def may_see_details(request: HttpRequest, config: health.HealthSettings) -> bool:
+async def may_see_details(request: HttpRequest, config: HealthSettings) -> bool:
     """Whether this caller may see the detailed report.
 
     The token is compared in constant time. The staff check reads the user only when the
@@ -103,15 +104,15 @@ def _is_staff(request: HttpRequest) -> bool:
 async def live(request: HttpRequest) -> HttpResponse:
     """Liveness: this process answers requests. Touches no database, ever: a liveness
     failure restarts the pod, and restarting does not fix a slow database."""
-    return _json({"status": health.HEALTHY}, 200)
+    return _json({"status": HEALTHY}, 200)
 
 
 @_health_view
 async def ready(request: HttpRequest) -> HttpResponse:
     """Readiness: the primary is reachable and writable, its pool is not saturated and the
     replica policy is met. 200 for healthy and degraded, 503 for unhealthy."""
-    config = health.checker.config()
-    report = await health.checker.acheck()
+    config = checker.config()
+    report = await checker.acheck()
     details = await may_see_details(request, config)
     return _json(report.as_dict(details=details, databases=False), report.http_status)
 
@@ -120,7 +121,7 @@ async def ready(request: HttpRequest) -> HttpResponse:
 async def db(request: HttpRequest) -> HttpResponse:
     """Per-database detail: status, role, latency, replica lag and pool figures (with
     details), from the same round of probes as :func:`ready`."""
-    config = health.checker.config()
-    report = await health.checker.acheck()
+    config = checker.config()
+    report = await checker.acheck()
     details = await may_see_details(request, config)
     return _json(report.as_dict(details=details), report.http_status)

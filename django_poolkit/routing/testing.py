@@ -33,11 +33,11 @@ from django.db import connections
 from django.test.runner import DiscoverRunner
 from sqlalchemy import text
 
-from .api import get_engine
-from .clusters import routing_settings
-from .exceptions import PoolkitError
-from .pinning import format_lsn, parse_lsn, use_primary
-from .replicas import describe_error, replica_state
+from ..api import get_engine
+from ..exceptions import PoolkitError
+from ..pinning import format_lsn, parse_lsn, use_primary
+from .settings import routing_settings
+from .state import describe_error, replica_state
 
 __all__ = [
     "ReplicaNotCaughtUp",
@@ -51,7 +51,7 @@ __all__ = [
 class ReplicaNotCaughtUp(PoolkitError, TimeoutError):
     """A replica did not replay the primary's writes within the timeout."""
 
-    __module__ = "django_poolkit.testing_replicas"
+    __module__ = "django_poolkit.testing"
 
 
 def replica_database(url: str, *, mirror: str = "default", **overrides: Any) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def check_replica_aliases(aliases: Iterable[str] | None = None) -> None:
         if mirror != primary:
             raise ImproperlyConfigured(
                 f'DATABASES["{alias}"]["TEST"]["MIRROR"] must be "{primary}" (its primary), got '
-                f"{mirror!r}; write the entry with django_poolkit.testing_replicas."
+                f"{mirror!r}; write the entry with django_poolkit.testing."
                 "replica_database()")
 
 
@@ -161,7 +161,7 @@ def _paused(alias: str) -> str:
 
 
 class ReplicaTestRunner(DiscoverRunner):
-    """``TEST_RUNNER = "django_poolkit.testing_replicas.ReplicaTestRunner"``: creates the test
+    """``TEST_RUNNER = "django_poolkit.testing.ReplicaTestRunner"``: creates the test
     databases on the primaries (reads pinned there, so serialising a database never reads a
     replica that has not caught up), then waits for every replica."""
 

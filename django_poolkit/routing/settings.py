@@ -27,7 +27,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .conf import Report, accepted_keys, did_you_mean
+from .._schema import Report, accepted_keys, did_you_mean
+from ..check_ids import (
+    E_ROUTING_BAD_VALUE,
+    E_ROUTING_CONFLICT,
+    E_ROUTING_DUPLICATE,
+    E_ROUTING_NOT_POSTGRES,
+    E_ROUTING_TYPE,
+    E_ROUTING_UNKNOWN_ALIAS,
+    E_ROUTING_UNKNOWN_KEY,
+)
 
 __all__ = [
     "CLUSTER_OPTIONS",
@@ -38,15 +47,6 @@ __all__ = [
     "parse",
     "routing_settings",
 ]
-
-# Check ids, never reused.
-E_TYPE = "poolkit.E020"  # a routing section or entry has the wrong type
-E_UNKNOWN_KEY = "poolkit.E021"  # a key poolkit does not know (with did-you-mean)
-E_BAD_VALUE = "poolkit.E022"  # a value of the wrong type or out of range
-E_UNKNOWN_ALIAS = "poolkit.E023"  # a cluster names an alias settings.DATABASES lacks
-E_DUPLICATE = "poolkit.E024"  # one alias plays two roles (two clusters, primary and replica)
-E_CONFLICT = "poolkit.E025"  # options that cannot be combined
-E_NOT_POSTGRES = "poolkit.E026"  # a cluster member is not a PostgreSQL database
 
 Strategy = Literal["round_robin", "random", "weighted"]
 Fallback = Literal["primary", "raise"]
@@ -253,13 +253,13 @@ def _read_options(
         if option is None:
             known = list(accepted)
             report(_path(*path, str(key)), f"unknown key{did_you_mean(str(key), known)}",
-                   accepted_keys(known), E_UNKNOWN_KEY)
+                   accepted_keys(known), E_ROUTING_UNKNOWN_KEY)
             continue
         try:
             values[key] = option.check(value)
         except _Invalid as error:
             report(_path(*path, str(key)), f"must be {option.accepted}, {error}", option.doc,
-                   E_BAD_VALUE)
+                   E_ROUTING_BAD_VALUE)
     return values
 
 
@@ -274,18 +274,18 @@ def _alias(
 ) -> str | None:
     if not isinstance(value, str) or not value:
         report(_path(*path), f"must be a DATABASES alias, got {value!r}",
-               'Write the alias as a string, such as "default".', E_BAD_VALUE)
+               'Write the alias as a string, such as "default".', E_ROUTING_BAD_VALUE)
         return None
     if value not in databases:
         report(_path(*path), f'names the alias "{value}", which settings.DATABASES lacks'
                f"{did_you_mean(value, databases)}",
                "settings.DATABASES has: " + ", ".join(f'"{name}"' for name in databases) + ".",
-               E_UNKNOWN_ALIAS)
+               E_ROUTING_UNKNOWN_ALIAS)
         return None
     if not _is_postgres(databases[value]):
         report(_path(*path), f'names "{value}", which is not a PostgreSQL database',
                "Primaries and replicas are routed by their WAL positions: use a PostgreSQL "
-               "ENGINE for every cluster member.", E_NOT_POSTGRES)
+               "ENGINE for every cluster member.", E_ROUTING_NOT_POSTGRES)
         return None
     return value
 
@@ -303,7 +303,7 @@ def _replicas(
         entries = [(item, None) for item in value]
     else:
         report(_path(*path), f"must be a list of aliases or a dict alias -> {{\"weight\": n}}, "
-               f"got {type(value).__name__}", 'Write ["replica1", "replica2"].', E_TYPE)
+               f"got {type(value).__name__}", 'Write ["replica1", "replica2"].', E_ROUTING_TYPE)
         return []
     found: list[ReplicaConfig] = []
     for alias_value, options in entries:
@@ -312,20 +312,21 @@ def _replicas(
         if options is not None:
             if not isinstance(options, Mapping):
                 report(_path(*path, str(alias_value)), "must be a dict such as {\"weight\": 2}, "
-                       f"got {type(options).__name__}", "Only \"weight\" can be set.", E_TYPE)
+                       f"got {type(options).__name__}", "Only \"weight\" can be set.",
+                       E_ROUTING_TYPE)
                 continue
             for key, option_value in options.items():
                 key_path = _path(*path, str(alias_value), str(key))
                 if key != "weight":
                     report(key_path, f"unknown key{did_you_mean(str(key), _REPLICA_KEYS)}",
-                           accepted_keys(_REPLICA_KEYS), E_UNKNOWN_KEY)
+                           accepted_keys(_REPLICA_KEYS), E_ROUTING_UNKNOWN_KEY)
                     continue
                 try:
                     weight = _number()(option_value)
                 except _Invalid as error:
                     report(key_path, f"must be a number > 0, {error}",
                            'The replica\'s share of reads under strategy "weighted".',
-                           E_BAD_VALUE)
+                           E_ROUTING_BAD_VALUE)
         if alias is not None:
             found.append(ReplicaConfig(alias, weight))
     return found
@@ -338,7 +339,7 @@ def _apps(value: Any, path: tuple[str, ...], report: Report) -> tuple[str, ...]:
             isinstance(item, str) and item for item in value):
         return tuple(item.lower() for item in value)
     report(_path(*path), f"must be a list of app labels or \"app_label.ModelName\", got "
-           f"{value!r}", 'Write ["analytics", "shop.Order"].', E_BAD_VALUE)
+           f"{value!r}", 'Write ["analytics", "shop.Order"].', E_ROUTING_BAD_VALUE)
     return ()
 
 
@@ -350,17 +351,18 @@ def _thresholds(options: dict[str, Any], path: tuple[str, ...], report: Report) 
         report(_path(*path, "readmit_lag"), f"must be <= max_lag ({options['max_lag']:g} s), "
                f"got {options['readmit_lag']:g}",
                "A replica is readmitted below readmit_lag, after being excluded above max_lag.",
-               E_CONFLICT)
+               E_ROUTING_CONFLICT)
     if options["max_lag_bytes"] is None:
         if options["readmit_lag_bytes"] is not None:
             report(_path(*path, "readmit_lag_bytes"), "is set but max_lag_bytes is not",
-                   "Set max_lag_bytes too, or remove readmit_lag_bytes.", E_CONFLICT)
+                   "Set max_lag_bytes too, or remove readmit_lag_bytes.", E_ROUTING_CONFLICT)
     elif options["readmit_lag_bytes"] is None:
         options["readmit_lag_bytes"] = options["max_lag_bytes"] // 2
     elif options["readmit_lag_bytes"] > options["max_lag_bytes"]:
         report(_path(*path, "readmit_lag_bytes"),
                f"must be <= max_lag_bytes ({options['max_lag_bytes']}), got "
-               f"{options['readmit_lag_bytes']}", "Lower it below max_lag_bytes.", E_CONFLICT)
+               f"{options['readmit_lag_bytes']}", "Lower it below max_lag_bytes.",
+               E_ROUTING_CONFLICT)
 
 
 def parse(
@@ -372,7 +374,7 @@ def parse(
     if not isinstance(value, Mapping):
         report(_path(), f"must be a dict, got {type(value).__name__}",
                'Write {"CLUSTERS": {"main": {"primary": "default", "replicas": [...]}}}.',
-               E_TYPE)
+               E_ROUTING_TYPE)
         return None
     top_keys = ["CLUSTERS", *CLUSTER_OPTIONS, *ROUTING_OPTIONS]
     shared = _read_options(value, {**CLUSTER_OPTIONS, **ROUTING_OPTIONS}, (), report,
@@ -388,7 +390,7 @@ def parse(
                if raw_clusters is None else
                f"must be a non-empty dict of clusters, got {raw_clusters!r}",
                'Write "CLUSTERS": {"main": {"primary": "default", "replicas": ["replica1"]}}.',
-               E_TYPE)
+               E_ROUTING_TYPE)
         return None
 
     clusters: dict[str, ClusterConfig] = {}
@@ -401,7 +403,7 @@ def parse(
         path = ("CLUSTERS", name)
         if not isinstance(section, Mapping):
             report(_path(*path), f"must be a dict, got {type(section).__name__}",
-                   'Write {"primary": "default", "replicas": ["replica1"]}.', E_TYPE)
+                   'Write {"primary": "default", "replicas": ["replica1"]}.', E_ROUTING_TYPE)
             continue
         own = _read_options(section, CLUSTER_OPTIONS, path, report, skip=_CLUSTER_ONLY,
                             accepted=cluster_keys)
@@ -409,7 +411,7 @@ def parse(
         _thresholds(options, path, report)
         if "primary" not in section:
             report(_path(*path, "primary"), "is required: the alias writes go to",
-                   'Add "primary": "default".', E_TYPE)
+                   'Add "primary": "default".', E_ROUTING_TYPE)
             continue
         primary = _alias(section["primary"], (*path, "primary"), databases, report)
         replicas = _replicas(section.get("replicas"), (*path, "replicas"), databases, report)
@@ -421,12 +423,12 @@ def parse(
             if alias in roles:
                 report(_path(*path), f'uses "{alias}" as {role}, but it is already the '
                        f"{roles[alias]}", "Each alias belongs to one cluster, in one role.",
-                       E_DUPLICATE)
+                       E_ROUTING_DUPLICATE)
             roles[alias] = where
         for app in apps:
             if app in apps_seen:
                 report(_path(*path, "apps"), f'lists "{app}", already routed to cluster '
-                       f'"{apps_seen[app]}"', "Route each app to one cluster.", E_CONFLICT)
+                       f'"{apps_seen[app]}"', "Route each app to one cluster.", E_ROUTING_CONFLICT)
             apps_seen[app] = name
         if not apps:
             defaults_clusters.append(name)
@@ -437,7 +439,7 @@ def parse(
         report(_path("CLUSTERS"), "has several clusters without \"apps\": "
                + ", ".join(f'"{name}"' for name in defaults_clusters),
                'Only one cluster may be the default; give the others "apps": [...].',
-               E_CONFLICT)
+               E_ROUTING_CONFLICT)
     return RoutingSettings(clusters=clusters,
                            default_cluster=defaults_clusters[0] if defaults_clusters else None,
                            **routing)
@@ -445,7 +447,7 @@ def parse(
 
 def routing_settings() -> RoutingSettings | None:
     """The validated routing configuration, or None when ``POOLKIT`` has no ``ROUTING``."""
-    from .conf import get_settings
+    from ..conf import get_settings
 
     found = get_settings().sections.get("ROUTING")
     return found if isinstance(found, RoutingSettings) else None

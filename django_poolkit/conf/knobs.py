@@ -1,0 +1,217 @@
+"""The pool settings (knobs) and the shape of a resolved configuration.
+
+:data:`KNOBS` is the one table of per-pool settings: default, accepted values, what each does
+and the rule that checks it. :class:`PoolSettings` is one resolved pool,
+:class:`PoolkitSettings` the whole configuration; :data:`SECTION_PARSERS` names the parsers
+of the sections other packages own (HEALTH, ROUTING, DEPLOYMENT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _schema
+from .._schema import boolean, choice, integer, number, optional, text
+from ..ops import sizing
+
+__all__ = [
+    "DEFAULT_ENV_PREFIX",
+    "ENGINE_ONLY_KEYS",
+    "KNOBS",
+    "ORIGINS",
+    "SECTION_PARSERS",
+    "TOP_LEVEL_KEYS",
+    "Knob",
+    "PoolSettings",
+    "PoolkitSettings",
+]
+
+DEFAULT_ENV_PREFIX = "POOLKIT_"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One pool setting: its default, the rule it must satisfy, and what it does."""
+
+    name: str
+    default: Any
+    accepted: str
+    doc: str
+    check: Callable[[Any], Any]
+    cast: type = str
+
+    def parse(self, value: Any, *, from_text: bool) -> Any:
+        """Return the checked value, converting text from the environment or a URL first.
+
+        django-environ turns digit-only URL query values into ints (``?pool_pre_ping=1``
+        arrives as ``1``), so numbers from a text source are read as their text again.
+        """
+        if from_text and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if from_text and isinstance(value, str):
+            value = _schema.from_text(value, self.cast)
+        return self.check(value)
+
+
+def _knobs(*knobs: Knob) -> dict[str, Knob]:
+    return {knob.name: knob for knob in knobs}
+
+
+#: Every per-pool setting, in the order the README documents them. Defaults follow the seed's
+#: ``create_engine(...)`` example.
+KNOBS: dict[str, Knob] = _knobs(
+    Knob("pool_size", 5, "an integer >= 1",
+         "Connections kept open in the pool (per process).", integer(1), int),
+    Knob("max_overflow", 10, "an integer >= 0, or -1 for no limit",
+         "Extra connections opened when the pool is exhausted, closed again on checkin.",
+         integer(0, minus_one=True), int),
+    Knob("pool_timeout", 30, "a number of seconds > 0",
+         "How long a checkout waits for a free connection before PoolTimeout.",
+         number(positive=True), float),
+    Knob("pool_recycle", 3600, "an integer of seconds >= 1, or -1 to never recycle",
+         "Connections older than this are replaced at their next checkout.",
+         integer(1, minus_one=True), int),
+    Knob("pool_pre_ping", True, "True or False",
+         "Test a connection before handing it out, replacing it if the server dropped it.",
+         boolean, bool),
+    Knob("pool_use_lifo", False, "True or False",
+         "Hand out the most recently returned connection first, so idle ones can time out.",
+         boolean, bool),
+    Knob("connect_timeout", 10, "an integer of seconds >= 0 (0 waits forever)",
+         "libpq's limit on opening a connection.", integer(0), int),
+    Knob("statement_timeout", 30000, "an integer of milliseconds >= 0 (0: no limit), or None",
+         "Sent as -c statement_timeout at connect; None leaves the server's value.",
+         integer(0, none=True), int),
+    Knob("application_name", "poolkit:{alias}:{host}:{pid}",
+         "a template string using {alias}, {host} and {pid}, or None",
+         "Names the pool's connections in pg_stat_activity; None leaves OPTIONS' value.",
+         text, str),
+    Knob("preset", None, "one of " + ", ".join(f'"{n}"' for n in sizing.PRESETS) + ", or None",
+         "A named size from the seed's table: sets pool_size and max_overflow.",
+         choice(sizing.PRESETS), str),
+    Knob("sizing", None, "one of " + ", ".join(f'"{name}"' for name in sizing.SIZING_FORMULAS)
+         + ", or None",
+         "Compute pool_size (and, for production/auto, max_overflow) with a seed formula.",
+         choice(sizing.SIZING_FORMULAS), str),
+    Knob("cores", None, "an integer >= 1, or None for os.cpu_count()",
+         "CPU cores for the cores/production/auto formulas.", integer(1, none=True), int),
+    Knob("spindles", 0, "an integer >= 0", "Disk spindles for the cores formula.",
+         integer(0), int),
+    Knob("concurrency", None, "an integer >= 1, or None",
+         "Expected concurrent requests, for the async formula.", integer(1, none=True), int),
+    Knob("queries_per_request", 1, "a number > 0",
+         "Average queries per request, for the async formula.", number(positive=True), float),
+    Knob("environment", None, 'a string such as "production", or None to read $ENV',
+         'The auto formula uses the production rule when this is "production".', text, str),
+    Knob("async_pool_size", None, "an integer >= 1, or None for pool_size",
+         "pool_size of the async engine's own pool.", integer(1, none=True), int),
+    Knob("async_max_overflow", None, "an integer >= 0, -1, or None for max_overflow",
+         "max_overflow of the async engine's own pool.",
+         integer(0, none=True, minus_one=True), int),
+    Knob("reset_on_return", "rollback", '"rollback", "reset_all" or "discard_all"',
+         "What a checkin does besides the rollback: nothing, RESET ALL and friends (keeps "
+         "temporary tables and plans), or DISCARD ALL.",
+         choice(("rollback", "reset_all", "discard_all")), str),
+    Knob("pre_ping_mode", "socket", '"socket" or "query"',
+         "How pool_pre_ping tests a connection: a zero-timeout look at its socket (a real "
+         "ping only when the server sent something), or a round trip every checkout.",
+         choice(("socket", "query")), str),
+    Knob("pgbouncer", None, '"transaction", "session", or None (a server, no PgBouncer)',
+         "The pool connects through a PgBouncer in this pooling mode: no startup options; "
+         "in transaction mode also no prepared statements and no server-side cursors.",
+         choice(("transaction", "session")), str),
+    Knob("leak_detection_threshold", None, "a number of seconds > 0, or None (off)",
+         "Log once, with the checkout's stack, a connection held longer than this.",
+         optional(number(positive=True)), float),
+    Knob("client_timeout", None, "a number of seconds > 0, or None (off)",
+         "The longest one wait for the server's answer (a query, a fetch, a commit) may "
+         "take before poolkit closes the connection and raises OperationalError; set it "
+         "above statement_timeout.", optional(number(positive=True)), float),
+)
+
+#: Keys an ``ENGINES`` entry accepts besides the knobs.
+ENGINE_ONLY_KEYS = ("url",)
+
+#: Top-level keys of ``POOLKIT`` and what each holds.
+TOP_LEVEL_KEYS: dict[str, str] = {
+    "DEFAULTS": "pool settings applied to every pool",
+    "DATABASES": "per-alias pool settings for aliases of settings.DATABASES",
+    "ENGINES": "extra SQLAlchemy-only engines: name -> {url, pool settings}",
+    "ENV_PREFIX": "prefix of the environment variables poolkit reads, or None to read none",
+    "HEALTH": "health endpoints and poolcheck: timeout, cache, token, databases, policy",
+    "ROUTING": "primary/replica clusters and read routing (see django_poolkit.routing.settings)",
+    "DEPLOYMENT": "the process model (hosts, workers, threads) for the connection budget",
+}
+
+#: Top-level sections owned by other modules: key -> dotted path of a parser
+#: ``parse(value, databases, report) -> object``. ``report(path, message, hint, check_id)``
+#: records a problem; the parser's result lands in ``PoolkitSettings.sections[key]``. Each
+#: feature validates its own section this way, and still only ``conf`` reads ``POOLKIT``.
+SECTION_PARSERS: dict[str, str] = {
+    "HEALTH": "django_poolkit.health.settings.parse_settings",
+    "ROUTING": "django_poolkit.routing.settings.parse",
+    "DEPLOYMENT": "django_poolkit.ops.deployment.parse",
+}
+
+#: Origins a resolved value can have, weakest first.
+ORIGINS = ("default", "preset", "sizing", "setting", "url", "environment")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """The resolved, validated settings of one pool (a ``DATABASES`` alias or an engine).
+
+    Sizes are per process; ``origins`` maps each knob to where its value came from.
+    """
+
+    alias: str
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    pool_recycle: int
+    pool_pre_ping: bool
+    pool_use_lifo: bool
+    connect_timeout: int
+    statement_timeout: int | None
+    application_name: str | None
+    preset: str | None
+    sizing: str | None
+    cores: int | None
+    spindles: int
+    concurrency: int | None
+    queries_per_request: float
+    environment: str | None
+    async_pool_size: int
+    async_max_overflow: int
+    url: str | None = None
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+    reset_on_return: str = "rollback"
+    pre_ping_mode: str = "socket"
+    leak_detection_threshold: float | None = None
+    pgbouncer: str | None = None
+    client_timeout: float | None = None
+
+    @property
+    def capacity(self) -> int | None:
+        """Most connections the sync pool opens at once, or None if overflow is unlimited."""
+        return None if self.max_overflow < 0 else self.pool_size + self.max_overflow
+
+    def __repr__(self) -> str:
+        # The engine URL may carry a password: never show it.
+        return f"<PoolSettings {self.alias!r} size={self.pool_size} overflow={self.max_overflow}>"
+
+
+@dataclass(frozen=True)
+class PoolkitSettings:
+    """The whole validated configuration: one :class:`PoolSettings` per pool."""
+
+    pools: Mapping[str, PoolSettings]
+    env_prefix: str | None
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    def for_alias(self, alias: str) -> PoolSettings | None:
+        """The settings of ``alias``, or None when no such pool is configured."""
+        return self.pools.get(alias)
+

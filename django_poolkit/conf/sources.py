@@ -1,0 +1,170 @@
+"""Reading the layers of a configuration: dicts of knobs from ``POOLKIT``, pool knobs in a
+``DATABASE_URL``'s query (``OPTIONS``), and ``POOLKIT_*`` environment variables. Each value is
+checked by its knob's rule; text is read strictly (a typo is an error, never a silent False).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .._schema import Collector, Invalid, accepted_keys, did_you_mean, key_path, nearest
+from ..check_ids import E_BAD_VALUE, E_ENVIRONMENT, E_NOT_A_DICT, E_UNKNOWN_KEY
+from .knobs import ENGINE_ONLY_KEYS, KNOBS, Knob
+
+__all__ = ["read_environment", "read_knobs", "url_options"]
+
+
+def read_knobs(
+    section: Any,
+    path_parts: tuple[str, ...],
+    problems: Collector,
+    *,
+    extra_keys: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Check one dict of knobs from ``POOLKIT`` (Python values: no text conversion)."""
+    path = key_path(*path_parts)
+    if section is None:
+        return {}
+    if not isinstance(section, Mapping):
+        problems.add(path, f"must be a dict of pool settings, got {type(section).__name__}",
+                     "Write a dict such as {\"pool_size\": 10}.", E_NOT_A_DICT)
+        return {}
+    accepted = (*KNOBS, *extra_keys)
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        item_path = key_path(*path_parts, str(key))
+        if key in extra_keys:
+            values[key] = value
+            continue
+        knob = KNOBS.get(key)
+        if knob is None:
+            problems.add(item_path, f"unknown key{did_you_mean(str(key), accepted)}",
+                         accepted_keys(accepted), E_UNKNOWN_KEY)
+            continue
+        try:
+            values[key] = knob.parse(value, from_text=False)
+        except Invalid as error:
+            problems.add(item_path, f"must be {knob.accepted}, {error}",
+                         _quoted_hint(knob, value) or knob.doc, E_BAD_VALUE)
+    return values
+
+
+def _text_hint(knob: Knob) -> str:
+    """The hint for a value that came as text: how to spell a boolean, else what it does."""
+    if knob.cast is bool:
+        return "Write true or false (yes/no, on/off and 1/0 work too)."
+    return knob.doc
+
+
+def _quoted_hint(knob: Knob, value: Any) -> str | None:
+    """For ``"10"`` where 10 belongs: say so, since only the environment and URLs are text."""
+    if knob.cast is str or not isinstance(value, str):
+        return None
+    try:
+        parsed = knob.parse(value, from_text=True)
+    except Invalid:
+        return None
+    return (f"Write {parsed!r} without quotes: only environment variables and DATABASE_URL "
+            "parameters are read as text.")
+
+
+def url_options(alias: str, database: Mapping[str, Any], problems: Collector) -> dict[str, Any]:
+    """Pool knobs found in ``DATABASES[alias]["OPTIONS"]`` (``DATABASE_URL`` query params)."""
+    options = database.get("OPTIONS") or {}
+    values: dict[str, Any] = {}
+    for key, value in options.items():
+        knob = KNOBS.get(key)
+        if knob is None:
+            continue
+        try:
+            values[key] = knob.parse(value, from_text=True)
+        except Invalid as error:
+            problems.add(f'DATABASES["{alias}"]["OPTIONS"]["{key}"]',
+                         f"must be {knob.accepted}, {error}", _text_hint(knob), E_BAD_VALUE)
+    return values
+
+
+def _env_key(alias: str) -> str:
+    return "".join(char if char.isalnum() else "_" for char in alias).upper()
+
+
+def read_environment(
+    prefix: str | None,
+    environ_: Mapping[str, str],
+    databases: Iterable[str],
+    engines: Iterable[str],
+    problems: Collector,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Split ``POOLKIT_*`` variables into global knobs and per-alias knobs, checking each.
+
+    ``<ALIAS>__URL`` is accepted for ``ENGINES`` names only: a ``DATABASES`` alias connects
+    where ``settings.DATABASES`` says, and a URL beside it would silently point its pool
+    elsewhere.
+    """
+    global_values: dict[str, Any] = {}
+    per_alias: dict[str, dict[str, Any]] = {}
+    if not prefix:
+        return global_values, per_alias
+    engine_names = [name for name in engines if name not in databases]
+    aliases: dict[str, str] = {}
+    clashes: dict[str, list[str]] = {}  # "replica-1" and "replica_1" are both REPLICA_1
+    for name in (*databases, *engine_names):
+        key = _env_key(name)
+        if key in aliases:
+            clashes.setdefault(key, [aliases[key]]).append(name)
+        aliases[key] = name
+    for variable in sorted(environ_):
+        if not variable.startswith(prefix):
+            continue
+        rest = variable[len(prefix):]
+        path = f"environment variable {variable}"
+        alias: str | None = None
+        if "__" in rest:
+            alias_key, knob_key = rest.split("__", 1)
+            alias = aliases.get(alias_key)
+            if alias is None:
+                near = nearest(alias_key, aliases)
+                problems.add(path, f'names no database or engine "{alias_key}"'
+                             + (f'; did you mean "{prefix}{near}__{knob_key}"?' if near else ""),
+                             "Per-alias variables are named "
+                             f"{prefix}<ALIAS>__<SETTING>, e.g. {prefix}DEFAULT__POOL_SIZE.",
+                             E_ENVIRONMENT)
+                continue
+            if alias_key in clashes:
+                problems.add(path, f"is ambiguous: {alias_key} stands for "
+                             + " and ".join(f'"{name}"' for name in clashes[alias_key]),
+                             'Set this per alias in POOLKIT["DATABASES"] or POOLKIT["ENGINES"] '
+                             "instead, or rename one of them.", E_ENVIRONMENT)
+                continue
+        else:
+            knob_key = rest
+        name = knob_key.lower()
+        accepted = [*KNOBS, *ENGINE_ONLY_KEYS] if alias in engine_names else list(KNOBS)
+        if alias is not None and name in ENGINE_ONLY_KEYS and name not in accepted:
+            problems.add(path, f'sets a {name}, but "{alias}" is a DATABASES alias',
+                         f'Its connection comes from settings.DATABASES["{alias}"] (e.g. '
+                         f"DATABASE_URL); only POOLKIT[\"ENGINES\"] entries take a {name}.",
+                         E_ENVIRONMENT)
+            continue
+        if name not in accepted:
+            near = nearest(knob_key, [key.upper() for key in accepted])
+            scope = f"{alias_key}__" if alias else ""
+            problems.add(path, f'unknown setting "{knob_key}"'
+                         + (f'; did you mean "{prefix}{scope}{near}"?' if near else ""),
+                         f"Variables are {prefix}<SETTING> or {prefix}<ALIAS>__<SETTING> with "
+                         "SETTING one of " + ", ".join(key.upper() for key in accepted) + ".",
+                         E_ENVIRONMENT)
+            continue
+        try:
+            value = (environ_[variable] if name in ENGINE_ONLY_KEYS
+                     else KNOBS[name].parse(environ_[variable], from_text=True))
+        except Invalid as error:
+            problems.add(path, f"must be {KNOBS[name].accepted}, {error}",
+                         _text_hint(KNOBS[name]), E_ENVIRONMENT)
+            continue
+        target = per_alias.setdefault(alias, {}) if alias else global_values
+        target[name] = value
+    return global_values, per_alias
+
+

@@ -1,0 +1,155 @@
+"""``POOLKIT["DEPLOYMENT"]``, validated: the process model (hosts, workers, threads) the
+connection budget counts, and which server each pool connects to.
+
+A pool's size is per process; the server's ``max_connections`` is shared by every process of
+every host. The ``poolkit.W040`` check, ``manage.py poolplan`` and the docs' budget table read
+this section; the arithmetic is :mod:`~django_poolkit.ops.sizing`, the plan
+:mod:`~django_poolkit.ops.plan`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from sqlalchemy.engine import make_url
+
+from .._schema import Report, known_items
+from ..check_ids import E_DEPLOYMENT_BAD_VALUE, E_DEPLOYMENT_NOT_A_DICT, E_DEPLOYMENT_UNKNOWN_KEY
+from ..conf import PoolkitSettings, PoolSettings, get_settings
+from . import sizing
+
+__all__ = [
+    "SETTING_RULES",
+    "Deployment",
+    "check_pool_names",
+    "deployment_settings",
+    "parse",
+    "server_of",
+]
+
+
+#: What each ``POOLKIT["DEPLOYMENT"]`` key accepts, for messages and docs.
+SETTING_RULES: dict[str, str] = {
+    "hosts": "an integer >= 1 (machines or containers running the app)",
+    "workers": "an integer >= 1 (processes per host, e.g. gunicorn --workers)",
+    "threads": "an integer >= 1 (request threads per process, e.g. gunicorn --threads)",
+    "async_concurrency": "an integer >= 1 (concurrent async requests per process), or None",
+    "queries_per_request": "a number > 0 (average queries per request, async formula)",
+    "cores": "an integer >= 1 (CPU cores per host), or None for os.cpu_count()",
+    "spindles": "an integer >= 0 (disks a query waits on; 0 for SSDs)",
+    "extra_connections": "an integer >= 0 (connections outside the pools: cron, shells, "
+                         "migrations, probes, other apps)",
+    "databases": "a list of pool names the deployment uses, or None for every pool",
+}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """``POOLKIT["DEPLOYMENT"]``, validated: the process model of one deployment.
+
+    ``processes`` is ``workers x hosts``; an alias's async pool is counted only when
+    ``async_concurrency`` says the processes serve async requests.
+    """
+
+    hosts: int = 1
+    workers: int = 1
+    threads: int = 1
+    async_concurrency: int | None = None
+    queries_per_request: float = 1.0
+    cores: int | None = None
+    spindles: int = 0
+    extra_connections: int = 0
+    databases: tuple[str, ...] | None = None
+
+    @property
+    def processes(self) -> int:
+        """Processes across every host."""
+        return self.workers * self.hosts
+
+    @property
+    def effective_cores(self) -> int:
+        """``cores``, or the seed's ``os.cpu_count()`` default."""
+        return self.cores or sizing.default_cores()
+
+
+def _integer(item: Any, minimum: int) -> bool:
+    return isinstance(item, int) and not isinstance(item, bool) and item >= minimum
+
+
+def _value(key: str, item: Any) -> Any:
+    """The checked value of one key; ValueError when it breaks the rule."""
+    if key in ("hosts", "workers", "threads") and _integer(item, 1):
+        return item
+    if key in ("spindles", "extra_connections") and _integer(item, 0):
+        return item
+    if key in ("async_concurrency", "cores") and (item is None or _integer(item, 1)):
+        return item
+    if key == "queries_per_request" and isinstance(item, (int, float)) and not isinstance(
+            item, bool) and math.isfinite(item) and item > 0:
+        return float(item)
+    if key == "databases" and (item is None or (
+            isinstance(item, (list, tuple)) and all(isinstance(name, str) for name in item))):
+        return None if item is None else tuple(item)
+    raise ValueError(key)
+
+
+def parse(value: Any, databases: Mapping[str, Any], report: Report) -> Deployment | None:
+    """Validate ``POOLKIT["DEPLOYMENT"]`` (a ``conf.SECTION_PARSERS`` parser).
+
+    None when the section is absent: the budget check then has nothing to check. Every
+    problem goes to ``report``; a wrong key keeps its default so the others are still checked.
+    Pool names in ``databases`` are checked by the W040 check, which sees ``ENGINES`` too.
+    """
+    base = 'POOLKIT["DEPLOYMENT"]'
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        report(base, f"must be a dict, got {type(value).__name__}",
+               'Write {"hosts": 2, "workers": 4, "threads": 8}.', E_DEPLOYMENT_NOT_A_DICT)
+        return None
+    found: dict[str, Any] = {}
+    for key, item, path, rule in known_items(value, base, SETTING_RULES, report,
+                                             E_DEPLOYMENT_UNKNOWN_KEY):
+        try:
+            found[key] = _value(key, item)
+        except ValueError:
+            report(path, f"must be {rule}, got {item!r}",
+                   "Describe the deployment as it runs in production.", E_DEPLOYMENT_BAD_VALUE)
+    return Deployment(**found)
+
+
+def check_pool_names(deployment: Deployment, config: PoolkitSettings) -> list[tuple[str, str]]:
+    """``(name, suggestion)`` for every name in ``databases`` that no pool has."""
+    unknown = []
+    for name in deployment.databases or ():
+        if name not in config.pools:
+            match = difflib.get_close_matches(name, list(config.pools), n=1, cutoff=0.6)
+            unknown.append((name, match[0] if match else ""))
+    return unknown
+
+
+def deployment_settings() -> Deployment | None:
+    """The validated ``POOLKIT["DEPLOYMENT"]``, or None when the project declares none."""
+    section = get_settings().sections.get("DEPLOYMENT")
+    return section if isinstance(section, Deployment) else None
+
+
+def server_of(alias: str, pool: PoolSettings) -> str | None:
+    """``host:port`` of the PostgreSQL server a pool connects to, or None for SQLite (or a
+    vendor poolkit does not pool). Pools on one server share its ``max_connections``."""
+    if pool.url is not None:
+        url = make_url(pool.url)
+        if url.get_backend_name() != "postgresql":
+            return None
+        return f"{url.host or 'localhost'}:{url.port or 5432}"
+    entry = connections.settings.get(alias) or {}
+    engine = str(entry.get("ENGINE", ""))
+    if "postgres" not in engine and "postgis" not in engine:
+        return None
+    return f"{entry.get('HOST') or 'localhost'}:{entry.get('PORT') or 5432}"
+
