@@ -2,8 +2,8 @@
 ``DiscoverRunner`` that leaves out the excluded tests and writes every test's outcome to a
 JSON file, so the comparison with the stock backend reads results, not console output.
 
-``POOLKIT_SUITE_EXCLUDE``: a file of test ids to leave out (first word of each line).
-``POOLKIT_SUITE_RESULT``: where to write ``{"tests": {id: outcome}, "run": n, "planned": n}``.
+``DJSUITE_EXCLUDE``: a file of test ids to leave out (first word of each line).
+``DJSUITE_RESULT``: where to write ``{"tests": {id: outcome}, "run": n, "planned": n}``.
 The file is written only when the run finished: a missing file means the runner crashed.
 """
 
@@ -75,7 +75,7 @@ class RecordingRunner(DiscoverRunner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.excluded = read_ids(os.environ.get("POOLKIT_SUITE_EXCLUDE"))
+        self.excluded = read_ids(os.environ.get("DJSUITE_EXCLUDE"))
         self.planned = 0
 
     def load_tests_for_label(self, label: Any, discover_kwargs: Any) -> Any:
@@ -89,7 +89,7 @@ class RecordingRunner(DiscoverRunner):
     def run_suite(self, suite: Any, **kwargs: Any) -> Any:
         self.planned = suite.countTestCases()
         result = super().run_suite(suite, **kwargs)
-        path = os.environ.get("POOLKIT_SUITE_RESULT")
+        path = os.environ.get("DJSUITE_RESULT")
         if path:
             with open(path, "w", encoding="utf-8") as out:
                 json.dump({"tests": result.outcomes, "run": result.testsRun,

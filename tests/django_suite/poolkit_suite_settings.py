@@ -1,5 +1,5 @@
 """Settings for Django's own test suite (``tests/runtests.py`` of Django's sdist) on the real
-PostgreSQL, used by ``scripts/django-suite``. ``POOLKIT_SUITE_BACKEND`` chooses the backend:
+PostgreSQL, used by ``scripts/django-suite``. ``DJSUITE_BACKEND`` chooses the backend:
 ``pooled`` (django_poolkit's, the default) or ``stock`` (Django's, for the baseline).
 
 runtests.py needs the ``default`` and ``other`` aliases; the rest mirrors Django's own
@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import django
 
-_kind = os.environ.get("POOLKIT_SUITE_BACKEND", "pooled")
+_kind = os.environ.get("DJSUITE_BACKEND", "pooled")
 if _kind not in ("pooled", "stock"):
-    raise RuntimeError(f"POOLKIT_SUITE_BACKEND={_kind!r}: use 'pooled' or 'stock'")
+    raise RuntimeError(f"DJSUITE_BACKEND={_kind!r}: use 'pooled' or 'stock'")
 _url = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/poolkit"))
 _name = _url.path.lstrip("/") or "poolkit"
 _series = "".join(map(str, django.VERSION[:2]))
@@ -40,6 +40,7 @@ POOLKIT = {"DEFAULTS": {"pool_size": 2, "max_overflow": 4}}
 
 SECRET_KEY = "django_tests_secret_key"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+if django.VERSION < (6, 0):  # Django 6's test settings rely on the new BigAutoField default
+    DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = False
 TEST_RUNNER = "poolkit_suite_runner.RecordingRunner"

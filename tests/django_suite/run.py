@@ -68,11 +68,11 @@ def run(kind: str, tests_dir: Path, parallel: int, selected: list[str]) -> dict[
     """One runtests.py run; the recorded outcomes, or SystemExit on a crash."""
     result_file = Path(tempfile.mkstemp(prefix=f"django-suite-{kind}-", suffix=".json")[1])
     result_file.unlink()
-    env = {
+    env = {  # not POOLKIT_*: poolkit reads those as settings
         **os.environ,
-        "POOLKIT_SUITE_BACKEND": kind,
-        "POOLKIT_SUITE_RESULT": str(result_file),
-        "POOLKIT_SUITE_EXCLUDE": str(HERE / "excluded.txt"),
+        "DJSUITE_BACKEND": kind,
+        "DJSUITE_RESULT": str(result_file),
+        "DJSUITE_EXCLUDE": str(HERE / "excluded.txt"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "runtests.py",
@@ -109,6 +109,7 @@ def main() -> int:
     parser.add_argument("--record-stock", action="store_true",
                         help="run the stock backend and rewrite the baseline of this version")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--save", metavar="FILE", help="also write the run's outcomes (JSON)")
     parser.add_argument("labels", nargs="*", help="run these labels only (development)")
     options = parser.parse_args()
     version = django.get_version()
@@ -118,6 +119,8 @@ def main() -> int:
     selected = options.labels or labels()
     if options.record_stock:
         data = run("stock", tests_dir, options.parallel, selected)
+        if options.save:
+            Path(options.save).write_text(json.dumps(data, indent=0), encoding="utf-8")
         lines = [f"# Django {version}'s own suite on Django's stock PostgreSQL backend: the "
                  "failures of", f"# labels.txt, recorded by scripts/django-suite "
                  f"--record-stock ({data['counts']}, {data['seconds']}s).",
@@ -139,6 +142,8 @@ def main() -> int:
     stock = set(read_list(baseline_file))
     allowed = read_list(HERE / "allowed.txt")
     data = run("pooled", tests_dir, options.parallel, selected)
+    if options.save:
+        Path(options.save).write_text(json.dumps(data, indent=0), encoding="utf-8")
     pooled = failures(data)
     ran = set(data["tests"])  # type: ignore[arg-type]
     new = sorted(pooled - stock - set(allowed))
