@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from django.db import connections
@@ -39,7 +39,7 @@ def _routing_view(alias: str) -> dict[str, Any] | None:
         "status": found.status, "in_rotation": found.in_rotation,
         "reason": found.reason if found.status in ("lagging", "not_replica") else None,
         "lag_s": found.lag_seconds, "lag_bytes": found.lag_bytes,
-        "out_since": (datetime.fromtimestamp(found.out_since, timezone.utc).isoformat(
+        "out_since": (datetime.fromtimestamp(found.out_since, UTC).isoformat(
             timespec="seconds") if found.out_since is not None else None),
     }
 
@@ -106,7 +106,7 @@ class HealthReport:
         data: dict[str, Any] = {
             "status": self.status,
             "reasons": list(self.reasons),
-            "checked_at": datetime.fromtimestamp(self.checked_at, timezone.utc).isoformat(
+            "checked_at": datetime.fromtimestamp(self.checked_at, UTC).isoformat(
                 timespec="milliseconds"),
             "age_s": round(max(0.0, time.time() - self.checked_at), 3),
             "duration_ms": self.duration_ms,
