@@ -8,11 +8,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DATABASE = "poolkit_helper3_runner"
+# Per checkout (DATABASE_URL's database): concurrent runs of this test must not share names.
+_URL = os.environ.get("DATABASE_URL", "postgres:///poolkit")
+DATABASE = urlsplit(_URL).path.lstrip("/") + "_runner"
 
 PROBE = '''
 from django.db import connection
