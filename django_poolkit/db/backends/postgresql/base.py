@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 # Every wrapper of this process, for the at-fork hook (wrappers are per thread and per alias).
 _wrappers: weakref.WeakSet[DatabaseWrapper] = weakref.WeakSet()
+# In a forked child: the psycopg connections it inherited and let go of.
+_inherited: list[Any] = []
 
 
 def _after_fork_in_child() -> None:
@@ -164,6 +166,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return
         self._poolkit_fairy = self._poolkit_pool = None
         self._poolkit_server_cursors = weakref.WeakSet()
+        # Kept, never closed or collected here: psycopg would warn that an open connection
+        # was deleted, and closing would end the parent's session.
+        _inherited.append(self.connection)
         self.run_on_commit = []
         if self.in_atomic_block:
             # As close() inside atomic(): the block must fail, not go on elsewhere.
@@ -215,6 +220,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self._poolkit_pid != os.getpid():
             # Inherited through fork: the socket is the parent's. Closing it would end the
             # parent's session; just let go (psycopg never closes it from another process).
+            _inherited.append(connection)
             self.connection = None
             return
         with self.wrap_database_errors:
