@@ -12,7 +12,12 @@ import os
 import unittest
 from typing import Any
 
-from django.test.runner import DiscoverRunner
+from django.test.runner import (
+    DiscoverRunner,
+    ParallelTestSuite,
+    RemoteTestResult,
+    RemoteTestRunner,
+)
 from django.test.utils import iter_test_cases
 
 OUTCOMES = ("ok", "skip", "xfail", "FAIL", "ERROR", "unexpected-success")
@@ -32,9 +37,14 @@ class RecordingResult(unittest.TextTestResult):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outcomes: dict[str, str] = {}
+        self.worker_test_id: str | None = None
+
+    def poolkit_test_id(self, test: Any, test_id: str) -> None:
+        """The id of the test a parallel worker started (see :class:`IdRemoteResult`)."""
+        self.worker_test_id = test_id
 
     def _record(self, test: Any, outcome: str) -> None:
-        key = test.id()
+        key = self.worker_test_id or test.id()
         previous = self.outcomes.get(key)
         if previous is None or OUTCOMES.index(outcome) > OUTCOMES.index(previous):
             self.outcomes[key] = outcome
@@ -70,8 +80,29 @@ class RecordingResult(unittest.TextTestResult):
             self._record(test, "FAIL" if failure else "ERROR")
 
 
+class IdRemoteResult(RemoteTestResult):
+    """A parallel worker's result that also sends the id of each test it starts. The main
+    process maps events to tests by position (``testsRun - 1``), and on Django 6.1 with
+    Python 3.12 that position drifts inside a class (failures of the pool tests came back
+    under the names of tests two places before them); the id it sends cannot drift."""
+
+    def startTest(self, test: Any) -> None:
+        super().startTest(test)
+        self.events.append(("poolkit_test_id", self.test_index, test.id()))
+
+
+class IdRemoteRunner(RemoteTestRunner):
+    resultclass = IdRemoteResult
+
+
+class IdParallelTestSuite(ParallelTestSuite):
+    runner_class = IdRemoteRunner
+
+
 class RecordingRunner(DiscoverRunner):
     """``DiscoverRunner`` minus the excluded tests, recording outcomes (see the module)."""
+
+    parallel_test_suite = IdParallelTestSuite
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
