@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import Problem
@@ -20,19 +21,24 @@ __all__ = [
     "FALSE_TEXT",
     "TRUE_TEXT",
     "Collector",
+    "Field",
     "Invalid",
     "Report",
+    "Rule",
     "accepted_keys",
     "boolean",
     "choice",
     "did_you_mean",
-    "from_text",
+    "fields",
     "integer",
+    "is_number",
     "key_path",
-    "known_items",
+    "names",
     "nearest",
     "number",
     "optional",
+    "read_fields",
+    "read_text",
     "text",
 ]
 
@@ -41,12 +47,16 @@ class Invalid(ValueError):
     """A value failed its rule; its text (``got ...``) ends the message."""
 
 
+#: A rule: returns the checked value, or raises :class:`Invalid`.
+Rule = Callable[[Any], Any]
+
+
 #: Spellings of a boolean accepted in environment variables and URL query parameters.
 TRUE_TEXT = ("true", "yes", "on", "1")
 FALSE_TEXT = ("false", "no", "off", "0")
 
 
-def from_text(raw: str, cast: type) -> Any:
+def read_text(raw: str, cast: type) -> Any:
     """Read one value written as text, strictly.
 
     django-environ's own casts are too forgiving for settings that size pools: any unknown
@@ -70,59 +80,139 @@ def from_text(raw: str, cast: type) -> Any:
 
 
 def is_int(value: Any) -> bool:
+    """An int that is not a bool (``True`` is an int to Python, never a count to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def integer(minimum: int, *, none: bool = False, minus_one: bool = False) -> Callable[[Any], Any]:
+def is_number(value: Any) -> bool:
+    """An int or a *finite* float: ``inf`` and ``nan`` are refused by every number rule, since
+    no timeout, size or threshold means anything at infinity."""
+    return is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _fail(value: Any) -> Invalid:
+    return Invalid(f"got {value!r}")
+
+
+def integer(minimum: int, *, none: bool = False, minus_one: bool = False) -> Rule:
+    """An int >= ``minimum`` (or -1 with ``minus_one``, or None with ``none``)."""
     def check(value: Any) -> Any:
         if value is None and none:
             return None
         if is_int(value) and (value >= minimum or (minus_one and value == -1)):
             return value
-        raise Invalid(f"got {value!r}")
+        raise _fail(value)
 
     return check
 
 
-def number(*, positive: bool) -> Callable[[Any], Any]:
+def number(*, above: float | None = None, at_least: float | None = None,
+           at_most: float | None = None, none: bool = False, as_float: bool = False) -> Rule:
+    """A finite number within the bounds given (None too with ``none``); ``as_float``
+    returns it as a float."""
     def check(value: Any) -> Any:
-        if ((is_int(value) or (isinstance(value, float) and math.isfinite(value)))
-                and (value > 0 or not positive)):
-            return value
-        raise Invalid(f"got {value!r}")
+        if value is None and none:
+            return None
+        if is_number(value) and (above is None or value > above) and (
+                at_least is None or value >= at_least) and (at_most is None or value <= at_most):
+            return float(value) if as_float else value
+        raise _fail(value)
 
     return check
 
 
 def boolean(value: Any) -> Any:
+    """True or False, nothing that merely looks like one."""
     if isinstance(value, bool):
         return value
-    raise Invalid(f"got {value!r}")
+    raise _fail(value)
 
 
-def choice(options: Iterable[str]) -> Callable[[Any], Any]:
+def choice(options: Iterable[str], *, none: bool = False) -> Rule:
+    """One of ``options`` (or None with ``none``); a near miss gets a did-you-mean."""
     choices = tuple(options)
 
     def check(value: Any) -> Any:
-        if value is None or value in choices:
+        if (value is None and none) or value in choices:
             return value
         raise Invalid(f"got {value!r}{did_you_mean(str(value), choices)}")
 
     return check
 
 
-def text(value: Any) -> Any:
-    if value is None or (isinstance(value, str) and value):
-        return value
-    raise Invalid(f"got {value!r}")
+def text(*, none: bool = False, min_length: int = 1, nonblank: bool = False,
+         stripped: bool = False) -> Rule:
+    """A string of at least ``min_length`` characters (not only spaces with ``nonblank``;
+    returned without surrounding spaces with ``stripped``), or None with ``none``."""
+    def check(value: Any) -> Any:
+        if value is None and none:
+            return None
+        if isinstance(value, str) and len(value) >= min_length and (
+                not nonblank or value.strip()):
+            return value.strip() if stripped else value
+        raise _fail(value)
+
+    return check
 
 
-def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def names(*, none: bool = False) -> Rule:
+    """A list or tuple of strings (aliases, pool names), as a tuple; None with ``none``."""
+    def check(value: Any) -> Any:
+        if value is None and none:
+            return None
+        if isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value):
+            return tuple(value)
+        raise _fail(value)
+
+    return check
+
+
+def optional(check: Rule) -> Rule:
+    """``check``, or None."""
     def optional(value: Any) -> Any:
         return None if value is None else check(value)
 
     return optional
 
+
+@dataclass(frozen=True)
+class Field:
+    """One setting of a section: its default, what it accepts (quoted in messages and docs),
+    what it does, and the rule that checks it.
+
+    ``cast`` reads the value from text (environment variables, URL query parameters);
+    ``hint`` replaces ``doc`` as the hint of a wrong value; ``secret`` keeps the value out of
+    the message (a token)."""
+
+    name: str
+    default: Any
+    accepted: str
+    doc: str
+    check: Rule
+    cast: type = str
+    hint: str | None = None
+    secret: bool = False
+
+    def parse(self, value: Any, *, from_text: bool = False) -> Any:
+        """Return the checked value, converting text from the environment or a URL first.
+
+        django-environ turns digit-only URL query values into ints (``?pool_pre_ping=1``
+        arrives as ``1``), so numbers from a text source are read as their text again.
+        """
+        if from_text and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if from_text and isinstance(value, str):
+            value = read_text(value, self.cast)
+        return self.check(value)
+
+    def message(self, error: Invalid) -> str:
+        """``must be <accepted>, got <value>`` (without the value for a secret)."""
+        return f"must be {self.accepted}" if self.secret else f"must be {self.accepted}, {error}"
+
+
+def fields(*items: Field) -> dict[str, Field]:
+    """A section's fields by name, in the order they are documented."""
+    return {item.name: item for item in items}
 
 
 def nearest(word: str, candidates: Iterable[str]) -> str | None:
@@ -149,19 +239,50 @@ def accepted_keys(keys: Iterable[str]) -> str:
 Report = Callable[[str, str, str, str], None]
 
 
-def known_items(section: Mapping[Any, Any], base: str, rules: Mapping[str, Any],
-                report: Report, unknown_key_id: str) -> Iterator[tuple[str, Any, str, Any]]:
-    """``(key, value, key path, rule)`` for each key of a settings section that ``rules``
-    knows; each other key is reported (with the nearest valid one) and left out, so one pass
-    finds every mistake of a section."""
+def read_fields(
+    section: Mapping[Any, Any],
+    known: Mapping[str, Field],
+    path: Callable[[str], str],
+    report: Report,
+    *,
+    unknown_key_id: str,
+    bad_value_id: str,
+    skip: Iterable[str] = (),
+    accepted: Iterable[str] | None = None,
+    hint: Callable[[Field, Any], str | None] | None = None,
+    on_valid: Callable[[str, Any, str], None] | None = None,
+) -> dict[str, Any]:
+    """Check every key of one settings section against its fields; the one loop every
+    section uses, so each reports the same way.
+
+    Returns the valid values by key. An unknown key is reported with the nearest valid one
+    (from ``accepted``, default the fields) and a wrong value as ``must be <accepted>, got
+    <value>``; both are left out, so one pass finds every mistake. ``skip`` names keys the
+    caller reads itself, ``hint`` may give a better hint for a wrong value, ``on_valid(key,
+    value, path)`` checks a valid value further, in key order.
+    """
+    skipped = tuple(skip)
+    names_ = list(accepted) if accepted is not None else list(known)
+    values: dict[str, Any] = {}
     for key, value in section.items():
-        path = f'{base}["{key}"]'
-        rule = rules.get(str(key))
-        if rule is None:
-            report(path, "unknown key" + did_you_mean(str(key), rules), accepted_keys(rules),
+        if key in skipped:
+            continue
+        where = path(str(key))
+        field_ = known.get(str(key))
+        if field_ is None:
+            report(where, "unknown key" + did_you_mean(str(key), names_), accepted_keys(names_),
                    unknown_key_id)
             continue
-        yield str(key), value, path, rule
+        try:
+            values[str(key)] = field_.parse(value)
+        except Invalid as error:
+            better = hint(field_, value) if hint is not None else None
+            report(where, field_.message(error), better or field_.hint or field_.doc,
+                   bad_value_id)
+            continue
+        if on_valid is not None:
+            on_valid(str(key), values[str(key)], where)
+    return values
 
 
 def key_path(*parts: str, base: str = "POOLKIT") -> str:

@@ -66,7 +66,8 @@ def pool_stats(alias: str = "default", *, kind: PoolKind = "sync") -> PoolStats:
                 pool_overflow=max(0, pool.overflow()),
             )
     counters: dict[str, Any] = counters_for(alias, kind).snapshot()
-    return PoolStats(alias=alias, kind=kind, built=engine is not None, **gauges, **counters)
+    return PoolStats(alias=alias, kind=kind, built=engine is not None, **gauges,
+                     pool_waiting=counters.pop("pool_waiting"), counters=counters)
 
 
 def all_pool_stats() -> list[PoolStats]:

@@ -1,5 +1,10 @@
 """The app config: wiring only. ``ready()`` registers the checks and the fork and exit hooks;
-it never reads ``POOLKIT`` or opens a connection."""
+it never reads ``POOLKIT`` or opens a connection.
+
+Fork safety is this one hook: a forked child (gunicorn's workers, even with ``--preload``)
+starts with none of its parent's per-process state. Each holder's ``after_fork_in_child``
+drops what the parent's threads and sockets left behind; no module registers a hook of its
+own at import time."""
 
 from __future__ import annotations
 
@@ -12,15 +17,28 @@ _hooks_installed = False
 
 
 def _install_process_hooks() -> None:
-    """Once per process: forget pools in forked children, close them at interpreter exit."""
+    """Once per process: reset every per-process holder in forked children, stop the replica
+    prober and close the pools at interpreter exit."""
     global _hooks_installed
     if _hooks_installed:
         return
     from .api import dispose_all
-    from .engines import engine_registry as registry
+    from .engines import engine_registry
+    from .engines.leaks import leak_detector
+    from .health.runner import checker
+    from .routing.state import replica_state
 
-    os.register_at_fork(after_in_child=registry.after_fork_in_child)
+    def after_fork_in_child() -> None:
+        engine_registry.after_fork_in_child()  # the parent's engines, and the counters
+        checker.after_fork_in_child()  # probe threads and the cached report
+        replica_state.after_fork_in_child()  # the prober thread and the replica state
+        leak_detector.after_fork_in_child()  # the watcher thread and tracked checkouts
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
     atexit.register(dispose_all)
+    # Registered after dispose_all, so it runs before it: no probe is left holding a
+    # connection while the pools close.
+    atexit.register(replica_state.stop)
     _hooks_installed = True
 
 
@@ -32,6 +50,7 @@ class PoolkitConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .dashboard import checks as dashboard_checks  # noqa: F401  (its admin link)
         from .db import checks as backend_checks  # noqa: F401  (the pooled backend's checks)
 
         _install_process_hooks()

@@ -25,6 +25,7 @@ __all__ = [
     "ServerUnreachable",
     "UnknownAlias",
     "UnusableConnection",
+    "describe_error",
 ]
 
 
@@ -142,3 +143,63 @@ class ClientTimeout(psycopg.OperationalError):
 class UnusableConnection(Exception):
     """Raised inside a checkin when a connection cannot be made clean; SQLAlchemy then
     invalidates it (closes it) instead of putting it back. Internal: never reaches users."""
+
+
+# SQLSTATE -> what a probe may say about it.
+_SQLSTATE_PHRASES = {
+    "53300": "too many connections",
+    "28P01": "authentication failed",
+    "28000": "authorization rejected",
+    "3D000": "database does not exist",
+    "57P03": "server is starting up or shutting down",
+    "57P01": "server terminated the connection",
+    "57014": "statement timeout",
+    "08006": "connection failure",
+    "08001": "could not connect",
+}
+# libpq reports most connection failures without a SQLSTATE: match its wording (lower case)
+# and answer with a fixed phrase, never with the text itself.
+_MESSAGE_PHRASES = (
+    ("too many connections", "too many connections"),
+    ("too many clients", "too many connections"),
+    ("remaining connection slots are reserved", "too many connections"),
+    ("password authentication failed", "authentication failed"),
+    ("no password supplied", "authentication failed"),
+    ("no pg_hba.conf entry", "rejected by pg_hba.conf"),
+    ("connection refused", "connection refused"),
+    ("timeout expired", "connect timeout"),
+    ("database system is starting up", "server is starting up or shutting down"),
+    ("database system is shutting down", "server is starting up or shutting down"),
+    ("could not translate host name", "host name not resolved"),
+    ("server closed the connection", "server closed the connection"),
+    ("canceling statement due to statement timeout", "statement timeout"),
+    ("does not exist", "database or role does not exist"),
+    ("unable to open database file", "database file missing or unreadable"),
+)
+
+
+def describe_error(error: BaseException | None, *, quote: bool = False) -> str:
+    """How poolkit names an error in its reports and logs: the one describer.
+
+    By default a fixed phrase with the SQLSTATE when known (health probes, server queries,
+    anything an HTTP response or command output may show): the driver's own text can hold
+    host names, user names and parameter values, so it is only *matched*, never returned.
+    ``quote=True`` gives the class and the first line of the message instead (log lines and
+    the router's reasons, read by operators; libpq never puts a password in its messages),
+    never a DSN or a chained traceback. None is an explicit invalidation.
+    """
+    if error is None:
+        return "explicit invalidation"
+    if quote:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"{type(error).__name__}: {first}" if first else type(error).__name__
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_PHRASES:
+        return f"{_SQLSTATE_PHRASES[sqlstate]} (SQLSTATE {sqlstate})"
+    text = str(error).lower()
+    for needle, phrase in _MESSAGE_PHRASES:
+        if needle in text:
+            return phrase
+    if isinstance(sqlstate, str) and sqlstate:
+        return f"{type(error).__name__} (SQLSTATE {sqlstate})"
+    return type(error).__name__

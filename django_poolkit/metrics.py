@@ -40,14 +40,12 @@ with ``hmac.compare_digest``.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
@@ -73,6 +71,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from . import health, signals
 from .api import all_pool_stats, pool_stats
+from .health.access import may_see_details_sync
+from .stats import COUNTERS as POOL_COUNTERS
 from .stats import PoolKind
 
 __all__ = [
@@ -103,15 +103,11 @@ GAUGES: dict[str, tuple[str, str]] = {
                              "for a connection or opening one)."),
 }
 
-#: Counter metric name (without ``_total``) -> (``PoolStats`` key, help text).
+#: Counter metric name (without ``_total``) -> (``PoolStats`` key, help text), from the
+#: counters' one declaration (:data:`django_poolkit.stats.COUNTERS`).
 COUNTERS: dict[str, tuple[str, str]] = {
-    "poolkit_connections_opened": ("connections_opened", "Server connections opened."),
-    "poolkit_connections_closed": ("connections_closed", "Server connections closed."),
-    "poolkit_connect_errors": ("connect_errors", "Checkouts that failed with an error."),
-    "poolkit_checkouts": ("checkouts", "Connections handed out."),
-    "poolkit_checkins": ("checkins", "Connections returned."),
-    "poolkit_invalidations": ("invalidations", "Connections found broken and discarded."),
-    "poolkit_timeouts": ("timeouts", "Checkouts that gave up after pool_timeout."),
+    counter.metric: (counter.key, counter.help) for counter in POOL_COUNTERS
+    if counter.metric is not None
 }
 
 #: Seconds; a healthy pool hands out connections in well under a millisecond.
@@ -332,29 +328,9 @@ def registry() -> CollectorRegistry:
     return target
 
 
-def _token(request: HttpRequest) -> str | None:
-    config = health.health_settings()
-    given = request.headers.get(config.token_header)
-    if given is None:
-        authorization = request.headers.get("Authorization", "")
-        if authorization.startswith("Bearer "):
-            given = authorization.removeprefix("Bearer ").strip()
-    return given
-
-
 def allowed(request: HttpRequest) -> bool:
-    """Whether this caller may read the metrics (the rule of the health details)."""
-    if settings.DEBUG:
-        return True
-    config = health.health_settings()
-    given = _token(request)
-    if config.token and given is not None and hmac.compare_digest(
-            given.encode(), config.token.encode()):
-        return True
-    if not config.staff_details or settings.SESSION_COOKIE_NAME not in request.COOKIES:
-        return False
-    user: Any = getattr(request, "user", None)
-    return bool(user is not None and user.is_active and user.is_staff)
+    """Whether this caller may read the metrics: the policy of the health details."""
+    return may_see_details_sync(request, health.health_settings())
 
 
 @never_cache

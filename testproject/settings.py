@@ -24,11 +24,16 @@ SECRET_KEY = env.str("SECRET_KEY", default="demo-only-not-a-secret")
 DEBUG = env.bool("DEBUG", default=True)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 
+# django_poolkit before django.contrib.admin: its admin/index.html adds the link to the
+# connection pool dashboard (/poolkit/) to the admin's index.
 INSTALLED_APPS = [
+    "django_poolkit",
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django_poolkit",
     "testproject.demo",
 ]
 
@@ -36,8 +41,11 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # PoolTimeout (and NoHealthyReplica) become 503 with Retry-After, not a 500.
     "django_poolkit.middleware.PoolkitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
 ]
 
 ROOT_URLCONF = "testproject.urls"
@@ -49,7 +57,11 @@ TEMPLATES = [
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [],
         "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {"context_processors": [
+            "django.template.context_processors.request",
+            "django.contrib.auth.context_processors.auth",
+            "django.contrib.messages.context_processors.messages",
+        ]},
     }
 ]
 

@@ -445,12 +445,12 @@ OTHER_SECTIONS = "".join(f", {key}" for key in OTHER_KEYS)
             'POOLKIT["DATABASES"]["default"]["preset"]',
             'must be one of "development", "small_api", "high_traffic", "background_worker", '
             "or None, got 'small-api'; did you mean \"small_api\"?",
-            "A named size from the seed's table: sets pool_size and max_overflow.",
+            "A named size from the preset table: sets pool_size and max_overflow.",
             "poolkit.E003"), id="misspelt-preset"),
         pytest.param({"DEFAULTS": {"sizing": "cpu"}}, Problem(
             'POOLKIT["DEFAULTS"]["sizing"]',
             'must be one of "cores", "async", "production", "auto", or None, got \'cpu\'',
-            "Compute pool_size (and, for production/auto, max_overflow) with a seed formula.",
+            "Compute pool_size (and, for production/auto, max_overflow) with a sizing formula.",
             "poolkit.E003"), id="unknown-sizing"),
         pytest.param({"DATABASES": {"replica": {}}}, Problem(
             'POOLKIT["DATABASES"]["replica"]', 'unknown database alias; did you mean '

@@ -188,13 +188,13 @@ def test_engine_variables_include_the_url() -> None:
             "environment variable POOLKIT_DEFAULT__PRESET",
             'must be one of "development", "small_api", "high_traffic", "background_worker", '
             "or None, got 'smallapi'; did you mean \"small_api\"?",
-            "A named size from the seed's table: sets pool_size and max_overflow.",
+            "A named size from the preset table: sets pool_size and max_overflow.",
             "poolkit.E006"), id="misspelt-preset"),
         pytest.param({"POOLKIT_PRESET": "SMALL_API"}, Problem(
             "environment variable POOLKIT_PRESET",
             'must be one of "development", "small_api", "high_traffic", "background_worker", '
             "or None, got 'SMALL_API'; did you mean \"small_api\"?",
-            "A named size from the seed's table: sets pool_size and max_overflow.",
+            "A named size from the preset table: sets pool_size and max_overflow.",
             "poolkit.E006"), id="upper-case-preset"),
         pytest.param({"POOLKIT_DEFAULT__URL": f"postgresql://u:{SENTINEL}@elsewhere/db"},
                      Problem(

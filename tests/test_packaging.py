@@ -28,3 +28,11 @@ def test_sdist_and_wheel_contain_only_the_package(tmp_path):
     assert top_wheel == {"django_poolkit", "django_poolkit-0.1.0.dev0.dist-info"}
     assert "django_poolkit/py.typed" in wheel_names
     assert "django_poolkit/py.typed" in sdist_names
+    # The dashboard's templates and static files travel with the package.
+    for name in ("django_poolkit/templates/django_poolkit/dashboard/index.html",
+                 "django_poolkit/templates/django_poolkit/dashboard/body.html",
+                 "django_poolkit/templates/admin/index.html",
+                 "django_poolkit/static/django_poolkit/dashboard/dashboard.js",
+                 "django_poolkit/static/django_poolkit/dashboard/dashboard.css"):
+        assert name in wheel_names
+        assert name in sdist_names

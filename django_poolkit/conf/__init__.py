@@ -1,23 +1,9 @@
-"""``settings.POOLKIT``: defaults, presets, sizing, environment variables and validation.
+"""``settings.POOLKIT``, validated and cached: the only reader of the setting.
 
-A project writes one dict::
-
-    POOLKIT = {
-        "DEFAULTS": {"pool_timeout": 10},                 # every pool
-        "DATABASES": {"default": {"preset": "small_api"}}, # one DATABASES alias
-        "ENGINES": {"analytics": {"url": "postgresql://reporter@warehouse/stats"}},
-    }
-
-and every pool knob can also come from ``DATABASE_URL`` query parameters (django-environ
-puts them in ``OPTIONS``) and from ``POOLKIT_*`` environment variables. The layers, weakest
-first: built-in default, ``POOLKIT["DEFAULTS"]``, ``POOLKIT["DATABASES"|"ENGINES"][alias]``,
-``OPTIONS`` from the URL, ``POOLKIT_<KNOB>``, ``POOLKIT_<ALIAS>__<KNOB>``. A ``preset`` or
-``sizing`` sets ``pool_size``/``max_overflow`` unless a layer at least as strong sets them
-explicitly. Every resolved value remembers where it came from (``PoolSettings.origins``).
-
-Nothing is read at import time or in ``ready()``: :func:`get_settings` builds and validates the
-configuration on first use, caches it, and the cache is dropped on ``setting_changed`` so
-``override_settings`` works. Nothing below this module reads ``settings.POOLKIT``.
+:func:`get_settings` builds the configuration on first use (:mod:`.build` merges the layers
+that :mod:`.sources` reads, per the table in :mod:`.knobs`), caches it, and drops the cache on
+``setting_changed`` so ``override_settings`` works; nothing is read at import time or in
+``ready()``. The layers and their order are in the README, "Configuration reference".
 """
 
 from __future__ import annotations
@@ -31,7 +17,6 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .._schema import Report, accepted_keys, did_you_mean, known_items
 from ..exceptions import PoolkitConfigurationError, Problem
 from .build import build_settings
 from .knobs import (
@@ -39,7 +24,6 @@ from .knobs import (
     KNOBS,
     SECTION_PARSERS,
     TOP_LEVEL_KEYS,
-    Knob,
     PoolkitSettings,
     PoolSettings,
 )
@@ -49,15 +33,10 @@ __all__ = [
     "KNOBS",
     "SECTION_PARSERS",
     "TOP_LEVEL_KEYS",
-    "Knob",
     "PoolSettings",
     "PoolkitSettings",
-    "Report",
-    "accepted_keys",
     "build_settings",
-    "did_you_mean",
     "get_settings",
-    "known_items",
     "on_reload",
     "reload",
     "validate",

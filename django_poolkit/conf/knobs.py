@@ -8,12 +8,11 @@ of the sections other packages own (HEALTH, ROUTING, DEPLOYMENT).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _schema
-from .._schema import boolean, choice, integer, number, optional, text
+from .._schema import Field, boolean, choice, fields, integer, number, optional, text
 from ..ops import sizing
 
 __all__ = [
@@ -23,7 +22,6 @@ __all__ = [
     "ORIGINS",
     "SECTION_PARSERS",
     "TOP_LEVEL_KEYS",
-    "Knob",
     "PoolSettings",
     "PoolkitSettings",
 ]
@@ -31,104 +29,77 @@ __all__ = [
 DEFAULT_ENV_PREFIX = "POOLKIT_"
 
 
-@dataclass(frozen=True)
-class Knob:
-    """One pool setting: its default, the rule it must satisfy, and what it does."""
-
-    name: str
-    default: Any
-    accepted: str
-    doc: str
-    check: Callable[[Any], Any]
-    cast: type = str
-
-    def parse(self, value: Any, *, from_text: bool) -> Any:
-        """Return the checked value, converting text from the environment or a URL first.
-
-        django-environ turns digit-only URL query values into ints (``?pool_pre_ping=1``
-        arrives as ``1``), so numbers from a text source are read as their text again.
-        """
-        if from_text and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        if from_text and isinstance(value, str):
-            value = _schema.from_text(value, self.cast)
-        return self.check(value)
-
-
-def _knobs(*knobs: Knob) -> dict[str, Knob]:
-    return {knob.name: knob for knob in knobs}
-
-
-#: Every per-pool setting, in the order the README documents them. Defaults follow the seed's
-#: ``create_engine(...)`` example.
-KNOBS: dict[str, Knob] = _knobs(
-    Knob("pool_size", 5, "an integer >= 1",
+#: Every per-pool setting, in the order the README documents them. Defaults follow a typical
+#: production ``create_engine(...)``.
+KNOBS: dict[str, Field] = fields(
+    Field("pool_size", 5, "an integer >= 1",
          "Connections kept open in the pool (per process).", integer(1), int),
-    Knob("max_overflow", 10, "an integer >= 0, or -1 for no limit",
+    Field("max_overflow", 10, "an integer >= 0, or -1 for no limit",
          "Extra connections opened when the pool is exhausted, closed again on checkin.",
          integer(0, minus_one=True), int),
-    Knob("pool_timeout", 30, "a number of seconds > 0",
+    Field("pool_timeout", 30, "a number of seconds > 0",
          "How long a checkout waits for a free connection before PoolTimeout.",
-         number(positive=True), float),
-    Knob("pool_recycle", 3600, "an integer of seconds >= 1, or -1 to never recycle",
+         number(above=0), float),
+    Field("pool_recycle", 3600, "an integer of seconds >= 1, or -1 to never recycle",
          "Connections older than this are replaced at their next checkout.",
          integer(1, minus_one=True), int),
-    Knob("pool_pre_ping", True, "True or False",
+    Field("pool_pre_ping", True, "True or False",
          "Test a connection before handing it out, replacing it if the server dropped it.",
          boolean, bool),
-    Knob("pool_use_lifo", False, "True or False",
+    Field("pool_use_lifo", False, "True or False",
          "Hand out the most recently returned connection first, so idle ones can time out.",
          boolean, bool),
-    Knob("connect_timeout", 10, "an integer of seconds >= 0 (0 waits forever)",
+    Field("connect_timeout", 10, "an integer of seconds >= 0 (0 waits forever)",
          "libpq's limit on opening a connection.", integer(0), int),
-    Knob("statement_timeout", 30000, "an integer of milliseconds >= 0 (0: no limit), or None",
+    Field("statement_timeout", 30000, "an integer of milliseconds >= 0 (0: no limit), or None",
          "Sent as -c statement_timeout at connect; None leaves the server's value.",
          integer(0, none=True), int),
-    Knob("application_name", "poolkit:{alias}:{host}:{pid}",
+    Field("application_name", "poolkit:{alias}:{host}:{pid}",
          "a template string using {alias}, {host} and {pid}, or None",
          "Names the pool's connections in pg_stat_activity; None leaves OPTIONS' value.",
-         text, str),
-    Knob("preset", None, "one of " + ", ".join(f'"{n}"' for n in sizing.PRESETS) + ", or None",
-         "A named size from the seed's table: sets pool_size and max_overflow.",
-         choice(sizing.PRESETS), str),
-    Knob("sizing", None, "one of " + ", ".join(f'"{name}"' for name in sizing.SIZING_FORMULAS)
+         text(none=True), str),
+    Field("preset", None, "one of " + ", ".join(f'"{n}"' for n in sizing.PRESETS) + ", or None",
+         "A named size from the preset table: sets pool_size and max_overflow.",
+         choice(sizing.PRESETS, none=True), str),
+    Field("sizing", None, "one of " + ", ".join(f'"{name}"' for name in sizing.SIZING_FORMULAS)
          + ", or None",
-         "Compute pool_size (and, for production/auto, max_overflow) with a seed formula.",
-         choice(sizing.SIZING_FORMULAS), str),
-    Knob("cores", None, "an integer >= 1, or None for os.cpu_count()",
+         "Compute pool_size (and, for production/auto, max_overflow) with a sizing formula.",
+         choice(sizing.SIZING_FORMULAS, none=True), str),
+    Field("cores", None, "an integer >= 1, or None for os.cpu_count()",
          "CPU cores for the cores/production/auto formulas.", integer(1, none=True), int),
-    Knob("spindles", 0, "an integer >= 0", "Disk spindles for the cores formula.",
+    Field("spindles", 0, "an integer >= 0", "Disk spindles for the cores formula.",
          integer(0), int),
-    Knob("concurrency", None, "an integer >= 1, or None",
+    Field("concurrency", None, "an integer >= 1, or None",
          "Expected concurrent requests, for the async formula.", integer(1, none=True), int),
-    Knob("queries_per_request", 1, "a number > 0",
-         "Average queries per request, for the async formula.", number(positive=True), float),
-    Knob("environment", None, 'a string such as "production", or None to read $ENV',
-         'The auto formula uses the production rule when this is "production".', text, str),
-    Knob("async_pool_size", None, "an integer >= 1, or None for pool_size",
+    Field("queries_per_request", 1, "a number > 0",
+         "Average queries per request, for the async formula.", number(above=0), float),
+    Field("environment", None, 'a string such as "production", or None to read $ENV',
+         'The auto formula uses the production rule when this is "production".',
+         text(none=True), str),
+    Field("async_pool_size", None, "an integer >= 1, or None for pool_size",
          "pool_size of the async engine's own pool.", integer(1, none=True), int),
-    Knob("async_max_overflow", None, "an integer >= 0, -1, or None for max_overflow",
+    Field("async_max_overflow", None, "an integer >= 0, -1, or None for max_overflow",
          "max_overflow of the async engine's own pool.",
          integer(0, none=True, minus_one=True), int),
-    Knob("reset_on_return", "rollback", '"rollback", "reset_all" or "discard_all"',
+    Field("reset_on_return", "rollback", '"rollback", "reset_all" or "discard_all"',
          "What a checkin does besides the rollback: nothing, RESET ALL and friends (keeps "
          "temporary tables and plans), or DISCARD ALL.",
-         choice(("rollback", "reset_all", "discard_all")), str),
-    Knob("pre_ping_mode", "socket", '"socket" or "query"',
+         choice(("rollback", "reset_all", "discard_all"), none=True), str),
+    Field("pre_ping_mode", "socket", '"socket" or "query"',
          "How pool_pre_ping tests a connection: a zero-timeout look at its socket (a real "
          "ping only when the server sent something), or a round trip every checkout.",
-         choice(("socket", "query")), str),
-    Knob("pgbouncer", None, '"transaction", "session", or None (a server, no PgBouncer)',
+         choice(("socket", "query"), none=True), str),
+    Field("pgbouncer", None, '"transaction", "session", or None (a server, no PgBouncer)',
          "The pool connects through a PgBouncer in this pooling mode: no startup options; "
          "in transaction mode also no prepared statements and no server-side cursors.",
-         choice(("transaction", "session")), str),
-    Knob("leak_detection_threshold", None, "a number of seconds > 0, or None (off)",
+         choice(("transaction", "session"), none=True), str),
+    Field("leak_detection_threshold", None, "a number of seconds > 0, or None (off)",
          "Log once, with the checkout's stack, a connection held longer than this.",
-         optional(number(positive=True)), float),
-    Knob("client_timeout", None, "a number of seconds > 0, or None (off)",
+         optional(number(above=0)), float),
+    Field("client_timeout", None, "a number of seconds > 0, or None (off)",
          "The longest one wait for the server's answer (a query, a fetch, a commit) may "
          "take before poolkit closes the connection and raises OperationalError; set it "
-         "above statement_timeout.", optional(number(positive=True)), float),
+         "above statement_timeout.", optional(number(above=0)), float),
 )
 
 #: Keys an ``ENGINES`` entry accepts besides the knobs.

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._schema import Collector, Invalid, accepted_keys, did_you_mean, key_path, nearest
+from .._schema import Collector, Field, Invalid, key_path, nearest, read_fields
 from ..check_ids import E_BAD_VALUE, E_ENVIRONMENT, E_NOT_A_DICT, E_UNKNOWN_KEY
-from .knobs import ENGINE_ONLY_KEYS, KNOBS, Knob
+from .knobs import ENGINE_ONLY_KEYS, KNOBS
 
 __all__ = ["read_environment", "read_knobs", "url_options"]
 
@@ -22,42 +22,30 @@ def read_knobs(
     *,
     extra_keys: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Check one dict of knobs from ``POOLKIT`` (Python values: no text conversion)."""
-    path = key_path(*path_parts)
+    """Check one dict of knobs from ``POOLKIT`` (Python values: no text conversion);
+    ``extra_keys`` (an engine's ``url``) pass through unchecked."""
     if section is None:
         return {}
     if not isinstance(section, Mapping):
-        problems.add(path, f"must be a dict of pool settings, got {type(section).__name__}",
+        problems.add(key_path(*path_parts),
+                     f"must be a dict of pool settings, got {type(section).__name__}",
                      "Write a dict such as {\"pool_size\": 10}.", E_NOT_A_DICT)
         return {}
-    accepted = (*KNOBS, *extra_keys)
-    values: dict[str, Any] = {}
-    for key, value in section.items():
-        item_path = key_path(*path_parts, str(key))
-        if key in extra_keys:
-            values[key] = value
-            continue
-        knob = KNOBS.get(key)
-        if knob is None:
-            problems.add(item_path, f"unknown key{did_you_mean(str(key), accepted)}",
-                         accepted_keys(accepted), E_UNKNOWN_KEY)
-            continue
-        try:
-            values[key] = knob.parse(value, from_text=False)
-        except Invalid as error:
-            problems.add(item_path, f"must be {knob.accepted}, {error}",
-                         _quoted_hint(knob, value) or knob.doc, E_BAD_VALUE)
+    values = read_fields(section, KNOBS, lambda key: key_path(*path_parts, key), problems.add,
+                         unknown_key_id=E_UNKNOWN_KEY, bad_value_id=E_BAD_VALUE,
+                         skip=extra_keys, accepted=(*KNOBS, *extra_keys), hint=_quoted_hint)
+    values.update({key: section[key] for key in extra_keys if key in section})
     return values
 
 
-def _text_hint(knob: Knob) -> str:
+def _text_hint(knob: Field) -> str:
     """The hint for a value that came as text: how to spell a boolean, else what it does."""
     if knob.cast is bool:
         return "Write true or false (yes/no, on/off and 1/0 work too)."
     return knob.doc
 
 
-def _quoted_hint(knob: Knob, value: Any) -> str | None:
+def _quoted_hint(knob: Field, value: Any) -> str | None:
     """For ``"10"`` where 10 belongs: say so, since only the environment and URLs are text."""
     if knob.cast is str or not isinstance(value, str):
         return None

@@ -62,7 +62,9 @@ _WAIT_INTERVAL = 0.1
 
 _NOTIFIES = generators.notifies.__code__
 
-# Private in psycopg: the error its wait loop raises when the deadline passes (3.3+).
+# Private in psycopg: the error its wait loop raises when the deadline passes (3.3+). This
+# and the other private uses are pinned by tests/test_private_api.py, which fails on an
+# unchecked release.
 _WaitTimeout: type[Exception] | None = getattr(errors, "_WaitTimeout", None)
 
 

@@ -1,8 +1,12 @@
-"""Pool event listeners: counters, Django signals and log lines for every pool.
+"""Pool accounting: counters, Django signals and log lines for every pool, from one place.
 
-Listeners are attached to the *engine* (SQLAlchemy carries engine-level pool listeners over to
-the new pool after ``dispose()``). Each handler is a few attribute updates; it never raises,
-because an exception inside a pool event would break the checkout or checkin it reports.
+:class:`PoolEvents` is the only writer of a pool's :class:`~django_poolkit.stats.Counters`
+and the only sender of the ``pool_*`` signals. Poolkit's pool class reports checkouts,
+timeouts and checkins to it (it alone knows the wait), the checkin hygiene reports resets,
+and :func:`attach_listeners` wires SQLAlchemy's other pool events (connect, invalidate, soft
+invalidate, reset, close) to it. Listeners are attached to the *engine* (SQLAlchemy carries
+engine-level pool listeners over to the new pool after ``dispose()``). No handler raises: an
+exception inside a pool event would break the checkout or checkin it reports.
 """
 
 from __future__ import annotations
@@ -18,29 +22,121 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .. import signals
+from ..exceptions import describe_error
 from ..stats import Counters, PoolKind
-from .pool import CHECKOUT_AT, CONNECTION_ID, PoolkitAsyncQueuePool, PoolkitQueuePool
 
-__all__ = ["attach_listeners", "connection_id"]
+__all__ = ["CHECKOUT_AT", "CONNECTION_ID", "PoolEvents", "attach_listeners", "connection_id"]
 
 logger = logging.getLogger(__name__)
 
+# Key in a checked-out connection's ``info`` dict: perf_counter() at checkout, read at checkin
+# to compute the hold time.
+CHECKOUT_AT = "poolkit_checkout_at"
+# Key in a connection's ``info`` dict: the number poolkit gave it when it was opened.
+CONNECTION_ID = "poolkit_id"
+
 _ids = itertools.count(1)
-_ID = CONNECTION_ID
 
 
 def connection_id(record: ConnectionPoolEntry) -> int | None:
     """The process-unique number poolkit gave this pooled connection when it was opened."""
-    value = record.info.get(_ID)
+    value = record.info.get(CONNECTION_ID)
     return value if isinstance(value, int) else None
 
 
-def _describe(error: BaseException | None) -> str:
-    """An error's class and first line: enough to diagnose, never a DSN or a full chain."""
-    if error is None:
-        return "explicit invalidation"
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+class PoolEvents:
+    """Everything that happens to one pool (an alias's sync or async pool): counted, signalled
+    and logged here. The registry makes one per engine it builds."""
+
+    def __init__(self, alias: str, kind: PoolKind, counters: Counters) -> None:
+        self.alias = alias
+        self.kind = kind
+        self.counters = counters
+
+    def __repr__(self) -> str:
+        return f"<PoolEvents {self.alias!r} ({self.kind})>"
+
+    def _send(self, signal: Any, record: Any, **extra: Any) -> None:
+        if signal.receivers:
+            signal.send_robust(sender=self.alias, alias=self.alias, kind=self.kind,
+                               connection_id=record.info.get(CONNECTION_ID)
+                               if record is not None else None, **extra)
+
+    # Reported by the pool class (the hot path: no extra frames when nobody listens) ---------
+
+    def waiting(self) -> None:
+        """A caller entered a checkout."""
+        self.counters.waiting()
+
+    def gave_up(self, key: str | None) -> None:
+        """A caller left a checkout without a connection (``timeouts``, ``connect_errors``,
+        or None when interrupted)."""
+        self.counters.gave_up(key)
+
+    def checked_out(self, connection: Any, started: float) -> None:
+        """A checkout succeeded after waiting since ``started`` (``perf_counter()``)."""
+        now = time.perf_counter()
+        connection.info[CHECKOUT_AT] = now
+        self.counters.checked_out(now - started)  # and no longer waiting
+        if signals.pool_checkout.receivers:
+            self._send(signals.pool_checkout, connection, wait_ms=(now - started) * 1000.0)
+
+    def checked_in(self, record: Any) -> None:
+        """A connection came back (before it is queued again; invalidated ones too)."""
+        try:
+            started = record.info.pop(CHECKOUT_AT, None)
+            hold = time.perf_counter() - started if started is not None else None
+            self.counters.checked_in(hold)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("pool %r (%s) checked in connection #%s", self.alias, self.kind,
+                             record.info.get(CONNECTION_ID))
+            if signals.pool_checkin.receivers:
+                self._send(signals.pool_checkin, record,
+                           hold_ms=hold * 1000.0 if hold is not None else None)
+        except Exception:  # accounting must never break a checkin
+            logger.exception("poolkit checkin accounting failed")
+
+    def timed_out(self, waited: float, figures: dict[str, Any]) -> None:
+        """A checkout gave up after ``pool_timeout`` (already counted by :meth:`gave_up`)."""
+        self._send(signals.pool_timeout, None, **figures)
+        logger.warning("pool %r (%s) timed out after %.3f s: pool_size=%s max_overflow=%s "
+                       "checked out=%s", self.alias, self.kind, waited, figures["pool_size"],
+                       figures["max_overflow"], figures["checked_out"])
+
+    def reset(self, record: Any) -> None:
+        """A returned connection is being reset."""
+        self.counters.add("resets")
+        if signals.pool_reset.receivers:
+            self._send(signals.pool_reset, record)
+
+    # Reported by SQLAlchemy's pool events ---------------------------------------------------
+
+    def opened(self, record: Any) -> None:
+        record.info[CONNECTION_ID] = next(_ids)
+        self.counters.add("connections_opened")
+        logger.debug("pool %r (%s) opened connection #%s", self.alias, self.kind,
+                     record.info[CONNECTION_ID])
+        self._send(signals.pool_connect, record)
+
+    def invalidated(self, record: Any, error: BaseException | None) -> None:
+        self.counters.add("invalidations")
+        logger.warning("pool %r (%s) invalidated connection #%s: %s", self.alias, self.kind,
+                       record.info.get(CONNECTION_ID), describe_error(error, quote=True))
+        self._send(signals.pool_invalidate, record, error=error)
+
+    def soft_invalidated(self, record: Any, error: BaseException | None) -> None:
+        self.counters.add("soft_invalidations")
+        logger.info("pool %r (%s) will replace connection #%s at its next checkout: %s",
+                    self.alias, self.kind, record.info.get(CONNECTION_ID),
+                    describe_error(error, quote=True))
+        self._send(signals.pool_soft_invalidate, record, error=error)
+
+    def closed(self, record: Any) -> None:
+        self.counters.add("connections_closed")
+        if record is not None:
+            logger.debug("pool %r (%s) closed connection #%s", self.alias, self.kind,
+                         record.info.get(CONNECTION_ID))
+            self._send(signals.pool_close, record)
 
 
 def _guarded(handler: Callable[..., None]) -> Callable[..., None]:
@@ -54,84 +150,52 @@ def _guarded(handler: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def attach_listeners(engine: Engine, alias: str, kind: PoolKind, counters: Counters, *,
-                     count_resets: bool = True) -> None:
-    """Wire connect, checkout, checkin, invalidate, soft invalidate, reset and close of
-    ``engine``'s pool to ``counters``, the ``django_poolkit.signals`` and the logger.
+def attach_listeners(engine: Engine, events: PoolEvents, *, checkin: bool,
+                     reset: bool) -> None:
+    """Wire ``engine``'s pool events to ``events``.
 
-    ``count_resets=False`` when the pool's own reset listener (the checkin hygiene) counts
-    and signals resets: one listener on the hot path instead of two."""
-
-    def send(signal: Any, record: ConnectionPoolEntry | None, **extra: Any) -> None:
-        if signal.receivers:
-            signal.send_robust(sender=alias, alias=alias, kind=kind,
-                               connection_id=connection_id(record) if record else None,
-                               **extra)
+    ``checkin``: listen for checkins (pools other than poolkit's, which report them from
+    ``_do_return_conn`` without an event dispatch). ``reset``: listen for resets (unless the
+    checkin hygiene's own reset listener reports them: one listener on the hot path, not
+    two)."""
 
     @_guarded
     def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        record.info[_ID] = next(_ids)
-        counters.add("connections_opened")
-        logger.debug("pool %r (%s) opened connection #%s", alias, kind, record.info[_ID])
-        send(signals.pool_connect, record)
-
-    # No checkout listener: PoolkitQueuePool.connect() counts, times and signals a checkout
-    # (it alone knows the wait), and an empty event costs SQLAlchemy nothing to dispatch.
-
-    def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        # The hottest handler (every request): guarded inline rather than by _guarded's
-        # extra frame, and its debug line built only when someone reads it.
-        try:
-            started = record.info.pop(CHECKOUT_AT, None)
-            hold = time.perf_counter() - started if started is not None else None
-            counters.checked_in(hold)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("pool %r (%s) checked in connection #%s", alias, kind,
-                             record.info.get(_ID))
-            if signals.pool_checkin.receivers:
-                send(signals.pool_checkin, record,
-                     hold_ms=hold * 1000.0 if hold is not None else None)
-        except Exception:
-            logger.exception("poolkit pool event handler on_checkin failed")
+        events.opened(record)
 
     @_guarded
     def on_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry,
                       error: BaseException | None) -> None:
-        counters.add("invalidations")
-        logger.warning("pool %r (%s) invalidated connection #%s: %s", alias, kind,
-                       record.info.get(_ID), _describe(error))
-        send(signals.pool_invalidate, record, error=error)
+        events.invalidated(record, error)
 
     @_guarded
     def on_soft_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry,
                            error: BaseException | None) -> None:
-        counters.add("soft_invalidations")
-        logger.info("pool %r (%s) will replace connection #%s at its next checkout: %s",
-                    alias, kind, record.info.get(_ID), _describe(error))
-        send(signals.pool_soft_invalidate, record, error=error)
+        events.soft_invalidated(record, error)
 
     @_guarded
     def on_reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: Any) -> None:
-        counters.add("resets")
-        send(signals.pool_reset, record)
+        events.reset(record)
 
     @_guarded
     def on_close(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        counters.add("connections_closed")
-        logger.debug("pool %r (%s) closed connection #%s", alias, kind, record.info.get(_ID))
-        send(signals.pool_close, record)
+        events.closed(record)
 
     @_guarded
     def on_close_detached(dbapi_connection: Any) -> None:
-        counters.add("connections_closed")
+        events.closed(None)
 
+    def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        events.checked_in(record)  # guarded inside: the hottest handler
+
+    # No checkout listener: the pool class reports checkouts (it alone knows the wait), and
+    # an event nobody listens to costs SQLAlchemy nothing to dispatch.
     event.listen(engine, "connect", on_connect)
-    if not isinstance(engine.pool, (PoolkitQueuePool, PoolkitAsyncQueuePool)):
-        # Poolkit's own pools account for checkins in _do_return_conn (no event dispatch).
+    if checkin:
         event.listen(engine, "checkin", on_checkin)
     event.listen(engine, "invalidate", on_invalidate)
     event.listen(engine, "soft_invalidate", on_soft_invalidate)
-    if count_resets:
+    if reset:
         event.listen(engine, "reset", on_reset)
     event.listen(engine, "close", on_close)
     event.listen(engine, "close_detached", on_close_detached)

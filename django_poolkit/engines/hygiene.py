@@ -13,11 +13,9 @@ from typing import Any
 
 from sqlalchemy import event
 
-from .. import signals
 from ..exceptions import UnusableConnection
-from ..stats import Counters
 from .deadline import bounded
-from .pool import CONNECTION_ID
+from .events import CONNECTION_ID, PoolEvents
 
 __all__ = [
     "PRISTINE",
@@ -164,7 +162,7 @@ def install_pre_ping(engine: Any, mode: str, *, bound: float | None = None) -> N
 
 
 def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: bool,
-                            counters: Counters, bound: float | None = None) -> None:
+                            events: PoolEvents, bound: float | None = None) -> None:
     """Normalise every connection of a psycopg sync pool at checkin.
 
     The engine is built with ``pool_reset_on_return=None``; this ``reset`` listener does the
@@ -198,12 +196,7 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
     idle, active = int(TransactionStatus.IDLE), int(TransactionStatus.ACTIVE)
 
     def on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
-        # Counted and signalled here (the events module leaves resets to this listener).
-        counters.add("resets")
-        if signals.pool_reset.receivers:
-            signals.pool_reset.send_robust(
-                sender=alias, alias=alias, kind="sync",
-                connection_id=record.info.get(CONNECTION_ID) if record is not None else None)
+        events.reset(record)  # the events leave resets to this listener
         if state.terminate_only or record is None:
             return
         if dbapi_connection.closed or dbapi_connection.broken:

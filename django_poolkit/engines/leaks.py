@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import event
 
-from .pool import CONNECTION_ID
+from .events import CONNECTION_ID
 
 __all__ = ["LeakDetector", "install_leak_detection", "leak_detector"]
 
@@ -35,7 +35,7 @@ class LeakDetector:
     it out.
 
     One daemon thread per process wakes a few times per threshold; it is started on the first
-    tracked checkout and again in a forked child (threads do not survive a fork).
+    tracked checkout, and again after a fork (:meth:`after_fork_in_child`).
     """
 
     def __init__(self) -> None:
@@ -43,15 +43,21 @@ class LeakDetector:
         self._held: dict[int, _Held] = {}
         self._reported: set[int] = set()
         self._thread: threading.Thread | None = None
-        self._pid = 0
+
+    def after_fork_in_child(self) -> None:
+        """A forked child tracks nothing of its parent's (those checkouts are the parent's),
+        and its lock may have been held at fork time by a thread that does not exist here."""
+        self._lock = threading.Lock()
+        self._held = {}
+        self._reported = set()
+        self._thread = None
 
     def track(self, key: int, held: _Held) -> None:
         """Remember one checkout (``key`` identifies its pool record)."""
         with self._lock:
             self._held[key] = held
             self._reported.discard(key)
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._watch, daemon=True,
                                                 name="poolkit-leak-detector")
                 self._thread.start()

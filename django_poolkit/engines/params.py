@@ -14,13 +14,17 @@ never holds it.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
+from django.db.utils import load_backend
 from sqlalchemy.engine import URL, make_url
 
 from ..conf import KNOBS, PoolSettings
@@ -30,9 +34,12 @@ __all__ = [
     "POOLED_BACKEND",
     "ConnectSpec",
     "application_name",
+    "connection_spec",
+    "direct_connect_args",
     "is_shared",
     "spec_for_alias",
     "spec_for_url",
+    "vendor_of",
 ]
 
 #: The ENGINE of poolkit's pooled ORM backend: its alias's sync pool is shared with the ORM.
@@ -84,6 +91,20 @@ def _startup_options(existing: str | None, pool: PoolSettings, extra: dict[str, 
         escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
         parts.append(f"-c {name}={escaped}")
     return " ".join(parts)
+
+
+def vendor_of(database: Mapping[str, Any]) -> str:
+    """The vendor Django's backend declares for a ``DATABASES`` entry (``"postgresql"`` for
+    PostgreSQL, PostGIS and poolkit's backend, ``"sqlite"``, ...), asked of the backend class
+    without connecting; ``""`` when its ``ENGINE`` is missing or cannot be loaded. The one way
+    poolkit tells vendors apart, so a custom backend is recognised by what it is."""
+    engine = database.get("ENGINE")
+    if not engine:
+        return ""
+    try:
+        return str(load_backend(str(engine)).DatabaseWrapper.vendor)
+    except (ImproperlyConfigured, ImportError, AttributeError):
+        return ""
 
 
 def is_shared(alias: str) -> bool:
@@ -169,6 +190,42 @@ def _behind_pgbouncer(params: dict[str, Any], pool: PoolSettings) -> None:
 def _sqlite_spec(settings_dict: dict[str, Any]) -> ConnectSpec:
     name = str(settings_dict["NAME"])
     return ConnectSpec("sqlite", URL.create("sqlite", database=name), {})
+
+
+def connection_spec(alias: str, pool: PoolSettings, *, shared: bool = False) -> ConnectSpec:
+    """The spec of any pool: its ``ENGINES`` URL, else its ``DATABASES`` entry."""
+    if pool.url is not None:
+        return spec_for_url(alias, pool.url, pool)
+    return spec_for_alias(alias, pool, shared=shared)
+
+
+def direct_connect_args(alias: str, spec: ConnectSpec, *, purpose: str,
+                        timeout: float) -> dict[str, Any]:
+    """Keyword arguments for ``psycopg.connect()`` of a connection poolkit opens outside every
+    pool (``purpose``: ``"health"`` for the probes, ``"ops"`` for server queries).
+
+    The same source as the pool's own connections: password, SSL and every other libpq
+    parameter, including the query parameters (``sslmode``, ...) of an ``ENGINES`` URL, which
+    SQLAlchemy would pass on for the pool. Then a short ``connect_timeout`` (libpq's minimum
+    is 2 s), no prepared statements, and an ``application_name`` of
+    ``poolkit-<purpose>:<alias>:<pid>`` that tells the session apart in
+    ``pg_stat_activity``.
+    """
+    params = dict(spec.connect_args)
+    url = spec.url
+    for key, given in url.query.items():
+        params.setdefault(key, given if isinstance(given, str) else given[-1])
+    place: dict[str, Any] = {"host": url.host, "port": url.port, "user": url.username,
+                             "dbname": url.database}
+    for key, value in place.items():
+        if value is not None:
+            params.setdefault(key, value)
+    params = {key: value for key, value in params.items() if value is not None}
+    params["connect_timeout"] = max(2, math.ceil(timeout))
+    params["application_name"] = f"poolkit-{purpose}:{alias}:{os.getpid()}"[
+        :_APPLICATION_NAME_MAX]
+    params.pop("prepare_threshold", None)
+    return params
 
 
 def spec_for_url(name: str, raw_url: str, pool: PoolSettings) -> ConnectSpec:

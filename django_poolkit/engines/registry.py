@@ -30,10 +30,10 @@ from ..conf import PoolSettings, get_settings
 from ..exceptions import PoolkitError, UnknownAlias
 from ..stats import PoolKind, counters_for, reset_counters
 from .deadline import install_client_deadline, own_round_trip_bound
-from .events import attach_listeners
+from .events import PoolEvents, attach_listeners
 from .hygiene import install_pre_ping, install_session_hygiene
 from .leaks import install_leak_detection
-from .params import ConnectSpec, is_shared, spec_for_alias, spec_for_url
+from .params import ConnectSpec, connection_spec, is_shared
 from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 from .recycle import install_recycle_jitter
 
@@ -53,11 +53,10 @@ def _is_memory_sqlite(spec: ConnectSpec) -> bool:
     return spec.vendor == "sqlite" and (database in ("", ":memory:") or "mode=memory" in database)
 
 
-def _configure_pool(pool: Pool, alias: str, kind: PoolKind, settings_: PoolSettings) -> None:
+def _configure_pool(pool: Pool, kind: PoolKind, settings_: PoolSettings,
+                    events: PoolEvents) -> None:
     if isinstance(pool, (PoolkitQueuePool, PoolkitAsyncQueuePool)):
-        pool.poolkit_alias = alias
-        pool.poolkit_kind = kind
-        pool.poolkit_counters = counters_for(alias, kind)
+        pool.poolkit_events = events
         pool.poolkit_max_overflow = (
             settings_.max_overflow if kind == "sync" else settings_.async_max_overflow)
 
@@ -116,8 +115,7 @@ class EngineRegistry:
 
     def _build(self, alias: str, kind: PoolKind, pool: PoolSettings) -> Any:
         shared = kind == "sync" and pool.url is None and is_shared(alias)
-        spec = (spec_for_url(alias, pool.url, pool) if pool.url
-                else spec_for_alias(alias, pool, shared=shared))
+        spec = connection_spec(alias, pool, shared=shared)
         kwargs: dict[str, Any] = {"connect_args": spec.connect_args, **spec.engine_kwargs}
         if not _is_memory_sqlite(spec):
             kwargs.update(
@@ -149,11 +147,12 @@ class EngineRegistry:
             except ImportError as error:
                 raise PoolkitError(
                     f"the async engine for {alias!r} needs a package that is not installed "
-                    f"({error.name}); install django-poolkit[async]") from error
+                    f"({error.name}); install django-poolkit[sqlite-async]") from error
             sync_engine = engine.sync_engine
-        _configure_pool(sync_engine.pool, alias, kind, pool)
-        attach_listeners(sync_engine, alias, kind, counters_for(alias, kind),
-                         count_resets=not hygiene)
+        events = PoolEvents(alias, kind, counters_for(alias, kind))
+        _configure_pool(sync_engine.pool, kind, pool, events)
+        attach_listeners(sync_engine, events, reset=not hygiene, checkin=not isinstance(
+            sync_engine.pool, (PoolkitQueuePool, PoolkitAsyncQueuePool)))
         install_recycle_jitter(sync_engine)  # pool_recycle minus 0-10 % per connection
         # Poolkit's connection class: client_timeout, and bounds on the pool's own round
         # trips (pre-ping, checkin reset) so a frozen server cannot hang them.
@@ -166,7 +165,7 @@ class EngineRegistry:
             if isinstance(sync_engine.pool, PoolkitQueuePool):
                 sync_engine.pool.poolkit_autocommit_off = True
             install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",
-                                    shared=shared, counters=counters_for(alias, kind),
+                                    shared=shared, events=events,
                                     bound=bound)
             install_pre_ping(sync_engine, pool.pre_ping_mode or "socket", bound=bound)
         if pool.leak_detection_threshold is not None:

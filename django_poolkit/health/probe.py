@@ -6,8 +6,6 @@ parameters, so it is only matched, never returned).
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import sqlite3
 import time
 import urllib.parse
@@ -17,8 +15,9 @@ from typing import Literal
 import psycopg
 
 from ..conf import get_settings
-from ..engines.params import spec_for_alias
-from ..ops.serverinfo import ROLE_AND_LAG_SQL, describe_error
+from ..engines.params import connection_spec, direct_connect_args
+from ..exceptions import describe_error
+from ..ops.serverinfo import ROLE_AND_LAG_SQL
 
 __all__ = ["ProbeResult", "probe_database"]
 
@@ -34,10 +33,6 @@ class ProbeResult:
     error: str | None = None
 
 
-def _probe_application_name(alias: str) -> str:
-    return f"poolkit-health:{alias}:{os.getpid()}"[:63]
-
-
 def probe_database(alias: str, timeout: float) -> ProbeResult:
     """Open a fresh connection to ``alias`` outside every pool, ask its role and replay lag,
     and close it. Blocking; the caller bounds the wall time (see :class:`HealthChecker`).
@@ -50,18 +45,15 @@ def probe_database(alias: str, timeout: float) -> ProbeResult:
     pool = get_settings().for_alias(alias)
     if pool is None:  # pragma: no cover - every DATABASES alias has pool settings
         return ProbeResult(ok=False, error="not configured")
-    spec = spec_for_alias(alias, pool)
+    spec = connection_spec(alias, pool)
     if spec.vendor == "sqlite":
         return _probe_sqlite(spec.url.database or ":memory:", timeout)
-    params = dict(spec.connect_args)
+    params = direct_connect_args(alias, spec, purpose="health", timeout=timeout)
     statement_ms = max(1, int(timeout * 1000))
     # Later "-c" settings win over earlier ones, so these override the pool's own.
     params["options"] = " ".join(filter(None, (
         params.get("options"), f"-c statement_timeout={statement_ms}",
         "-c default_transaction_read_only=on")))
-    params["connect_timeout"] = max(2, math.ceil(timeout))  # libpq's minimum is 2 s
-    params["application_name"] = _probe_application_name(alias)
-    params.pop("prepare_threshold", None)
     started = time.perf_counter()
     try:
         connection = psycopg.connect(autocommit=True, **params)

@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from django.db import connections
 
+from ..engines.params import vendor_of
 from ..stats import PoolStats
 from .probe import ProbeResult, _ms
-from .settings import DEGRADED, HEALTHY, UNHEALTHY, HealthSettings, Status, _vendor
+from .settings import DEGRADED, HEALTHY, UNHEALTHY, HealthSettings, Status
 
 __all__ = ["DatabaseHealth", "HealthReport", "evaluate", "worst"]
 
@@ -193,7 +194,7 @@ def evaluate(
             connect_ms=result.connect_ms, latency_ms=result.latency_ms, lag_s=result.lag_s,
             error=result.error, reasons=tuple(reasons), pool=pool, async_pool=async_pool,
             routing=routed,
-            vendor=_vendor(alias), host=str(entry.get("HOST") or "") or None,
+            vendor=vendor_of(entry), host=str(entry.get("HOST") or "") or None,
             port=str(entry.get("PORT") or "") or None,
             name=str(entry.get("NAME")) if entry.get("NAME") else None)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from .._threads import in_daemon_thread
 from ..api import pool_stats
 from ..conf import on_reload
 from .probe import ProbeResult, _ms, probe_database
@@ -104,23 +104,21 @@ class HealthChecker:
         A probe stuck on a stopped server is reused rather than duplicated: a blackholed
         database then holds one thread and one socket, not one per round.
         """
+        def run() -> ProbeResult:
+            try:
+                return probe_database(alias, timeout)
+            except Exception as error:  # a bug or a settings error: report, never raise
+                logger.exception("health probe of %r failed unexpectedly", alias)
+                return ProbeResult(ok=False, error=type(error).__name__)
+
         with self._lock:
             running = self._probes.get(alias)
             if running is not None and not running[0].done():
                 return running
-            future: concurrent.futures.Future[ProbeResult] = concurrent.futures.Future()
+            future = in_daemon_thread(run, f"poolkit-health-{alias}")
             started = time.monotonic()
             self._probes[alias] = (future, started)
             self.probes_started += 1
-
-        def run() -> None:
-            try:
-                future.set_result(probe_database(alias, timeout))
-            except Exception as error:  # a bug or a settings error: report, never raise
-                logger.exception("health probe of %r failed unexpectedly", alias)
-                future.set_result(ProbeResult(ok=False, error=type(error).__name__))
-
-        threading.Thread(target=run, name=f"poolkit-health-{alias}", daemon=True).start()
         return future, started
 
     def _run_round(self, round_: concurrent.futures.Future[HealthReport],
@@ -193,7 +191,4 @@ checker = HealthChecker()
 def _forget_cached_report() -> None:
     checker.clear()
 
-
-# A pre-forking server (gunicorn --preload) may import this module before it forks.
-os.register_at_fork(after_in_child=checker.after_fork_in_child)
 

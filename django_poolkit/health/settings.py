@@ -5,14 +5,25 @@ details, and the replica policy. Parsed through ``conf.SECTION_PARSERS`` (check 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from django.db import connections
 
-from .._schema import Report, did_you_mean, known_items
+from .._schema import (
+    Field,
+    Report,
+    boolean,
+    choice,
+    did_you_mean,
+    fields,
+    integer,
+    names,
+    number,
+    read_fields,
+    text,
+)
 from ..check_ids import (
     E_HEALTH_BAD_VALUE,
     E_HEALTH_CONFLICT,
@@ -21,6 +32,7 @@ from ..check_ids import (
     E_HEALTH_UNKNOWN_KEY,
 )
 from ..conf import get_settings
+from ..engines.params import vendor_of
 
 __all__ = [
     "DEGRADED",
@@ -73,7 +85,7 @@ class HealthSettings:
         if self.databases is not None:
             return self.databases
         return tuple(alias for alias in connections.settings
-                     if _vendor(alias) in _PROBED_VENDORS)
+                     if vendor_of(connections.settings[alias]) in _PROBED_VENDORS)
 
     def replica_aliases(self) -> tuple[str, ...]:
         """The probed aliases that the replica policy counts."""
@@ -87,21 +99,45 @@ class HealthSettings:
         return tuple(alias for alias in candidates if alias in probed and alias != self.primary)
 
 
+#: Every ``POOLKIT["HEALTH"]`` key: what it accepts and the hint for a wrong value.
+FIELDS: dict[str, Field] = fields(
+    Field("timeout", HealthSettings.timeout, "a number of seconds > 0 and <= 30",
+          "Keep it below your probe's timeout (Kubernetes: 1 s), e.g. 0.5.",
+          number(above=0, at_most=30, as_float=True)),
+    Field("cache_ttl", HealthSettings.cache_ttl, "a number of seconds >= 0",
+          "A few seconds, e.g. 2; 0 probes on every request.",
+          number(at_least=0, as_float=True)),
+    Field("token", None, f"a string of at least {_MINIMUM_TOKEN_LENGTH} characters, or None",
+          "Use a long random secret (not SECRET_KEY), e.g. from secrets.token_urlsafe(32).",
+          text(none=True, min_length=_MINIMUM_TOKEN_LENGTH), secret=True),
+    Field("token_header", HealthSettings.token_header, "a non-empty HTTP header name",
+          'e.g. "X-Poolkit-Health-Token".', text(nonblank=True, stripped=True)),
+    Field("databases", None, "a list of DATABASES aliases, or None for all",
+          'e.g. ["default", "replica1"].', names(none=True)),
+    Field("primary", HealthSettings.primary, "a DATABASES alias, or None",
+          'The alias writes go to, e.g. "default".', text(none=True, min_length=0)),
+    Field("replicas", None, "a list of DATABASES aliases, or None for those with "
+          "TEST['MIRROR']", 'e.g. ["replica1", "replica2"].', names(none=True)),
+    Field("min_replicas", HealthSettings.min_replicas, "an integer >= 0",
+          "How many replicas must be healthy for /ready/ to pass; 0 never fails it.",
+          integer(0)),
+    Field("max_replica_lag", HealthSettings.max_replica_lag,
+          "a number of seconds > 0, or None for no limit",
+          "A replica further behind than this counts as degraded, e.g. 30.",
+          number(above=0, none=True, as_float=True)),
+    Field("saturation", HealthSettings.saturation,
+          "a number > 0 and <= 1 (share of the pool's capacity checked out)",
+          "1 means every connection of pool_size + max_overflow is checked out.",
+          number(above=0, at_most=1, as_float=True)),
+    Field("saturated_status", HealthSettings.saturated_status, '"unhealthy" or "degraded"',
+          '"degraded" keeps /ready/ at 200 while the pool is saturated.',
+          choice((UNHEALTHY, DEGRADED))),
+    Field("staff_details", HealthSettings.staff_details, "True or False",
+          "Whether logged-in staff users see the detailed report.", boolean),
+)
+
 #: What each ``POOLKIT["HEALTH"]`` key accepts (for the messages and the docs).
-SETTING_RULES: dict[str, str] = {
-    "timeout": "a number of seconds > 0 and <= 30",
-    "cache_ttl": "a number of seconds >= 0",
-    "token": f"a string of at least {_MINIMUM_TOKEN_LENGTH} characters, or None",
-    "token_header": "a non-empty HTTP header name",
-    "databases": "a list of DATABASES aliases, or None for all",
-    "primary": "a DATABASES alias, or None",
-    "replicas": "a list of DATABASES aliases, or None for those with TEST['MIRROR']",
-    "min_replicas": "an integer >= 0",
-    "max_replica_lag": "a number of seconds > 0, or None for no limit",
-    "saturation": "a number > 0 and <= 1 (share of the pool's capacity checked out)",
-    "saturated_status": '"unhealthy" or "degraded"',
-    "staff_details": "True or False",
-}
+SETTING_RULES: dict[str, str] = {name: item.accepted for name, item in FIELDS.items()}
 
 
 def _router_replicas() -> set[str]:
@@ -111,20 +147,6 @@ def _router_replicas() -> set[str]:
     return {replica.alias for cluster in replica_state.snapshot()
             for replica in cluster.replicas}
 
-
-
-def _vendor(alias: str) -> str:
-    engine = str(connections.settings[alias].get("ENGINE", ""))
-    if "sqlite" in engine:
-        return "sqlite"
-    if "postgres" in engine or engine.startswith("django_poolkit"):
-        return "postgresql"
-    return engine.rsplit(".", 1)[-1]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
-        value)
 
 
 def parse_settings(
@@ -144,14 +166,14 @@ def parse_settings(
         report(base, f"must be a dict, got {type(value).__name__}",
                'Write {"timeout": 0.5, "cache_ttl": 2}.', E_HEALTH_NOT_A_DICT)
         return HealthSettings()
-    found: dict[str, Any] = {}
-    for key, item, path, rule in known_items(value, base, SETTING_RULES, report,
-                                             E_HEALTH_UNKNOWN_KEY):
-        try:
-            found[key] = _check_value(key, item, databases, path, report)
-        except ValueError:
-            report(path, f"must be {rule}, got {item!r}" if key != "token"
-                   else f"must be {rule}", _HINTS[key], E_HEALTH_BAD_VALUE)
+
+    def known_aliases(key: str, item: Any, path: str) -> None:
+        if key in ("databases", "replicas", "primary") and item is not None:
+            _known_aliases([item] if key == "primary" else item, databases, path, report)
+
+    found = read_fields(value, FIELDS, lambda key: f'{base}["{key}"]', report,
+                        unknown_key_id=E_HEALTH_UNKNOWN_KEY, bad_value_id=E_HEALTH_BAD_VALUE,
+                        on_valid=known_aliases)
     if "primary" not in found and found.get("databases") is not None and (
             HealthSettings.primary not in found["databases"]):
         found["primary"] = None  # the default primary is simply not probed
@@ -171,63 +193,9 @@ def parse_settings(
     return result
 
 
-_HINTS: dict[str, str] = {
-    "timeout": "Keep it below your probe's timeout (Kubernetes: 1 s), e.g. 0.5.",
-    "cache_ttl": "A few seconds, e.g. 2; 0 probes on every request.",
-    "token": "Use a long random secret (not SECRET_KEY), e.g. from secrets.token_urlsafe(32).",
-    "token_header": 'e.g. "X-Poolkit-Health-Token".',
-    "databases": 'e.g. ["default", "replica1"].',
-    "primary": 'The alias writes go to, e.g. "default".',
-    "replicas": 'e.g. ["replica1", "replica2"].',
-    "min_replicas": "How many replicas must be healthy for /ready/ to pass; 0 never fails it.",
-    "max_replica_lag": "A replica further behind than this counts as degraded, e.g. 30.",
-    "saturation": "1 means every connection of pool_size + max_overflow is checked out.",
-    "saturated_status": '"degraded" keeps /ready/ at 200 while the pool is saturated.',
-    "staff_details": "Whether logged-in staff users see the detailed report.",
-}
-
-
-def _check_value(
-    key: str, item: Any, databases: Mapping[str, Any], path: str,
-    report: Report,
-) -> Any:
-    """The checked value of one key, or ValueError when it breaks the key's rule."""
-    if key == "timeout" and _is_number(item) and 0 < item <= 30:
-        return float(item)
-    if key == "cache_ttl" and _is_number(item) and item >= 0:
-        return float(item)
-    if key == "token" and (item is None or (
-            isinstance(item, str) and len(item) >= _MINIMUM_TOKEN_LENGTH)):
-        return item
-    if key == "token_header" and isinstance(item, str) and item.strip():
-        return item.strip()
-    if key in ("databases", "replicas"):
-        if item is None:
-            return None
-        if isinstance(item, (list, tuple)) and all(isinstance(name, str) for name in item):
-            _known_aliases(item, databases, path, report)
-            return tuple(item)
-    if key == "primary" and (item is None or isinstance(item, str)):
-        if item is not None:
-            _known_aliases([item], databases, path, report)
-        return item
-    if key == "min_replicas" and isinstance(item, int) and not isinstance(item, bool) and (
-            item >= 0):
-        return item
-    if key == "max_replica_lag" and (item is None or (_is_number(item) and item > 0)):
-        return None if item is None else float(item)
-    if key == "saturation" and _is_number(item) and 0 < item <= 1:
-        return float(item)
-    if key == "saturated_status" and item in (UNHEALTHY, DEGRADED):
-        return item
-    if key == "staff_details" and isinstance(item, bool):
-        return item
-    raise ValueError(key)
-
-
-def _known_aliases(names: Sequence[str], databases: Mapping[str, Any], path: str,
+def _known_aliases(aliases: Sequence[str], databases: Mapping[str, Any], path: str,
                    report: Report) -> None:
-    for name in names:
+    for name in aliases:
         if name not in databases:
             report(path, f'names the unknown database alias "{name}"'
                    + did_you_mean(name, databases),

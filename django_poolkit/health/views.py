@@ -8,24 +8,21 @@ an outage into an error page instead of a 503).
 
 Anonymous callers get ``{"status": ...}`` and the status code. The detailed body (reasons,
 timings, per-database figures, host, port and database name, but never a user, password or
-DSN) goes to callers that send ``POOLKIT["HEALTH"]["token"]`` in the ``token_header`` header,
-to staff users (``staff_details``) and to everyone when ``DEBUG`` is on.
+DSN) goes to the callers :mod:`~django_poolkit.health.access` allows (the token, staff,
+``DEBUG``), the same policy as the metrics view.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.utils.cache import add_never_cache_headers
 
+from .access import may_see_details
 from .runner import checker
-from .settings import HEALTHY, HealthSettings
+from .settings import HEALTHY
 
 __all__ = ["db", "live", "ready"]
 
@@ -66,45 +63,15 @@ def _health_view(view: AsyncView) -> AsyncView:
     return wrapper
 
 
-def _json(body: dict[str, Any], status: int) -> HttpResponse:
-    return HttpResponse(json.dumps(body, indent=None, separators=(",", ":")),
-                        content_type="application/json", status=status)
-
-
-async def may_see_details(request: HttpRequest, config: HealthSettings) -> bool:
-    """Whether this caller may see the detailed report.
-
-    The token is compared in constant time. The staff check reads the user only when the
-    request carries a session cookie, so a load balancer's or kubelet's probe never loads a
-    session (which could wait on the very database that is down).
-    """
-    if settings.DEBUG:
-        return True
-    if config.token:
-        given = request.headers.get(config.token_header)
-        if given is not None and hmac.compare_digest(given.encode(), config.token.encode()):
-            return True
-    if not (config.staff_details and settings.SESSION_COOKIE_NAME in request.COOKIES):
-        return False
-    auser = getattr(request, "auser", None)
-    if auser is None:
-        if not hasattr(request, "user"):
-            return False
-        return bool(await sync_to_async(_is_staff)(request))
-    user = await auser()
-    return bool(user.is_active and user.is_staff)
-
-
-def _is_staff(request: HttpRequest) -> bool:
-    user: Any = request.user
-    return bool(user.is_active and user.is_staff)
+def _json_response(body: dict[str, Any], status: int) -> JsonResponse:
+    return JsonResponse(body, status=status, json_dumps_params={"separators": (",", ":")})
 
 
 @_health_view
 async def live(request: HttpRequest) -> HttpResponse:
     """Liveness: this process answers requests. Touches no database, ever: a liveness
     failure restarts the pod, and restarting does not fix a slow database."""
-    return _json({"status": HEALTHY}, 200)
+    return _json_response({"status": HEALTHY}, 200)
 
 
 @_health_view
@@ -114,7 +81,7 @@ async def ready(request: HttpRequest) -> HttpResponse:
     config = checker.config()
     report = await checker.acheck()
     details = await may_see_details(request, config)
-    return _json(report.as_dict(details=details, databases=False), report.http_status)
+    return _json_response(report.as_dict(details=details, databases=False), report.http_status)
 
 
 @_health_view
@@ -124,4 +91,4 @@ async def db(request: HttpRequest) -> HttpResponse:
     config = checker.config()
     report = await checker.acheck()
     details = await may_see_details(request, config)
-    return _json(report.as_dict(details=details), report.http_status)
+    return _json_response(report.as_dict(details=details), report.http_status)

@@ -10,7 +10,6 @@ this section; the arithmetic is :mod:`~django_poolkit.ops.sizing`, the plan
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 from django.db import connections
 from sqlalchemy.engine import make_url
 
-from .._schema import Report, known_items
+from .._schema import Field, Report, fields, integer, names, number, read_fields
 from ..check_ids import E_DEPLOYMENT_BAD_VALUE, E_DEPLOYMENT_NOT_A_DICT, E_DEPLOYMENT_UNKNOWN_KEY
 from ..conf import PoolkitSettings, PoolSettings, get_settings
+from ..engines.params import vendor_of
 from . import sizing
 
 __all__ = [
@@ -31,21 +31,6 @@ __all__ = [
     "parse",
     "server_of",
 ]
-
-
-#: What each ``POOLKIT["DEPLOYMENT"]`` key accepts, for messages and docs.
-SETTING_RULES: dict[str, str] = {
-    "hosts": "an integer >= 1 (machines or containers running the app)",
-    "workers": "an integer >= 1 (processes per host, e.g. gunicorn --workers)",
-    "threads": "an integer >= 1 (request threads per process, e.g. gunicorn --threads)",
-    "async_concurrency": "an integer >= 1 (concurrent async requests per process), or None",
-    "queries_per_request": "a number > 0 (average queries per request, async formula)",
-    "cores": "an integer >= 1 (CPU cores per host), or None for os.cpu_count()",
-    "spindles": "an integer >= 0 (disks a query waits on; 0 for SSDs)",
-    "extra_connections": "an integer >= 0 (connections outside the pools: cron, shells, "
-                         "migrations, probes, other apps)",
-    "databases": "a list of pool names the deployment uses, or None for every pool",
-}
 
 
 @dataclass(frozen=True)
@@ -73,29 +58,42 @@ class Deployment:
 
     @property
     def effective_cores(self) -> int:
-        """``cores``, or the seed's ``os.cpu_count()`` default."""
+        """``cores``, or the ``os.cpu_count()`` default."""
         return self.cores or sizing.default_cores()
 
 
-def _integer(item: Any, minimum: int) -> bool:
-    return isinstance(item, int) and not isinstance(item, bool) and item >= minimum
+_HINT = "Describe the deployment as it runs in production."
 
+#: Every ``POOLKIT["DEPLOYMENT"]`` key and what it accepts.
+FIELDS: dict[str, Field] = fields(
+    Field("hosts", Deployment.hosts,
+          "an integer >= 1 (machines or containers running the app)", _HINT, integer(1)),
+    Field("workers", Deployment.workers,
+          "an integer >= 1 (processes per host, e.g. gunicorn --workers)", _HINT, integer(1)),
+    Field("threads", Deployment.threads,
+          "an integer >= 1 (request threads per process, e.g. gunicorn --threads)", _HINT,
+          integer(1)),
+    Field("async_concurrency", Deployment.async_concurrency,
+          "an integer >= 1 (concurrent async requests per process), or None", _HINT,
+          integer(1, none=True)),
+    Field("queries_per_request", Deployment.queries_per_request,
+          "a number > 0 (average queries per request, async formula)", _HINT,
+          number(above=0, as_float=True)),
+    Field("cores", Deployment.cores,
+          "an integer >= 1 (CPU cores per host), or None for os.cpu_count()", _HINT,
+          integer(1, none=True)),
+    Field("spindles", Deployment.spindles,
+          "an integer >= 0 (disks a query waits on; 0 for SSDs)", _HINT, integer(0)),
+    Field("extra_connections", Deployment.extra_connections,
+          "an integer >= 0 (connections outside the pools: cron, shells, migrations, probes, "
+          "other apps)", _HINT, integer(0)),
+    Field("databases", Deployment.databases,
+          "a list of pool names the deployment uses, or None for every pool", _HINT,
+          names(none=True)),
+)
 
-def _value(key: str, item: Any) -> Any:
-    """The checked value of one key; ValueError when it breaks the rule."""
-    if key in ("hosts", "workers", "threads") and _integer(item, 1):
-        return item
-    if key in ("spindles", "extra_connections") and _integer(item, 0):
-        return item
-    if key in ("async_concurrency", "cores") and (item is None or _integer(item, 1)):
-        return item
-    if key == "queries_per_request" and isinstance(item, (int, float)) and not isinstance(
-            item, bool) and math.isfinite(item) and item > 0:
-        return float(item)
-    if key == "databases" and (item is None or (
-            isinstance(item, (list, tuple)) and all(isinstance(name, str) for name in item))):
-        return None if item is None else tuple(item)
-    raise ValueError(key)
+#: What each ``POOLKIT["DEPLOYMENT"]`` key accepts, for messages and docs.
+SETTING_RULES: dict[str, str] = {name: item.accepted for name, item in FIELDS.items()}
 
 
 def parse(value: Any, databases: Mapping[str, Any], report: Report) -> Deployment | None:
@@ -112,14 +110,9 @@ def parse(value: Any, databases: Mapping[str, Any], report: Report) -> Deploymen
         report(base, f"must be a dict, got {type(value).__name__}",
                'Write {"hosts": 2, "workers": 4, "threads": 8}.', E_DEPLOYMENT_NOT_A_DICT)
         return None
-    found: dict[str, Any] = {}
-    for key, item, path, rule in known_items(value, base, SETTING_RULES, report,
-                                             E_DEPLOYMENT_UNKNOWN_KEY):
-        try:
-            found[key] = _value(key, item)
-        except ValueError:
-            report(path, f"must be {rule}, got {item!r}",
-                   "Describe the deployment as it runs in production.", E_DEPLOYMENT_BAD_VALUE)
+    found = read_fields(value, FIELDS, lambda key: f'{base}["{key}"]', report,
+                        unknown_key_id=E_DEPLOYMENT_UNKNOWN_KEY,
+                        bad_value_id=E_DEPLOYMENT_BAD_VALUE)
     return Deployment(**found)
 
 
@@ -148,8 +141,7 @@ def server_of(alias: str, pool: PoolSettings) -> str | None:
             return None
         return f"{url.host or 'localhost'}:{url.port or 5432}"
     entry = connections.settings.get(alias) or {}
-    engine = str(entry.get("ENGINE", ""))
-    if "postgres" not in engine and "postgis" not in engine:
+    if vendor_of(entry) != "postgresql":
         return None
     return f"{entry.get('HOST') or 'localhost'}:{entry.get('PORT') or 5432}"
 

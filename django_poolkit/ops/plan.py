@@ -146,7 +146,7 @@ class Plan:
 
 
 #: Formulas ``poolplan --formula`` accepts for the sync pools: ``threads`` (the default,
-#: :func:`sizing.threaded_pool_size`) and two of the seed's own.
+#: :func:`sizing.threaded_pool_size`) and the cores and production rules.
 PLAN_FORMULAS = ("threads", "cores", "production")
 
 
@@ -193,7 +193,7 @@ def build_plan(
     (``limits_source="option"`` records that the limits came from the command line).
     ``db_cores`` are the database server's cores, for the PgBouncer pool (default: the
     deployment's ``cores``). ``formula`` (one of :data:`PLAN_FORMULAS`) sizes the sync pools
-    unless ``preset`` is given; async pools always use the seed's async formula.
+    unless ``preset`` is given; async pools always use the async formula.
     """
     pools: list[PoolPlan] = []
     skipped: list[str] = []

@@ -4,138 +4,66 @@ its connection limits and every client connection, each over one short-lived con
 Server queries never use an application pool: they open one connection of their own with a
 short ``connect_timeout``, named ``poolkit-ops:<alias>:<pid>``, ask in a read-only transaction
 with a short ``statement_timeout``, and wait for the answer for a bounded time, so a stopped
-server cannot hang a command. Errors are reduced to fixed phrases (:func:`describe_error`); a
-password never leaves ``connect_args``.
+server cannot hang a command. Errors are reduced to fixed phrases
+(:func:`~django_poolkit.exceptions.describe_error`); a password never leaves ``connect_args``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import queue
-import threading
+import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
 
-from ..conf import PoolSettings, get_settings
-from ..engines.params import spec_for_alias, spec_for_url
-from ..exceptions import ServerUnreachable
+from .._threads import in_daemon_thread
+from ..conf import get_settings
+from ..engines.params import connection_spec, direct_connect_args
+from ..exceptions import ServerUnreachable, describe_error
 
 __all__ = [
+    "PRIMARY_POSITION_SQL",
     "ROLE_AND_LAG_SQL",
     "ApplicationConnections",
     "ServerLimits",
     "ServerSnapshot",
-    "describe_error",
     "read_limits",
     "read_snapshot",
 ]
 
-#: One round trip: ``pg_is_in_recovery()`` and the replay lag in seconds (NULL on a primary).
-#: Replay lag is the age of the last replayed transaction, which keeps growing while an idle
-#: primary sends nothing, so a standby that has replayed everything it received counts as 0 s
-#: behind.
+#: The one measurement of a server's role and replay lag, for every reader: the health
+#: probes and ``poolstatus`` read the first two columns, the router's prober all of them.
+#: One round trip: ``pg_is_in_recovery()``; the replay lag in seconds (NULL on a primary);
+#: the replay and receive positions; the age of the last replayed transaction; whether
+#: replay is paused. Replay lag is the age of the last replayed transaction, which keeps
+#: growing while an idle primary sends nothing, so a standby that has replayed everything
+#: it received counts as 0 s behind. The router refines the lag against the primary's own
+#: position (:data:`PRIMARY_POSITION_SQL`), which only it reads.
 ROLE_AND_LAG_SQL = """
 SELECT pg_is_in_recovery(),
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
             ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-       END
+       END,
+       pg_last_wal_replay_lsn()::text,
+       pg_last_wal_receive_lsn()::text,
+       EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8,
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END
 """
 
-
-# SQLSTATE -> what a probe may say about it.
-_SQLSTATE_PHRASES = {
-    "53300": "too many connections",
-    "28P01": "authentication failed",
-    "28000": "authorization rejected",
-    "3D000": "database does not exist",
-    "57P03": "server is starting up or shutting down",
-    "57P01": "server terminated the connection",
-    "57014": "statement timeout",
-    "08006": "connection failure",
-    "08001": "could not connect",
-}
-# libpq reports most connection failures without a SQLSTATE: match its wording (lower case)
-# and answer with a fixed phrase, never with the text itself.
-_MESSAGE_PHRASES = (
-    ("too many connections", "too many connections"),
-    ("too many clients", "too many connections"),
-    ("remaining connection slots are reserved", "too many connections"),
-    ("password authentication failed", "authentication failed"),
-    ("no password supplied", "authentication failed"),
-    ("no pg_hba.conf entry", "rejected by pg_hba.conf"),
-    ("connection refused", "connection refused"),
-    ("timeout expired", "connect timeout"),
-    ("database system is starting up", "server is starting up or shutting down"),
-    ("database system is shutting down", "server is starting up or shutting down"),
-    ("could not translate host name", "host name not resolved"),
-    ("server closed the connection", "server closed the connection"),
-    ("canceling statement due to statement timeout", "statement timeout"),
-    ("does not exist", "database or role does not exist"),
-    ("unable to open database file", "database file missing or unreadable"),
-)
-
-
-
-def describe_error(error: BaseException) -> str:
-    """A fixed phrase for a connection or query error, with its SQLSTATE when known.
-
-    The driver's own text can hold host names, user names and parameter values, so it is
-    only *matched*, never returned.
-    """
-    sqlstate = getattr(error, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_PHRASES:
-        return f"{_SQLSTATE_PHRASES[sqlstate]} (SQLSTATE {sqlstate})"
-    text = str(error).lower()
-    for needle, phrase in _MESSAGE_PHRASES:
-        if needle in text:
-            return phrase
-    if isinstance(sqlstate, str) and sqlstate:
-        return f"{type(error).__name__} (SQLSTATE {sqlstate})"
-    return type(error).__name__
-
-
-
-def _connect_args(alias: str, pool: PoolSettings, timeout: float) -> dict[str, Any]:
-    spec = spec_for_url(alias, pool.url, pool) if pool.url else spec_for_alias(alias, pool)
-    params = dict(spec.connect_args)
-    params.update({
-        "host": spec.url.host, "port": spec.url.port, "user": spec.url.username,
-        "dbname": spec.url.database,
-    })
-    params = {key: value for key, value in params.items() if value is not None}
-    # No startup options of our own: PgBouncer rejects or ignores them. The queries run in a
-    # read-only transaction with a local statement_timeout instead (_guard).
-    params["connect_timeout"] = max(2, math.ceil(timeout))  # libpq's minimum is 2 s
-    params["application_name"] = f"poolkit-ops:{alias}:{os.getpid()}"[:63]
-    params.pop("prepare_threshold", None)
-    return params
+#: The primary's WAL position now.
+PRIMARY_POSITION_SQL = "SELECT pg_current_wal_lsn()::text"
 
 
 def _bounded(work: Callable[[], Any], timeout: float) -> Any:
     """Run ``work`` in a daemon thread and return its result, or raise TimeoutError after
     ``timeout`` seconds (libpq's own timeouts do not cover a server that stopped answering
     in the middle of a query)."""
-    answers: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
-
-    def run() -> None:
-        try:
-            answers.put((True, work()))
-        except BaseException as error:  # handed to the caller, who re-raises it
-            answers.put((False, error))
-
-    threading.Thread(target=run, name="poolkit-ops-query", daemon=True).start()
     try:
-        ok, result = answers.get(timeout=timeout)
-    except queue.Empty:
+        return in_daemon_thread(work, "poolkit-ops-query").result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
         raise TimeoutError("the server did not answer in time") from None
-    if not ok:
-        raise result
-    return result
 
 
 @dataclass(frozen=True)
@@ -310,7 +238,10 @@ def _ask(alias: str, timeout: float, query: Callable[[dict[str, Any], int], Any]
     pool = get_settings().for_alias(alias)
     if pool is None:
         raise ServerUnreachable("not configured")
-    params = _connect_args(alias, pool, timeout)
+    # No startup options of our own: PgBouncer rejects or ignores them. The queries run in a
+    # read-only transaction with a local statement_timeout instead (_guard).
+    params = direct_connect_args(alias, connection_spec(alias, pool), purpose="ops",
+                                 timeout=timeout)
     timeout_ms = max(1, int(timeout * 1000))
     try:
         # One extra second for the TCP handshake and the connection's own round trips.

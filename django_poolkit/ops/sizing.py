@@ -1,4 +1,4 @@
-"""The seed's pool sizing guidance as pure functions.
+"""Pool sizing rules as pure functions.
 
 Nothing here reads settings or the environment on its own: every input is an argument, so the
 same arithmetic serves ``POOLKIT`` (``preset`` and ``sizing``), ``manage.py poolplan`` and the
@@ -34,7 +34,7 @@ class PoolSize(NamedTuple):
     max_overflow: int
 
 
-#: The seed's scenario table ("Quick Reference"): name -> persistent connections and overflow.
+#: The preset table: name -> persistent connections and overflow.
 PRESETS: dict[str, PoolSize] = {
     "development": PoolSize(5, 5),
     "small_api": PoolSize(10, 10),
@@ -42,20 +42,20 @@ PRESETS: dict[str, PoolSize] = {
     "background_worker": PoolSize(5, 5),
 }
 
-#: The accepted values of the ``sizing`` setting, each one of the seed's formulas.
+#: The accepted values of the ``sizing`` setting, each one sizing formula.
 SIZING_FORMULAS: tuple[str, ...] = ("cores", "async", "production", "auto")
 
-#: The seed's production rule adds this many connections to ``cores x 2``.
+#: The production rule adds this many connections to ``cores x 2``.
 PRODUCTION_HEADROOM = 4
 
 
 def default_cores() -> int:
-    """CPU cores as the seed counts them: ``os.cpu_count()``, or 4 when it is unknown."""
+    """CPU cores as the formulas count them: ``os.cpu_count()``, or 4 when it is unknown."""
     return os.cpu_count() or 4
 
 
 def cores_pool_size(cores: int, spindles: int, max_overflow: int) -> PoolSize:
-    """``pool_size = cores x 2 + spindles`` (the seed's rule of thumb, after HikariCP).
+    """``pool_size = cores x 2 + spindles`` (the usual rule of thumb, after HikariCP).
 
     ``spindles`` is the number of disks a query can wait on (0 for SSDs and cloud volumes).
     The formula says nothing about overflow, so the caller's ``max_overflow`` is kept.
@@ -66,20 +66,20 @@ def cores_pool_size(cores: int, spindles: int, max_overflow: int) -> PoolSize:
 def async_pool_size(concurrency: int, queries_per_request: float, max_overflow: int) -> PoolSize:
     """``pool_size = expected_concurrent_requests / avg_queries_per_request``, at least 1.
 
-    This is the seed's async formula, rounded up so a fractional result never starves a
+    This is the async formula, rounded up so a fractional result never starves a
     request. Overflow is kept from the caller.
     """
     return PoolSize(max(1, math.ceil(concurrency / queries_per_request)), max_overflow)
 
 
 def production_pool_size(cores: int) -> PoolSize:
-    """The seed's production rule: ``pool_size = cores x 2 + 4`` and as much overflow again."""
+    """The production rule: ``pool_size = cores x 2 + 4`` and as much overflow again."""
     size = cores * 2 + PRODUCTION_HEADROOM
     return PoolSize(size, size)
 
 
 def auto_pool_size(cores: int, environment: str) -> PoolSize:
-    """The seed's ``calculate_pool_size()``: the production rule when ``environment`` is
+    """The classic ``calculate_pool_size()``: the production rule when ``environment`` is
     ``"production"``, otherwise the development preset (5 + 5)."""
     if environment == "production":
         return production_pool_size(cores)

@@ -23,11 +23,22 @@ default; with none, unlisted models are left to Django (``None`` from the router
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._schema import Report, accepted_keys, did_you_mean
+from .._schema import (
+    Field,
+    Report,
+    boolean,
+    choice,
+    did_you_mean,
+    fields,
+    integer,
+    number,
+    read_fields,
+    text,
+)
 from ..check_ids import (
     E_ROUTING_BAD_VALUE,
     E_ROUTING_CONFLICT,
@@ -37,6 +48,7 @@ from ..check_ids import (
     E_ROUTING_UNKNOWN_ALIAS,
     E_ROUTING_UNKNOWN_KEY,
 )
+from ..engines.params import vendor_of
 
 __all__ = [
     "CLUSTER_OPTIONS",
@@ -54,115 +66,63 @@ PinMode = Literal["lsn", "time", "off"]
 SameSite = Literal["Lax", "Strict", "None"]
 
 
-
-class _Invalid(ValueError):
-    pass
-
-
-def _number(*, none: bool = False) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value is None and none:
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
-        raise _Invalid(f"got {value!r}")
-
-    return check
-
-
-def _bytes(value: Any) -> Any:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        return value
-    raise _Invalid(f"got {value!r}")
-
-
-def _boolean(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    raise _Invalid(f"got {value!r}")
-
-
-def _choice(*options: str | None) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value in options:
-            return value
-        names = [option for option in options if option is not None]
-        raise _Invalid(f"got {value!r}{did_you_mean(str(value), names)}")
-
-    return check
-
-
-def _text(*, none: bool = False) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if (value is None and none) or (isinstance(value, str) and value.strip()):
-            return value
-        raise _Invalid(f"got {value!r}")
-
-    return check
-
-
-@dataclass(frozen=True)
-class _Option:
-    default: Any
-    accepted: str
-    doc: str
-    check: Callable[[Any], Any]
-
-
 #: Options a cluster may set for itself; at the ``ROUTING`` level they are every cluster's
 #: default.
-CLUSTER_OPTIONS: dict[str, _Option] = {
-    "strategy": _Option("round_robin", '"round_robin", "random" or "weighted"',
-                        "How a read picks among the healthy replicas.",
-                        _choice("round_robin", "random", "weighted")),
-    "max_lag": _Option(5.0, "a number of seconds > 0",
-                       "A replica further behind than this serves no reads.", _number()),
-    "readmit_lag": _Option(None, "a number of seconds > 0 and <= max_lag, or None for "
-                           "max_lag / 2",
-                           "A lagging replica comes back only once below this (hysteresis).",
-                           _number(none=True)),
-    "max_lag_bytes": _Option(None, "an integer of bytes >= 0, or None to not check",
-                             "A replica whose replay is more WAL bytes behind serves no reads.",
-                             _bytes),
-    "readmit_lag_bytes": _Option(None, "an integer of bytes >= 0 and <= max_lag_bytes, or None "
-                                 "for max_lag_bytes / 2",
-                                 "Byte lag below which a lagging replica comes back.", _bytes),
-    "fallback": _Option("primary", '"primary" or "raise"',
-                        "What a read does when no replica qualifies: use the primary, or raise "
-                        "NoHealthyReplica.", _choice("primary", "raise")),
-}
+CLUSTER_OPTIONS: dict[str, Field] = fields(
+    Field("strategy", "round_robin", '"round_robin", "random" or "weighted"',
+          "How a read picks among the healthy replicas.",
+          choice(("round_robin", "random", "weighted"))),
+    Field("max_lag", 5.0, "a number of seconds > 0",
+          "A replica further behind than this serves no reads.",
+          number(above=0, as_float=True)),
+    Field("readmit_lag", None, "a number of seconds > 0 and <= max_lag, or None for "
+          "max_lag / 2", "A lagging replica comes back only once below this (hysteresis).",
+          number(above=0, none=True, as_float=True)),
+    Field("max_lag_bytes", None, "an integer of bytes >= 0, or None to not check",
+          "A replica whose replay is more WAL bytes behind serves no reads.",
+          integer(0, none=True)),
+    Field("readmit_lag_bytes", None, "an integer of bytes >= 0 and <= max_lag_bytes, or None "
+          "for max_lag_bytes / 2", "Byte lag below which a lagging replica comes back.",
+          integer(0, none=True)),
+    Field("fallback", "primary", '"primary" or "raise"',
+          "What a read does when no replica qualifies: use the primary, or raise "
+          "NoHealthyReplica.", choice(("primary", "raise"))),
+)
 
 #: Options only the ``ROUTING`` level takes (they are per process, not per cluster).
-ROUTING_OPTIONS: dict[str, _Option] = {
-    "sticky": _Option(True, "True or False",
-                      "Keep the replica chosen first for the rest of a request or task scope.",
-                      _boolean),
-    "probe_interval": _Option(1.0, "a number of seconds > 0, or None to probe only on demand",
-                              "How often a background thread refreshes replica health and lag.",
-                              _number(none=True)),
-    "probe_timeout": _Option(2.0, "a number of seconds > 0",
-                             "statement_timeout of one probe query.", _number()),
-    "pin_mode": _Option("lsn", '"lsn", "time" or "off"',
-                        "Read-your-writes across requests: until a replica has replayed the "
-                        "write (lsn), for the whole window (time), or not at all (off).",
-                        _choice("lsn", "time", "off")),
-    "pin_seconds": _Option(15.0, "a number of seconds > 0",
-                           "Read-your-writes window across requests (the cap in lsn mode).",
-                           _number()),
-    "cookie_name": _Option("poolkit_pin", "a non-empty string",
-                           "Name of the signed read-your-writes cookie.", _text()),
-    "cookie_secure": _Option(False, "True or False", "Send the cookie over HTTPS only.",
-                             _boolean),
-    "cookie_samesite": _Option("Lax", '"Lax", "Strict", "None" or None',
-                               "SameSite attribute of the cookie.",
-                               _choice("Lax", "Strict", "None", None)),
-    "header_name": _Option("X-Poolkit-Pin", "an HTTP header name, or None to use no header",
-                           "Header that carries the same signed token for API clients.",
-                           _text(none=True)),
-}
+ROUTING_OPTIONS: dict[str, Field] = fields(
+    Field("sticky", True, "True or False",
+          "Keep the replica chosen first for the rest of a request or task scope.", boolean),
+    Field("probe_interval", 1.0, "a number of seconds > 0, or None to probe only on demand",
+          "How often a background thread refreshes replica health and lag.",
+          number(above=0, none=True, as_float=True)),
+    Field("probe_timeout", 2.0, "a number of seconds > 0",
+          "statement_timeout of one probe query.", number(above=0, as_float=True)),
+    Field("pin_mode", "lsn", '"lsn", "time" or "off"',
+          "Read-your-writes across requests: until a replica has replayed the write (lsn), "
+          "for the whole window (time), or not at all (off).", choice(("lsn", "time", "off"))),
+    Field("pin_seconds", 15.0, "a number of seconds > 0",
+          "Read-your-writes window across requests (the cap in lsn mode).",
+          number(above=0, as_float=True)),
+    Field("cookie_name", "poolkit_pin", "a non-empty string",
+          "Name of the signed read-your-writes cookie.", text(nonblank=True)),
+    Field("cookie_secure", False, "True or False", "Send the cookie over HTTPS only.",
+          boolean),
+    Field("cookie_samesite", "Lax", '"Lax", "Strict", "None" or None',
+          "SameSite attribute of the cookie.", choice(("Lax", "Strict", "None"), none=True)),
+    Field("header_name", "X-Poolkit-Pin", "an HTTP header name, or None to use no header",
+          "Header that carries the same signed token for API clients.",
+          text(none=True, nonblank=True)),
+)
+
+#: A replica's own options (``"replicas": {"replica1": {"weight": 2}}``).
+_REPLICA_OPTIONS: dict[str, Field] = fields(
+    Field("weight", 1.0, "a number > 0",
+          'The replica\'s share of reads under strategy "weighted".',
+          number(above=0, as_float=True)),
+)
 
 _CLUSTER_ONLY = ("primary", "replicas", "apps")
-_REPLICA_KEYS = ("weight",)
 
 
 @dataclass(frozen=True)
@@ -241,31 +201,16 @@ def _path(*parts: str) -> str:
 
 
 def _read_options(
-    section: Mapping[str, Any], options: Mapping[str, _Option], path: tuple[str, ...],
-    report: Report, *, skip: Iterable[str] = (), accepted: Iterable[str] = (),
+    section: Mapping[str, Any], options: Mapping[str, Field], path: tuple[str, ...],
+    report: Report, *, skip: Iterable[str] = (), accepted: Iterable[str] | None = None,
 ) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    skipped = tuple(skip)
-    for key, value in section.items():
-        if key in skipped:
-            continue
-        option = options.get(key)
-        if option is None:
-            known = list(accepted)
-            report(_path(*path, str(key)), f"unknown key{did_you_mean(str(key), known)}",
-                   accepted_keys(known), E_ROUTING_UNKNOWN_KEY)
-            continue
-        try:
-            values[key] = option.check(value)
-        except _Invalid as error:
-            report(_path(*path, str(key)), f"must be {option.accepted}, {error}", option.doc,
-                   E_ROUTING_BAD_VALUE)
-    return values
+    return read_fields(section, options, lambda key: _path(*path, key), report,
+                       unknown_key_id=E_ROUTING_UNKNOWN_KEY, bad_value_id=E_ROUTING_BAD_VALUE,
+                       skip=skip, accepted=accepted)
 
 
 def _is_postgres(database: Mapping[str, Any]) -> bool:
-    engine = str(database.get("ENGINE", ""))
-    return "postgresql" in engine or "postgis" in engine
+    return vendor_of(database) == "postgresql"
 
 
 def _alias(
@@ -315,18 +260,8 @@ def _replicas(
                        f"got {type(options).__name__}", "Only \"weight\" can be set.",
                        E_ROUTING_TYPE)
                 continue
-            for key, option_value in options.items():
-                key_path = _path(*path, str(alias_value), str(key))
-                if key != "weight":
-                    report(key_path, f"unknown key{did_you_mean(str(key), _REPLICA_KEYS)}",
-                           accepted_keys(_REPLICA_KEYS), E_ROUTING_UNKNOWN_KEY)
-                    continue
-                try:
-                    weight = _number()(option_value)
-                except _Invalid as error:
-                    report(key_path, f"must be a number > 0, {error}",
-                           'The replica\'s share of reads under strategy "weighted".',
-                           E_ROUTING_BAD_VALUE)
+            weight = _read_options(options, _REPLICA_OPTIONS, (*path, str(alias_value)),
+                                   report).get("weight", weight)
         if alias is not None:
             found.append(ReplicaConfig(alias, weight))
     return found

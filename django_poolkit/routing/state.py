@@ -1,38 +1,16 @@
 """The one shared replica state: health, lag, exclusion and readmission, per process.
 
 The router, ``read_session()``, the health views, ``poolstatus`` and metrics all read
-:data:`replica_state`, so they tell the same story about which replica is out and why.
-
-The state is refreshed by probes, never on the request path: a background thread (started by
-the first routed read, one per process, restarted after a fork) probes every cluster each
-``probe_interval`` seconds; with ``probe_interval=None`` probes run only when someone calls
-:meth:`ReplicaState.refresh`. A probe asks the primary for ``pg_current_wal_lsn()`` and each
-replica for ``pg_is_in_recovery()``, ``pg_last_wal_replay_lsn()``, its receive position and
-the age of its last replayed transaction, through the same pools the application uses.
-
-Rules, per replica:
-
-- a probe that cannot connect or query takes the replica out (``down``) at once, and so does
-  a failed connection attempt in the replica's pool (the ORM's or SQLAlchemy's), noticed at
-  the next routed read from the pool's counter; the next successful probe brings it back;
-- a server that is not in recovery is out (``not_replica``): it was promoted, or the alias
-  points at a primary, and its data may be behind the real primary;
-- lag (while behind: the age of the last replayed commit, or of the last probe that found
-  the replica caught up if that is younger; and the WAL bytes behind) above
-  ``max_lag``/``max_lag_bytes`` takes it out (``lagging``); it comes back only below
-  ``readmit_lag``/``readmit_lag_bytes`` (hysteresis, so it does not flap at the threshold).
-  A replica that has replayed everything it was sent and everything the primary wrote has lag
-  0, however long ago its last commit was (an idle primary is not lag);
-- a replica never probed yet (``unknown``) serves plain reads, as it would without poolkit,
-  but never a read-your-writes read: its replay position is not known.
+:data:`replica_state`, so they tell the same story about which replica is out and why. A
+background prober (one per process, started by the first routed read) refreshes it through
+the application's pools, never on the request path. The rules (down, not_replica, lagging
+with hysteresis, unknown) are in the README, "Replica health and fallback".
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -41,12 +19,14 @@ from typing import Any
 
 from sqlalchemy import text
 
-from ..exceptions import NoHealthyReplica
+from ..conf import on_reload
+from ..exceptions import NoHealthyReplica, describe_error
+from ..ops.serverinfo import PRIMARY_POSITION_SQL, ROLE_AND_LAG_SQL
 from ..pinning import format_lsn, parse_lsn
 from ..signals import replica_state_changed
 from ..stats import counters_for
 from .settings import ClusterConfig, RoutingSettings, routing_settings
-from .status import ClusterStatus, ReplicaStatus, Status
+from .status import ClusterStatus, ReplicaStatus, RotationStatus
 
 __all__ = [
     "ClusterStatus",
@@ -63,7 +43,7 @@ class _Replica:
     alias: str
     cluster: str
     weight: float
-    status: Status = "unknown"
+    status: RotationStatus = "unknown"
     reason: str | None = None
     out_since: float | None = None
     lag_seconds: float | None = None
@@ -100,24 +80,12 @@ class _Cluster:
 
 def _pool_errors(alias: str) -> int:
     """Connections the pools of ``alias`` (sync and async) failed to open, since start."""
-    return int(counters_for(alias, "sync").connect_errors
-               + counters_for(alias, "async").connect_errors)
+    return int(counters_for(alias, "sync").get("connect_errors")
+               + counters_for(alias, "async").get("connect_errors"))
 
 
-def describe_error(error: BaseException) -> str:
-    """An error's class and first line: enough to diagnose, never a DSN or a chain.
-    (libpq never puts the password in its messages.)"""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
-
-
-_PRIMARY_SQL = text("SELECT pg_current_wal_lsn()::text")
-_REPLICA_SQL = text(
-    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-    "pg_last_wal_receive_lsn()::text, "
-    "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8, "
-    "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END"
-)
+_PRIMARY_SQL = text(PRIMARY_POSITION_SQL)
+_REPLICA_SQL = text(ROLE_AND_LAG_SQL)
 
 
 class ReplicaState:
@@ -133,7 +101,6 @@ class ReplicaState:
         self._clusters: dict[str, _Cluster] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pid = os.getpid()
         # Serialises probes: a caller of refresh() waits for a probe already running.
         self._probe_lock = threading.Lock()
         # State changes made under the lock, announced (signal) once it is released.
@@ -145,18 +112,12 @@ class ReplicaState:
     # Configuration -----------------------------------------------------------------------
 
     def _current(self, routing: RoutingSettings | None = None) -> dict[str, _Cluster]:
-        _hook_reload()
         if routing is None:
             routing = routing_settings()
-        if routing is self._routing and self._pid == os.getpid():
+        if routing is self._routing:
             return self._clusters
         with self._lock:
-            if routing is not self._routing or self._pid != os.getpid():
-                if self._pid != os.getpid():
-                    # A forked child: the parent's thread does not exist here.
-                    self._thread = None
-                    self._stop = threading.Event()
-                    self._pid = os.getpid()
+            if routing is not self._routing:
                 self._clusters = {
                     name: _Cluster(config, {r.alias: _Replica(r.alias, name, r.weight)
                                             for r in config.replicas})
@@ -286,7 +247,6 @@ class ReplicaState:
         self._probe_lock = threading.Lock()
         self._thread = None
         self._stop = threading.Event()
-        self._pid = os.getpid()
         self._routing = None
         self._clusters = {}
 
@@ -307,8 +267,8 @@ class ReplicaState:
             replica = found.replicas.get(alias)
             if replica is not None:
                 with self._lock:
-                    self._mark(replica, "down", f"connection failed: {describe_error(error)}")
-                    replica.last_error = describe_error(error)
+                    replica.last_error = describe_error(error, quote=True)
+                    self._mark(replica, "down", f"connection failed: {replica.last_error}")
                     replica.failures += 1
         self._announce()
 
@@ -325,7 +285,7 @@ class ReplicaState:
         except Exception as error:
             # Lag is then measured against what each replica has received.
             found.primary_lsn = None
-            found.primary_error = describe_error(error)
+            found.primary_error = describe_error(error, quote=True)
             logger.warning("cluster %r: cannot read the primary's WAL position: %s",
                            found.config.name, found.primary_error)
         for replica in list(found.replicas.values()):
@@ -333,12 +293,14 @@ class ReplicaState:
             try:
                 with get_engine(replica.alias).connect() as connection:
                     connection.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
-                    row = connection.execute(_REPLICA_SQL).one()
+                    measured = connection.execute(_REPLICA_SQL).one()
+                # The role and the positions: the router measures lag against the primary.
+                row = (measured[0], *measured[2:])
             except Exception as error:
                 with self._lock:
                     replica.errors_seen = _pool_errors(replica.alias)
                     replica.last_probe_at = now
-                    replica.last_error = describe_error(error)
+                    replica.last_error = describe_error(error, quote=True)
                     replica.failures += 1
                     self._mark(replica, "down", f"connection failed: {replica.last_error}")
                 continue
@@ -403,7 +365,7 @@ class ReplicaState:
         else:
             self._mark(replica, "healthy", None)
 
-    def _mark(self, replica: _Replica, status: Status, reason: str | None) -> None:
+    def _mark(self, replica: _Replica, status: RotationStatus, reason: str | None) -> None:
         was_in = replica.in_rotation
         previous = replica.status
         replica.status = status
@@ -431,7 +393,7 @@ class ReplicaState:
                     sender=change["alias"], **change):
                 if isinstance(result, Exception):
                     logger.error("replica_state_changed receiver %r failed: %s", receiver,
-                                 describe_error(result))
+                                 describe_error(result, quote=True))
 
     # The background prober ---------------------------------------------------------------
 
@@ -441,7 +403,7 @@ class ReplicaState:
         if routing.probe_interval is None:
             return
         thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+        if thread is not None and thread.is_alive():
             return
         self._current(routing)
         with self._lock:
@@ -473,27 +435,12 @@ class ReplicaState:
     def prober_running(self) -> bool:
         """Whether this process's background prober is alive."""
         thread = self._thread
-        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+        return thread is not None and thread.is_alive()
 
 
 #: The process-wide replica state.
 replica_state = ReplicaState()
 
 
-_reload_hooked = False
-
-
-def _hook_reload() -> None:
-    """Once per process, on first use (importing the package has no side effects): forget the
-    state whenever the configuration is reloaded, start over in a forked child, and stop the
-    prober at interpreter exit."""
-    global _reload_hooked
-    if not _reload_hooked:
-        from ..conf import on_reload
-
-        _reload_hooked = True
-        on_reload(replica_state.reset)
-        os.register_at_fork(after_in_child=replica_state.after_fork_in_child)
-        # Registered after the app's dispose_all, so it runs before it: no probe is left
-        # holding a connection while the pools close.
-        atexit.register(replica_state.stop)
+# The configuration changed: forget the clusters (their replicas may be others now).
+on_reload(replica_state.reset)

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-__all__ = ["ClusterStatus", "ReplicaStatus", "Status"]
+__all__ = ["ClusterStatus", "ReplicaStatus", "RotationStatus"]
 
 #: Where a replica stands: in rotation (``unknown``, ``healthy``) or out of it.
-Status = Literal["unknown", "healthy", "lagging", "down", "not_replica"]
+RotationStatus = Literal["unknown", "healthy", "lagging", "down", "not_replica"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class ReplicaStatus:
     alias: str
     cluster: str
     weight: float
-    status: Status
+    status: RotationStatus
     in_rotation: bool
     reason: str | None
     out_since: float | None

@@ -34,10 +34,10 @@ from django.test.runner import DiscoverRunner
 from sqlalchemy import text
 
 from ..api import get_engine
-from ..exceptions import PoolkitError
+from ..exceptions import PoolkitError, describe_error
 from ..pinning import format_lsn, parse_lsn, use_primary
 from .settings import routing_settings
-from .state import describe_error, replica_state
+from .state import replica_state
 
 __all__ = [
     "ReplicaNotCaughtUp",
@@ -140,7 +140,7 @@ def wait_for_replicas(aliases: Iterable[str] | None = None, *, timeout: float = 
                     break
                 last = f"replayed {format_lsn(replayed) if replayed else 'nothing'}"
             except Exception as error:  # the test database may not exist there yet
-                last = describe_error(error)
+                last = describe_error(error, quote=True)
             if time.monotonic() > deadline:
                 paused = _paused(alias)
                 raise ReplicaNotCaughtUp(

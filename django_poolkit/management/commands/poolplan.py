@@ -3,7 +3,7 @@
 Pools are sized per process; the server's ``max_connections`` is shared by every process of
 every host. Given the process model (``--hosts``, ``--workers``, ``--threads``,
 ``--async-concurrency``; defaults from ``POOLKIT["DEPLOYMENT"]``), the command recommends
-``pool_size`` and ``max_overflow`` for every pool by the seed's formulas (or ``--preset``) and
+``pool_size`` and ``max_overflow`` for every pool by the sizing formulas (or ``--preset``) and
 adds up, per server, what the configured and the recommended pools can open at most:
 ``(pool_size + max_overflow) x workers x hosts`` over every sync (and, with async concurrency,
 async) pool on that server, plus ``--extra-connections``. That is compared with the server's
@@ -70,7 +70,7 @@ class Command(BaseCommand):
     """Recommend pool sizes for a deployment and check them against max_connections."""
 
     help = ("Recommend pool_size/max_overflow per alias for a deployment (hosts x workers x "
-            "threads) by the seed's formulas, and check every pool of every process against "
+            "threads) by the sizing formulas, and check every pool of every process against "
             "the server's max_connections; recommends PgBouncer when it cannot fit.")
     requires_system_checks: list[str] = []
 

@@ -1,0 +1,582 @@
+"""What the dashboard shows, gathered without ever waiting on a pool or a hung server.
+
+Sources, and how each is read:
+
+- this process's pools: :func:`~django_poolkit.api.pool_stats` (no I/O), plus wait and hold
+  histograms fed by the ``pool_checkout``/``pool_checkin`` signals once :func:`install` ran
+  (importing the dashboard's URLs does it);
+- a time series of checked-out, waiting and wait time per alias, sampled every
+  :data:`SAMPLE_INTERVAL_S` by a daemon thread and kept for :data:`SERIES_POINTS` samples;
+- the router's shared replica state (no I/O; its own prober does the probing);
+- the cached health report, the server's view of every alias (the bounded operations
+  connection ``poolkit-ops:<alias>:<pid>`` that ``poolstatus`` uses) and the ``poolplan``
+  verdict built from it: each read in a background thread, at most one in flight per source,
+  reused for :data:`SERVER_TTL_S`. A page waits at most :data:`WAIT_S` for those reads and
+  then shows what it has, saying how old it is or why it is missing;
+- with ``PROMETHEUS_MULTIPROC_DIR`` set, every live worker's pool metrics summed from the
+  multiprocess directory.
+
+The document :func:`collect` returns is what the JSON endpoint serves. It never holds a
+password, a token or a connection string: targets are host, port, database and user.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from django.db import connections
+from sqlalchemy.engine import make_url
+
+from .. import health, signals
+from ..api import pool_stats
+from ..conf import KNOBS, PoolSettings, get_settings
+from ..engines import engine_registry
+from ..exceptions import ServerUnreachable
+from ..ops.deployment import Deployment, deployment_settings, server_of
+from ..ops.plan import build_plan
+from ..ops.serverinfo import ServerLimits, ServerSnapshot, read_snapshot
+from ..routing.settings import routing_settings
+from ..routing.state import replica_state
+from ..stats import PoolKind, PoolStats
+
+__all__ = [
+    "HOLD_BUCKETS_MS",
+    "SAMPLE_INTERVAL_S",
+    "SERIES_POINTS",
+    "SERVER_TTL_S",
+    "WAIT_BUCKETS_MS",
+    "WAIT_S",
+    "collect",
+    "ensure_sampler",
+    "install",
+    "reset",
+    "series_for",
+    "worker_totals",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Longest a page waits for the background reads (server, health) before it renders.
+WAIT_S = 0.6
+#: How long a server snapshot (and the plan built from it) is reused before it is read again.
+SERVER_TTL_S = 5.0
+#: How long the health report is reused before the (cached, bounded) checker is asked again.
+HEALTH_TTL_S = 1.0
+#: A figure older than this many TTLs is shown as stale.
+STALE_AFTER_TTLS = 3.0
+#: Server queries' own deadline (statement timeout; the connect is bounded too).
+SERVER_TIMEOUT_S = 2.0
+#: The time series: one sample every SAMPLE_INTERVAL_S, the last SERIES_POINTS kept (6 min).
+SAMPLE_INTERVAL_S = 2.0
+SERIES_POINTS = 180
+#: Histogram bucket upper bounds, milliseconds (the last bucket is everything above).
+WAIT_BUCKETS_MS = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+                   2500.0, 5000.0)
+HOLD_BUCKETS_MS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 30000.0,
+                   60000.0)
+
+#: Settings shown in the main table; the others appear there only when not at their default.
+MAIN_SETTINGS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
+
+
+# Background reads ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading(Generic[T]):
+    """A value read in the background: ``value`` None when never read successfully;
+    ``error`` is the last attempt's fixed phrase when it failed."""
+
+    value: T | None
+    age_s: float | None
+    error: str | None
+    ttl: float
+
+    @property
+    def state(self) -> str:
+        """``fresh``, ``stale`` (old, or the last refresh failed) or ``unavailable``."""
+        if self.value is None or self.age_s is None:
+            return "unavailable"
+        if self.error is not None or self.age_s > self.ttl * STALE_AFTER_TTLS:
+            return "stale"
+        return "fresh"
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON form of the reading's freshness."""
+        return {"state": self.state, "age_s": None if self.age_s is None else round(
+            self.age_s, 1), "error": self.error}
+
+
+class _Refreshed(Generic[T]):
+    """One source read by a daemon thread, at most one read in flight, reused for ``ttl``."""
+
+    def __init__(self, work: Callable[[], T], ttl: float, name: str) -> None:
+        self._work = work
+        self._ttl = ttl
+        self._name = name
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._value_at: float | None = None
+        self._error: str | None = None
+        self._attempt_at: float | None = None
+        self._running: threading.Event | None = None
+
+    def start(self) -> threading.Event | None:
+        """Start a read when the value is older than the TTL; the event of the read in
+        flight (set when it ends), or None when the value is fresh enough."""
+        with self._lock:
+            if self._running is not None:
+                return self._running
+            # One attempt per TTL, failed or not: a server that is down is not asked again
+            # by every page view.
+            now = time.monotonic()
+            if self._attempt_at is not None and now - self._attempt_at < self._ttl:
+                return None
+            self._attempt_at = now
+            done = self._running = threading.Event()
+        threading.Thread(target=self._run, args=(done,), name=f"poolkit-dashboard-{self._name}",
+                         daemon=True).start()
+        return done
+
+    def _run(self, done: threading.Event) -> None:
+        value: T | None = None
+        error: str | None = None
+        try:
+            value = self._work()
+        except ServerUnreachable as problem:
+            error = str(problem)
+        except Exception as problem:  # a bug must not take the page down: say what failed
+            logger.exception("dashboard: reading %s failed", self._name)
+            error = type(problem).__name__
+        with self._lock:
+            if error is None:
+                self._value, self._value_at = value, time.monotonic()
+            self._error = error
+            self._running = None
+        done.set()
+
+    def read(self) -> Reading[T]:
+        """What is known now, without waiting."""
+        with self._lock:
+            age = None if self._value_at is None else time.monotonic() - self._value_at
+            return Reading(self._value, age, self._error, self._ttl)
+
+
+# Histograms ----------------------------------------------------------------------------------
+
+
+class _Histogram:
+    """Counts per bucket (upper bounds in ms; the last bucket is everything above)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+
+    def observe(self, value_ms: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value_ms)] += 1
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        """``[{"le": bound or None, "label", "count", "share"}]`` for the table and the bars."""
+        total = sum(self.counts) or 1
+        rows = []
+        lower = 0.0
+        for index, count in enumerate(self.counts):
+            upper = self.bounds[index] if index < len(self.bounds) else None
+            label = (f"{_ms_text(lower)} to {_ms_text(upper)}" if upper is not None
+                     else f"over {_ms_text(lower)}")
+            rows.append({"le": upper, "label": label, "count": count,
+                         "share": round(count / total, 4)})
+            lower = upper if upper is not None else lower
+        return rows
+
+
+def _ms_text(value: float) -> str:
+    return f"{value / 1000:g} s" if value >= 1000 else f"{value:g} ms"
+
+
+class _State:
+    """Everything the dashboard keeps per process; replaced whole in a forked child."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waits: dict[tuple[str, str], _Histogram] = {}
+        self.holds: dict[tuple[str, str], _Histogram] = {}
+        self.series: collections.deque[dict[str, Any]] = collections.deque(maxlen=SERIES_POINTS)
+        self.last_counters: dict[str, tuple[int, float]] = {}
+        self.sampler: threading.Thread | None = None
+        self.servers: dict[str, _Refreshed[ServerSnapshot]] = {}
+        # The checker caches its own report for cache_ttl: asking it often costs nothing.
+        self.health: _Refreshed[health.HealthReport] = _Refreshed(
+            health.checker.check, HEALTH_TTL_S, "health")
+        self.config_id: int | None = None
+
+
+_state = _State()
+_installed = False
+_install_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    global _state
+    _state = _State()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _on_checkout(sender: Any, *, alias: str, kind: str, wait_ms: float | None = None,
+                 **kwargs: Any) -> None:
+    if wait_ms is None:
+        return
+    state = _state
+    with state.lock:
+        found = state.waits.get((alias, kind))
+        if found is None:
+            found = state.waits[(alias, kind)] = _Histogram(WAIT_BUCKETS_MS)
+        found.observe(wait_ms)
+
+
+def _on_checkin(sender: Any, *, alias: str, kind: str, hold_ms: float | None = None,
+                **kwargs: Any) -> None:
+    if hold_ms is None:
+        return
+    state = _state
+    with state.lock:
+        found = state.holds.get((alias, kind))
+        if found is None:
+            found = state.holds[(alias, kind)] = _Histogram(HOLD_BUCKETS_MS)
+        found.observe(hold_ms)
+
+
+def install() -> None:
+    """Connect the histograms to the pool signals, once per process (cheap receivers)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        signals.pool_checkout.connect(_on_checkout, weak=False,
+                                      dispatch_uid="poolkit-dashboard-checkout")
+        signals.pool_checkin.connect(_on_checkin, weak=False,
+                                     dispatch_uid="poolkit-dashboard-checkin")
+        _installed = True
+
+
+def reset() -> None:
+    """Forget histograms, series and cached reads (tests; a configuration change)."""
+    global _state
+    _state = _State()
+
+
+# The time series -----------------------------------------------------------------------------
+
+
+def _sample(state: _State, now: float) -> None:
+    """Append one point: per alias, checked out and waiting (sync + async pools) and the mean
+    checkout wait since the previous point."""
+    point: dict[str, Any] = {"t": now, "aliases": {}}
+    for alias in get_settings().pools:
+        checked_out = waiting = checkouts = 0
+        wait_total = 0.0
+        for kind in _kinds(alias):
+            stats = pool_stats(alias, kind=kind)
+            checked_out += stats.pool_checked_out
+            waiting += stats.pool_waiting
+            checkouts += stats.checkouts
+            wait_total += stats.checkout_wait_ms_total
+        before = state.last_counters.get(alias)
+        state.last_counters[alias] = (checkouts, wait_total)
+        wait_ms = 0.0
+        if before is not None and checkouts > before[0]:
+            wait_ms = (wait_total - before[1]) / (checkouts - before[0])
+        point["aliases"][alias] = {"checked_out": checked_out, "waiting": waiting,
+                                   "wait_ms": round(wait_ms, 3)}
+    with state.lock:
+        state.series.append(point)
+
+
+def _sampler(state: _State) -> None:
+    while state is _state:
+        try:
+            with state.lock:
+                last = state.series[-1]["t"] if state.series else 0.0
+            now = time.time()
+            if now - last >= SAMPLE_INTERVAL_S * 0.9:
+                _sample(state, now)
+        except Exception:
+            logger.exception("dashboard: sampling the pools failed")
+        time.sleep(SAMPLE_INTERVAL_S)
+
+
+def ensure_sampler() -> None:
+    """Start this process's sampler thread if it is not running (after a fork, again)."""
+    state = _state
+    thread = state.sampler
+    if thread is not None and thread.is_alive():
+        return
+    with state.lock:
+        if state.sampler is not None and state.sampler.is_alive():
+            return
+        state.sampler = threading.Thread(target=_sampler, args=(state,),
+                                         name="poolkit-dashboard-sampler", daemon=True)
+        state.sampler.start()
+
+
+def _kinds(alias: str) -> tuple[PoolKind, ...]:
+    return ("sync", "async") if engine_registry.built(alias, "async") is not None else ("sync",)
+
+
+# Multiprocess workers ------------------------------------------------------------------------
+
+_GAUGE_KEYS = {
+    "poolkit_pool_size": "pool_size", "poolkit_pool_checked_out": "pool_checked_out",
+    "poolkit_pool_checked_in": "pool_checked_in", "poolkit_pool_overflow": "pool_overflow",
+    "poolkit_pool_capacity": "pool_capacity", "poolkit_pool_waiting": "pool_waiting",
+}
+_COUNTER_KEYS = {
+    "poolkit_checkouts_total": "checkouts", "poolkit_timeouts_total": "timeouts",
+    "poolkit_connections_opened_total": "connections_opened",
+    "poolkit_invalidations_total": "invalidations",
+}
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def worker_totals(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Every live worker's pools summed, read from a ``PROMETHEUS_MULTIPROC_DIR``.
+
+    Gauges are written as ``livesum`` (the sum over live processes) and counters as totals
+    over every process that ever wrote, as prometheus_client's own multiprocess collector
+    reads them. ``{"workers": pids seen in the directory, "pools": [{"alias", "kind",
+    gauges..., counters...}]}``.
+    """
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry(auto_describe=False)
+    multiprocess.MultiProcessCollector(registry, path=str(path))  # type: ignore[no-untyped-call]
+    pools: dict[tuple[str, str], dict[str, Any]] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            key = _GAUGE_KEYS.get(sample.name) or _COUNTER_KEYS.get(sample.name)
+            if key is None or "alias" not in sample.labels:
+                continue
+            entry = pools.setdefault((sample.labels["alias"], sample.labels.get("kind", "sync")),
+                                     {"alias": sample.labels["alias"],
+                                      "kind": sample.labels.get("kind", "sync")})
+            entry[key] = int(sample.value)
+    pids = {int(match.group(1)) for name in os.listdir(path)
+            if (match := _PID_FILE.search(name))}
+    live = sorted(pid for pid in pids if _alive(pid))
+    return {"workers": len(pids), "live_workers": len(live),
+            "pools": [pools[key] for key in sorted(pools)]}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _workers() -> dict[str, Any]:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return {"enabled": False}
+    try:
+        totals = worker_totals(Path(path))
+    except ImportError:
+        return {"enabled": True, "error": "prometheus-client is not installed"}
+    except OSError as error:
+        return {"enabled": True, "error": f"cannot read the directory ({type(error).__name__})"}
+    return {"enabled": True, "error": None, **totals}
+
+
+# Per-alias figures ---------------------------------------------------------------------------
+
+
+def _target(alias: str, pool: PoolSettings) -> dict[str, Any]:
+    """Where the pool connects: host, port, database, user; never the password."""
+    if pool.url is not None:
+        url = make_url(pool.url)
+        return {"host": url.host, "port": url.port, "database": url.database,
+                "user": url.username}
+    entry = connections.settings[alias]
+    return {"host": entry.get("HOST") or None, "port": entry.get("PORT") or None,
+            "database": str(entry.get("NAME") or "") or None, "user": entry.get("USER") or None}
+
+
+def _settings(pool: PoolSettings) -> list[dict[str, Any]]:
+    rows = []
+    for name in KNOBS:
+        origin = pool.origins.get(name, "default")
+        rows.append({"name": name, "value": getattr(pool, name), "origin": origin,
+                     "main": name in MAIN_SETTINGS or origin != "default"})
+    return rows
+
+
+def _pool(stats: PoolStats, state: _State) -> dict[str, Any]:
+    data = stats.as_dict()
+    counters = data["counters"]
+    counters["checkout_wait_ms_mean"] = round(stats.checkout_wait_ms_mean, 3)
+    counters["hold_ms_mean"] = round(stats.hold_ms_total / stats.checkins, 3) if (
+        stats.checkins) else 0.0
+    gauges = data["gauges"]
+    capacity = gauges["pool_capacity"]
+    gauges["saturated"] = bool(stats.built and capacity is not None
+                               and stats.pool_checked_out >= capacity)
+    with state.lock:
+        wait = state.waits.get((stats.alias, stats.kind))
+        hold = state.holds.get((stats.alias, stats.kind))
+        data["wait_histogram"] = (wait or _Histogram(WAIT_BUCKETS_MS)).as_rows()
+        data["hold_histogram"] = (hold or _Histogram(HOLD_BUCKETS_MS)).as_rows()
+    return data
+
+
+def _server(alias: str, state: _State) -> _Refreshed[ServerSnapshot]:
+    found = state.servers.get(alias)
+    if found is None:
+        with state.lock:
+            found = state.servers.setdefault(alias, _Refreshed(
+                lambda: read_snapshot(alias, SERVER_TIMEOUT_S), SERVER_TTL_S, f"server-{alias}"))
+    return found
+
+
+def _iso(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+
+
+def _clusters(now: float) -> list[dict[str, Any]]:
+    routing = routing_settings()
+    if routing is None:
+        return []
+    # The router starts its prober on the first routed read; the page may come first.
+    replica_state.ensure_prober(routing)
+    clusters = []
+    for cluster in replica_state.snapshot():
+        data = cluster.as_dict()
+        for replica, status in zip(data["replicas"], cluster.replicas, strict=True):
+            replica["out_for_s"] = (round(now - status.out_since, 1)
+                                    if status.out_since is not None else None)
+            replica["probed_ago_s"] = (round(now - status.last_probe_at, 1)
+                                       if status.last_probe_at is not None else None)
+        data["last_fallback_ago_s"] = (round(now - cluster.last_fallback_at, 1)
+                                       if cluster.last_fallback_at is not None else None)
+        data["probe_interval"] = routing.probe_interval
+        clusters.append(data)
+    return clusters
+
+
+def _plan(config: Any, readings: Mapping[str, Reading[ServerSnapshot]]) -> dict[str, Any]:
+    """The ``poolplan`` verdict, from the limits in the cached server snapshots (no I/O)."""
+    declared = deployment_settings()
+    deployment = declared or Deployment()
+
+    def limits(alias: str) -> ServerLimits:
+        reading = readings.get(alias)
+        if reading is None or reading.value is None:
+            raise ServerUnreachable(reading.error if reading and reading.error
+                                    else "not read yet")
+        return reading.value.limits
+
+    plan = build_plan(deployment, config, limits)
+    data = plan.as_dict()
+    data["declared"] = declared is not None
+    return data
+
+
+def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
+    """The dashboard's document (the JSON endpoint's body). Waits at most ``wait`` seconds
+    for background reads started now; never touches an application pool."""
+    state = _state
+    config = get_settings()
+    if state.config_id != id(config):
+        # A configuration reload (tests, override_settings) forgets reads of the old one.
+        state.servers = {}
+        state.config_id = id(config)
+    ensure_sampler()
+    started = time.monotonic()
+    pending: list[threading.Event] = []
+    health_event = state.health.start()
+    if health_event is not None:
+        pending.append(health_event)
+    servers: dict[str, _Refreshed[ServerSnapshot]] = {}
+    for alias, pool in config.pools.items():
+        if server_of(alias, pool) is not None:
+            servers[alias] = _server(alias, state)
+            event = servers[alias].start()
+            if event is not None:
+                pending.append(event)
+    for event in pending:
+        event.wait(max(0.0, wait - (time.monotonic() - started)))
+
+    now = time.time()
+    with state.lock:
+        last = state.series[-1]["t"] if state.series else 0.0
+    if now - last >= 1.0:
+        _sample(state, now)
+
+    health_reading = state.health.read()
+    report = health_reading.value
+    readings = {alias: refreshed.read() for alias, refreshed in servers.items()}
+    databases = []
+    for alias, pool in config.pools.items():
+        reading = readings.get(alias)
+        verdict = report.databases.get(alias) if report is not None else None
+        databases.append({
+            "alias": alias,
+            "server": server_of(alias, pool),
+            "target": _target(alias, pool),
+            "engine_only": alias not in connections.settings,
+            "pgbouncer": pool.pgbouncer,
+            "pools": [_pool(pool_stats(alias, kind=kind), state) for kind in _kinds(alias)],
+            "settings": _settings(pool),
+            "health": None if verdict is None else {
+                "status": verdict.status, "reasons": list(verdict.reasons),
+                "role": verdict.role, "latency_ms": verdict.latency_ms,
+                "lag_s": verdict.lag_s, "error": verdict.error},
+            "server_status": None if reading is None else {
+                **reading.describe(),
+                "snapshot": reading.value.as_dict() if reading.value is not None else None},
+        })
+    with state.lock:
+        points = list(state.series)
+    return {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "health": {**health_reading.describe(),
+                   "status": report.status if report is not None else None,
+                   "reasons": list(report.reasons) if report is not None else []},
+        "databases": databases,
+        "clusters": _clusters(now),
+        "plan": _plan(config, readings),
+        "workers": _workers(),
+        "series": {"interval_s": SAMPLE_INTERVAL_S, "capacity": SERIES_POINTS,
+                   "points": [{"t": _iso(point["t"]), "aliases": point["aliases"]}
+                              for point in points]},
+    }
+
+
+def series_for(document: Mapping[str, Any], alias: str) -> list[dict[str, Any]]:
+    """The time series points of one alias (missing points as zeros)."""
+    empty = {"checked_out": 0, "waiting": 0, "wait_ms": 0.0}
+    return [{"t": point["t"], **point["aliases"].get(alias, empty)}
+            for point in document["series"]["points"]]
+

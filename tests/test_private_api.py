@@ -1,0 +1,73 @@
+"""The private library API poolkit relies on, pinned to the releases it was checked against.
+
+psycopg and SQLAlchemy document no hook for some of what poolkit does: a deadline on every
+wait for the server (``client_timeout`` and the bounds on the pool's own round trips), the
+bounded rollback and ping of SQLAlchemy's dialect, the checkin's accounting without an event
+dispatch, the spread of ``pool_recycle``. Each use is checked here by name and signature, and
+the first test fails on a release series nobody has checked yet, so an upgrade can never
+silently turn a deadline off: re-read the library's source for the points below, then add
+the series to ``CHECKED``. (The checkin reset itself uses SQLAlchemy's documented pool
+``reset`` event.)
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import psycopg
+import sqlalchemy
+from psycopg import errors, generators
+from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
+
+from django_poolkit.engines import deadline
+
+#: Release series (major.minor) whose sources were read for the uses below.
+CHECKED = {"psycopg": ("3.3",), "sqlalchemy": ("2.0", "2.1")}
+
+
+def _series(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def test_the_installed_releases_are_the_checked_ones() -> None:
+    assert _series(psycopg.__version__) in CHECKED["psycopg"], (
+        f"psycopg {psycopg.__version__} is not a checked release: re-check "
+        "Connection.wait(gen, interval, timeout) and errors._WaitTimeout "
+        "(django_poolkit/engines/deadline.py), then add it to CHECKED")
+    assert _series(sqlalchemy.__version__) in CHECKED["sqlalchemy"], (
+        f"SQLAlchemy {sqlalchemy.__version__} is not a checked release: re-check the uses "
+        "below (engines/deadline.py, hygiene.py, pool.py, recycle.py), then add it to CHECKED")
+
+
+def test_psycopg_waits_take_a_deadline_and_raise_the_private_timeout() -> None:
+    # engines/deadline.py: PoolkitConnection.wait passes its limit as the deadline and
+    # catches errors._WaitTimeout; notifies() waits are recognised by their code object.
+    assert deadline.supported()
+    for cls in (psycopg.Connection, psycopg.AsyncConnection):
+        assert list(inspect.signature(cls.wait).parameters)[:4] == [
+            "self", "gen", "interval", "timeout"]
+    assert issubclass(errors._WaitTimeout, psycopg.OperationalError)
+    assert inspect.isfunction(generators.notifies)
+
+
+def test_sqlalchemy_dialect_methods_wrapped_per_engine() -> None:
+    # engines/deadline.py replaces connect and do_rollback (and an async engine's do_ping),
+    # engines/hygiene.py do_ping, on each engine's own dialect instance.
+    assert list(inspect.signature(DefaultDialect.connect).parameters) == [
+        "self", "cargs", "cparams"]
+    for name in ("do_rollback", "do_ping"):
+        assert list(inspect.signature(getattr(DefaultDialect, name)).parameters) == [
+            "self", "dbapi_connection"]
+
+
+def test_sqlalchemy_pool_internals_poolkit_extends() -> None:
+    # engines/pool.py: the checkin's accounting in _do_return_conn, carried over by
+    # recreate(); SQLAlchemy's logger namespace kept for the pool's own messages;
+    # engines/recycle.py reads the pool's _recycle.
+    for cls in (QueuePool, AsyncAdaptedQueuePool):
+        assert list(inspect.signature(cls._do_return_conn).parameters) == ["self", "record"]
+        assert callable(cls.recreate)
+    pool = QueuePool(lambda: None, recycle=7)
+    assert pool._recycle == 7
+    assert "_sqla_logger_namespace" in inspect.getsource(sqlalchemy.log)
