@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -459,7 +459,7 @@ def _server(alias: str, state: _State) -> _Refreshed[ServerSnapshot]:
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
 
 
 def _clusters(now: float) -> list[dict[str, Any]]:
@@ -558,7 +558,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
     with state.lock:
         points = list(state.series)
     return {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "health": {**health_reading.describe(),
