@@ -5,7 +5,7 @@
 1. **Work**: per configuration, the statements the server executes per request, counted by
    a proxy on the wire (exact, and free of the machine's drift), and ``pg_stat_database``'s
    transactions and sessions over the server's life.
-2. **Load**, for several rounds: configurations A B C D E F in turn, each on a new gunicorn
+2. **Load**, for several rounds: configurations A B H C D E F in turn, each on a new gunicorn
    server; per view, a short warm-up then ``wrk`` at 32 connections while a sampler counts
    the configuration's server connections.
 3. **In-process**: ``python -m bench.inproc`` per configuration per round (one request
@@ -44,17 +44,18 @@ from .wrk import run_wrk
 
 __all__ = ["Options", "main", "run"]
 
-CONFIGS = ("A", "B", "C", "D", "E", "F")
+CONFIGS = ("A", "B", "H", "C", "D", "E", "F")
 #: The work phase's concurrent warm-up clients per view (3 per server thread).
 WORK_WARMUP_CLIENTS = 3 * WORKERS * THREADS
 VIEWS = {"pk": "/pk/", "three": "/three/"}
 #: How each configuration names its server connections (``application_name``), so the
 #: sampler counts one configuration's connections while other servers stay up.
-APPLICATION_NAMES = {"A": "bench-A", "B": "bench-B", "C": "bench-C", "D": "bench-D",
+APPLICATION_NAMES = {"A": "bench-A", "B": "bench-B", "H": "bench-H", "C": "bench-C", "D": "bench-D",
                      "E": "poolkit:%", "F": "bench-F"}
 DESCRIPTIONS = {
     "A": "Django stock backend, CONN_MAX_AGE=0 (a new connection per request)",
     "B": "Django stock backend, CONN_MAX_AGE=60 (one persistent connection per thread)",
+    "H": "Django stock backend, CONN_MAX_AGE=60 and CONN_HEALTH_CHECKS=True",
     "C": "Django's psycopg pool (OPTIONS['pool']), min=max=pool size, no check",
     "D": "django-db-connection-pool (dj_db_conn_pool.backends.postgresql), its defaults",
     "E": "django-poolkit (django_poolkit.db.backends.postgresql), its defaults",
@@ -125,8 +126,11 @@ def machine_facts(server: Server) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)  # noqa: S607
-    lines = (wrk.stdout or wrk.stderr).strip().splitlines()
+    try:
+        wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)  # noqa: S607
+        lines = (wrk.stdout or wrk.stderr).strip().splitlines()
+    except OSError:  # the CPU benchmark runs without wrk
+        lines = []
     wrk_version = lines[0].split(" Copyright")[0] if lines else "?"
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -437,10 +441,21 @@ def run(options: Options) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line of ``bench/run`` / ``python -m bench``."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in and args_in[0] == "--cpu-render":
+        from bench import cpu
+
+        return cpu.main(["render", *args_in[1:]])
+    if args_in and args_in[0] in ("cpu", "--cpu", "--memory"):
+        # The CPU benchmark (bench/cpu.py): ``bench/run --cpu [options]``.
+        from bench import cpu
+
+        rest = args_in[1:] if args_in[0] != "--memory" else ["--memory", *args_in[1:]]
+        return cpu.main(["cpu", *rest])
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="2 rounds of 2 s, 3 scaling points: under 3 minutes")
-    parser.add_argument("--rounds", type=int, help="rounds of A..F (default 9, quick 2)")
+    parser.add_argument("--rounds", type=int, help="rounds of A B H C D E F (default 9, quick 2)")
     parser.add_argument("--duration", type=float,
                         help="seconds of wrk per view and round (default 5, quick 2)")
     parser.add_argument("--connections", type=int,
@@ -448,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-size", type=int, default=4,
                         help="connections per process for C, D and E (default 4; 8 threads)")
     parser.add_argument("--configs", default="".join(CONFIGS),
-                        help="which configurations, e.g. BE (default ABCDEF)")
+                        help="which configurations, e.g. BE (default ABHCDEF)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling curves")
     parser.add_argument("--no-micro", action="store_true",
                         help="skip the in-process and micro-benchmarks")
@@ -460,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/poolkit_bench"),
         help="the bench database, created if missing (default: $BENCH_DATABASE_URL or "
              "postgres://postgres@127.0.0.1:5432/poolkit_bench)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     changes: dict[str, Any] = {"pool_size": args.pool_size,
                                "database_url": args.database_url, "micro": not args.no_micro}
     configs = tuple(c for c in args.configs.upper() if c in CONFIGS)

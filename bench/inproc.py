@@ -82,7 +82,7 @@ def measure(config: str, budget_s: float, repeats: int) -> dict[str, list[float]
 def main(argv: list[str] | None = None) -> int:
     """The command line (the harness's; runnable by hand too)."""
     parser = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__)
-    parser.add_argument("config", choices=list("ABCDEF"))
+    parser.add_argument("config", choices=list("ABHCDEF"))
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)

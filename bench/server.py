@@ -25,7 +25,7 @@ WORKERS = 2
 THREADS = 8
 
 #: Configuration letter -> WSGI application.
-APPS = {letter: "bench.wsgi:application" for letter in "ABCDE"}
+APPS = {letter: "bench.wsgi:application" for letter in "ABHCDE"}
 APPS["F"] = "bench.plain_wsgi:application"
 
 

@@ -1,4 +1,4 @@
-"""``/pk/`` and ``/three/``."""
+"""``/pk/``, ``/three/``, and the async ``/apk/`` and ``/apk-engine/``."""
 
 from django.urls import path
 
@@ -7,4 +7,6 @@ from . import views
 urlpatterns = [
     path("pk/", views.pk),
     path("three/", views.three),
+    path("apk/", views.apk),
+    path("apk-engine/", views.apk_engine),
 ]

@@ -23,6 +23,7 @@ def _install_process_hooks() -> None:
     if _hooks_installed:
         return
     from .api import dispose_all
+    from .dashboard import data as dashboard
     from .engines import engine_registry
     from .engines.leaks import leak_detector
     from .health.runner import checker
@@ -33,6 +34,7 @@ def _install_process_hooks() -> None:
         checker.after_fork_in_child()  # probe threads and the cached report
         replica_state.after_fork_in_child()  # the prober thread and the replica state
         leak_detector.after_fork_in_child()  # the watcher thread and tracked checkouts
+        dashboard.after_fork_in_child()  # histograms, the series and background reads
 
     os.register_at_fork(after_in_child=after_fork_in_child)
     atexit.register(dispose_all)

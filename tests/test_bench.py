@@ -127,7 +127,7 @@ def _results() -> dict[str, Any]:
             "sqlalchemy_queuepool": {"label": "SQLAlchemy", "us": 8.0, "note": ""},
             "poolkit_engine_defaults": {"label": "poolkit", "us": 15.0, "note": ""},
             "poolkit_terminated_connection": {"ok": True, "detail": "replaced"}},
-            "poolkit_vs_sqlalchemy": {"median": 1.9, "low": 1.7, "high": 2.2, "n": 5}},
+            "poolkit_vs_sqlalchemy": {"median": 1.4, "low": 1.3, "high": 1.6, "n": 5}},
         "scaling": {"B": [{"connections": 1, "rps": 900.0, "p99_ms": 4.0, "errors": 0,
                            "peak_server_connections": 16}],
                     "E": [{"connections": 1, "rps": 880.0, "p99_ms": 4.5, "errors": 0,
@@ -157,7 +157,7 @@ def test_targets_state_plainly_what_is_met_and_what_is_not():
     assert verdicts["E statements/request == B (primary-key SELECT)"] is True
     assert verdicts["E statements/request == B (three queries)"] is False
     # The paired per-round ratio decides, not the ratio of the two medians (1.88).
-    assert verdicts["poolkit checkout+checkin (defaults) <= 2x SQLAlchemy unchecked"] is True
+    assert verdicts["poolkit checkout+checkin (defaults) <= 1.5x SQLAlchemy unchecked"] is True
     assert verdicts["poolkit (defaults) never hands out a terminated connection"] is True
 
 
@@ -177,7 +177,7 @@ def test_markdown_has_the_ratio_table_work_and_verdicts():
     assert "| E | three queries | 1000 | 4.000 | SELECT 3.000, ping 1.000 | 0.000 |" in text
     assert "| E/B req/s >= 0.97 (three queries) | 0.96 (0.96-0.96) | NOT met |" in text
     assert "| B | 900 / 4.0 / 0 / 16 |" in text
-    assert "(1.90x, range 1.70-2.20) | met |" in text
+    assert "(1.40x, range 1.30-1.60) | met |" in text
 
 
 def test_scaling_points_are_medians_over_passes_paired_with_b():
@@ -303,3 +303,130 @@ def test_the_benchmark_document_renders_without_a_warning():
         (ROOT / "docs" / "bench.rst").read_text(), writer="html",
         settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5})
     assert warnings.getvalue() == ""
+
+
+# --- The CPU benchmark (bench/cpu.py, bench/cpu_report.py) --------------------------------------
+
+
+def _cpu_results() -> dict[str, Any]:
+    """A made-up CPU run: two rounds of B, H, C and E (instructions and CPU us)."""
+    from bench import cpu_report
+
+    rows = []
+    for number, drift in enumerate((1.0, 1.3)):
+        for config, instructions, us in (("B", 1_000_000, 300.0), ("H", 1_100_000, 330.0),
+                                         ("C", 1_080_000, 320.0), ("E", 1_050_000, 310.0)):
+            rows.append({"round": number, "config": config, "instructions": instructions,
+                         "us": us * drift})
+    configs = {"B": "stock", "H": "stock + health checks", "C": "Django's pool",
+               "E": "poolkit"}
+
+    def summary(figure: str) -> dict[str, Any]:
+        found = {}
+        for config in configs:
+            mine = [row[figure] for row in rows if row["config"] == config]
+            found[config] = {"median": sum(mine) / 2, "low": min(mine), "high": max(mine),
+                             "ratio": cpu_report.paired(rows, config, "B", figure)}
+        return found
+
+    results: dict[str, Any] = {
+        "meta": {"date": "2026-12-07 05:00 UTC", "nproc": 2, "cpu": "test CPU",
+                 "loadavg_start": [9.0, 9.0, 9.0], "loadavg_end": [8.0, 8.0, 8.0],
+                 "python": "3.11", "postgresql": "15", "valgrind": "valgrind-3.19.0",
+                 "versions": {"django-poolkit": "0.1"}, "commit": "abc1234",
+                 "tree_dirty": False, "django_poolkit_sha256": "0" * 16, "elapsed_s": 200},
+        "setup": {"rounds": 2, "requests": 2000, "warmup": 200, "callgrind_requests": 100,
+                  "callgrind_rounds": 2, "callgrind": True, "configs": configs,
+                  "async_configs": {}},
+        "rows": rows, "async_rows": [],
+        "instructions": summary("instructions"), "process_us": summary("us"),
+        "async_instructions": {}, "async_process_us": {},
+        "statements": {config: {"statements_per_request": 1.0, "per_request": {"SELECT": 1.0},
+                                "requests": 500, "connections_opened": 0}
+                       for config in configs},
+        "profiles": {}, "memory": {},
+        "checkout": {"sqlalchemy": 40_000.0, "poolkit": 56_000.0, "unit": "instructions",
+                     "ratio": 1.4},
+    }
+    results["statements"]["H"] = {"statements_per_request": 2.0,
+                                  "per_request": {"SELECT": 1.0, "ping": 1.0},
+                                  "requests": 500, "connections_opened": 0}
+    results["targets"] = cpu_report.targets(results)
+    return results
+
+
+def test_cpu_ratios_pair_each_round_with_its_own_baseline():
+    from bench import cpu_report
+
+    results = _cpu_results()
+    # Process time drifts 30 % between the rounds; the paired ratio does not move.
+    ratio = cpu_report.paired(results["rows"], "E", "B", "us")
+    assert ratio is not None
+    assert ratio["n"] == 2
+    assert ratio["low"] == ratio["high"] == ratio["median"] == pytest.approx(310 / 300,
+                                                                             abs=1e-4)
+    assert cpu_report.paired(results["rows"], "E", "C", "instructions")["median"] == \
+        pytest.approx(1.05 / 1.08, abs=1e-4)
+    assert cpu_report.paired(results["rows"], "E", "missing", "us") is None
+
+
+def test_cpu_targets_use_instructions_and_say_what_is_met():
+    verdicts = {t["target"]: t["met"] for t in _cpu_results()["targets"]}
+    assert verdicts["E's instructions per request <= 1.03 x B"] is False  # 1.05
+    assert verdicts["E's instructions per request <= C"] is True
+    assert verdicts["E's instructions per request <= B with health checks (H)"] is True
+    assert verdicts["E's statements per request == B's"] is True
+    assert verdicts["poolkit checkout+checkin <= 1.5 x SQLAlchemy unchecked"] is True
+
+
+def test_cpu_report_renders_tables_and_valid_rst():
+    from bench import cpu_report
+
+    results = _cpu_results()
+    text = cpu_report.text(results)
+    assert "| E | poolkit | 1050.0k | 1.050 (1.050-1.050) | 356.5 | 1.033 (1.033-1.033) |" in text
+    assert "| E's instructions per request <= 1.03 x B | E/B 1.050 (1.050-1.050) | NOT met |" \
+        in text
+    warnings = io.StringIO()
+    docutils.core.publish_string(
+        "Title\n=====\n\n" + cpu_report.rst(results), writer="html",
+        settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5})
+    assert warnings.getvalue() == ""
+
+
+CPU_PUBLISHED = PUBLISHED / "cpu"
+
+
+def test_the_published_cpu_results_are_one_run_of_the_command():
+    # docs/bench/cpu/ is what bench/run --cpu wrote (with the memory figures of
+    # bench/run --memory beside it), and docs/bench.rst quotes its section verbatim.
+    from bench import cpu_report
+
+    results = json.loads((CPU_PUBLISHED / "results.json").read_text())
+    assert results["setup"]["callgrind"] is True
+    assert {"B", "H", "C", "D", "E"} <= set(results["instructions"])
+    assert results["targets"] == cpu_report.targets(results)
+    assert (CPU_PUBLISHED / "results.md").read_text() == cpu_report.text(results)
+    section = cpu_report.rst(results)
+    assert (CPU_PUBLISHED / "results.rst").read_text() == section
+    assert section in (ROOT / "docs" / "bench.rst").read_text()
+    for plot in ("cpu.png", "breakdown.png"):
+        assert (CPU_PUBLISHED / plot).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_published_quick_load_run_includes_b_with_health_checks():
+    results = json.loads((PUBLISHED / "quick" / "results.json").read_text())
+    assert results["setup"]["quick"] is True
+    assert {"B", "H", "E"} <= set(results["summary"])
+    assert (PUBLISHED / "quick" / "results.md").read_text() == report.markdown(results)
+    assert report.headline_rst(results) in (ROOT / "docs" / "bench.rst").read_text()
+
+
+def test_the_published_cpu_rerun_is_a_run_of_the_same_code():
+    # docs/bench/cpu/rerun/ is the second run docs/bench.rst compares the first with.
+    from bench import cpu_report
+
+    first = json.loads((CPU_PUBLISHED / "results.json").read_text())
+    rerun = json.loads((CPU_PUBLISHED / "rerun" / "results.json").read_text())
+    assert rerun["meta"]["django_poolkit_sha256"] == first["meta"]["django_poolkit_sha256"]
+    assert (CPU_PUBLISHED / "rerun" / "results.md").read_text() == cpu_report.text(rerun)

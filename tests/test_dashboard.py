@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from django_poolkit import conf, get_engine
 from django_poolkit.dashboard import data, views
+from django_poolkit.dashboard.workers import worker_totals
 from django_poolkit.testing import wait_for_replicas
 
 from .tcpproxy import proxy_to
@@ -229,7 +230,7 @@ def test_every_workers_pools_summed_from_the_multiprocess_directory(tmp_path, mo
         for worker in workers:
             assert worker.stdout is not None
             assert worker.stdout.readline().strip() == "ready"
-        totals = data.worker_totals(tmp_path)
+        totals = worker_totals(tmp_path)
         assert totals["live_workers"] == 2
         default = next(pool for pool in totals["pools"]
                        if pool["alias"] == "default" and pool["kind"] == "sync")

@@ -26,23 +26,20 @@ import bisect
 import collections
 import logging
 import os
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from django.db import connections
-from sqlalchemy.engine import make_url
 
 from .. import health, signals
 from ..api import pool_stats
 from ..conf import KNOBS, PoolSettings, get_settings
 from ..engines import engine_registry
+from ..engines.params import connection_target
 from ..exceptions import ServerUnreachable
 from ..ops.deployment import Deployment, deployment_settings, server_of
 from ..ops.plan import build_plan
@@ -50,6 +47,8 @@ from ..ops.serverinfo import ServerLimits, ServerSnapshot, read_snapshot
 from ..routing.settings import routing_settings
 from ..routing.state import replica_state
 from ..stats import PoolKind, PoolStats
+from . import workers
+from .reads import Reading, Refreshed
 
 __all__ = [
     "HOLD_BUCKETS_MS",
@@ -58,12 +57,12 @@ __all__ = [
     "SERVER_TTL_S",
     "WAIT_BUCKETS_MS",
     "WAIT_S",
+    "after_fork_in_child",
     "collect",
     "ensure_sampler",
     "install",
     "reset",
     "series_for",
-    "worker_totals",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,8 +75,6 @@ WAIT_S = 0.6
 SERVER_TTL_S = 5.0
 #: How long the health report is reused before the (cached, bounded) checker is asked again.
 HEALTH_TTL_S = 1.0
-#: A figure older than this many TTLs is shown as stale.
-STALE_AFTER_TTLS = 3.0
 #: Server queries' own deadline (statement timeout; the connect is bounded too).
 SERVER_TIMEOUT_S = 2.0
 #: The time series: one sample every SAMPLE_INTERVAL_S, the last SERIES_POINTS kept (6 min).
@@ -91,89 +88,6 @@ HOLD_BUCKETS_MS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000
 
 #: Settings shown in the main table; the others appear there only when not at their default.
 MAIN_SETTINGS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
-
-
-# Background reads ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reading(Generic[T]):
-    """A value read in the background: ``value`` None when never read successfully;
-    ``error`` is the last attempt's fixed phrase when it failed."""
-
-    value: T | None
-    age_s: float | None
-    error: str | None
-    ttl: float
-
-    @property
-    def state(self) -> str:
-        """``fresh``, ``stale`` (old, or the last refresh failed) or ``unavailable``."""
-        if self.value is None or self.age_s is None:
-            return "unavailable"
-        if self.error is not None or self.age_s > self.ttl * STALE_AFTER_TTLS:
-            return "stale"
-        return "fresh"
-
-    def describe(self) -> dict[str, Any]:
-        """The JSON form of the reading's freshness."""
-        return {"state": self.state, "age_s": None if self.age_s is None else round(
-            self.age_s, 1), "error": self.error}
-
-
-class _Refreshed(Generic[T]):
-    """One source read by a daemon thread, at most one read in flight, reused for ``ttl``."""
-
-    def __init__(self, work: Callable[[], T], ttl: float, name: str) -> None:
-        self._work = work
-        self._ttl = ttl
-        self._name = name
-        self._lock = threading.Lock()
-        self._value: T | None = None
-        self._value_at: float | None = None
-        self._error: str | None = None
-        self._attempt_at: float | None = None
-        self._running: threading.Event | None = None
-
-    def start(self) -> threading.Event | None:
-        """Start a read when the value is older than the TTL; the event of the read in
-        flight (set when it ends), or None when the value is fresh enough."""
-        with self._lock:
-            if self._running is not None:
-                return self._running
-            # One attempt per TTL, failed or not: a server that is down is not asked again
-            # by every page view.
-            now = time.monotonic()
-            if self._attempt_at is not None and now - self._attempt_at < self._ttl:
-                return None
-            self._attempt_at = now
-            done = self._running = threading.Event()
-        threading.Thread(target=self._run, args=(done,), name=f"poolkit-dashboard-{self._name}",
-                         daemon=True).start()
-        return done
-
-    def _run(self, done: threading.Event) -> None:
-        value: T | None = None
-        error: str | None = None
-        try:
-            value = self._work()
-        except ServerUnreachable as problem:
-            error = str(problem)
-        except Exception as problem:  # a bug must not take the page down: say what failed
-            logger.exception("dashboard: reading %s failed", self._name)
-            error = type(problem).__name__
-        with self._lock:
-            if error is None:
-                self._value, self._value_at = value, time.monotonic()
-            self._error = error
-            self._running = None
-        done.set()
-
-    def read(self) -> Reading[T]:
-        """What is known now, without waiting."""
-        with self._lock:
-            age = None if self._value_at is None else time.monotonic() - self._value_at
-            return Reading(self._value, age, self._error, self._ttl)
 
 
 # Histograms ----------------------------------------------------------------------------------
@@ -218,9 +132,9 @@ class _State:
         self.series: collections.deque[dict[str, Any]] = collections.deque(maxlen=SERIES_POINTS)
         self.last_counters: dict[str, tuple[int, float]] = {}
         self.sampler: threading.Thread | None = None
-        self.servers: dict[str, _Refreshed[ServerSnapshot]] = {}
+        self.servers: dict[str, Refreshed[ServerSnapshot]] = {}
         # The checker caches its own report for cache_ttl: asking it often costs nothing.
-        self.health: _Refreshed[health.HealthReport] = _Refreshed(
+        self.health: Refreshed[health.HealthReport] = Refreshed(
             health.checker.check, HEALTH_TTL_S, "health")
         self.config_id: int | None = None
 
@@ -230,12 +144,11 @@ _installed = False
 _install_lock = threading.Lock()
 
 
-def _after_fork() -> None:
+def after_fork_in_child() -> None:
+    """A forked child starts with no histograms, series or reads of its parent (called by
+    the app's one at-fork hook)."""
     global _state
     _state = _State()
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 def _on_checkout(sender: Any, *, alias: str, kind: str, wait_ms: float | None = None,
@@ -339,85 +252,7 @@ def _kinds(alias: str) -> tuple[PoolKind, ...]:
     return ("sync", "async") if engine_registry.built(alias, "async") is not None else ("sync",)
 
 
-# Multiprocess workers ------------------------------------------------------------------------
-
-_GAUGE_KEYS = {
-    "poolkit_pool_size": "pool_size", "poolkit_pool_checked_out": "pool_checked_out",
-    "poolkit_pool_checked_in": "pool_checked_in", "poolkit_pool_overflow": "pool_overflow",
-    "poolkit_pool_capacity": "pool_capacity", "poolkit_pool_waiting": "pool_waiting",
-}
-_COUNTER_KEYS = {
-    "poolkit_checkouts_total": "checkouts", "poolkit_timeouts_total": "timeouts",
-    "poolkit_connections_opened_total": "connections_opened",
-    "poolkit_invalidations_total": "invalidations",
-}
-_PID_FILE = re.compile(r"_(\d+)\.db$")
-
-
-def worker_totals(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Every live worker's pools summed, read from a ``PROMETHEUS_MULTIPROC_DIR``.
-
-    Gauges are written as ``livesum`` (the sum over live processes) and counters as totals
-    over every process that ever wrote, as prometheus_client's own multiprocess collector
-    reads them. ``{"workers": pids seen in the directory, "pools": [{"alias", "kind",
-    gauges..., counters...}]}``.
-    """
-    from prometheus_client import CollectorRegistry, multiprocess
-
-    registry = CollectorRegistry(auto_describe=False)
-    multiprocess.MultiProcessCollector(registry, path=str(path))  # type: ignore[no-untyped-call]
-    pools: dict[tuple[str, str], dict[str, Any]] = {}
-    for metric in registry.collect():
-        for sample in metric.samples:
-            key = _GAUGE_KEYS.get(sample.name) or _COUNTER_KEYS.get(sample.name)
-            if key is None or "alias" not in sample.labels:
-                continue
-            entry = pools.setdefault((sample.labels["alias"], sample.labels.get("kind", "sync")),
-                                     {"alias": sample.labels["alias"],
-                                      "kind": sample.labels.get("kind", "sync")})
-            entry[key] = int(sample.value)
-    pids = {int(match.group(1)) for name in os.listdir(path)
-            if (match := _PID_FILE.search(name))}
-    live = sorted(pid for pid in pids if _alive(pid))
-    return {"workers": len(pids), "live_workers": len(live),
-            "pools": [pools[key] for key in sorted(pools)]}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _workers() -> dict[str, Any]:
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not path:
-        return {"enabled": False}
-    try:
-        totals = worker_totals(Path(path))
-    except ImportError:
-        return {"enabled": True, "error": "prometheus-client is not installed"}
-    except OSError as error:
-        return {"enabled": True, "error": f"cannot read the directory ({type(error).__name__})"}
-    return {"enabled": True, "error": None, **totals}
-
-
 # Per-alias figures ---------------------------------------------------------------------------
-
-
-def _target(alias: str, pool: PoolSettings) -> dict[str, Any]:
-    """Where the pool connects: host, port, database, user; never the password."""
-    if pool.url is not None:
-        url = make_url(pool.url)
-        return {"host": url.host, "port": url.port, "database": url.database,
-                "user": url.username}
-    entry = connections.settings[alias]
-    return {"host": entry.get("HOST") or None, "port": entry.get("PORT") or None,
-            "database": str(entry.get("NAME") or "") or None, "user": entry.get("USER") or None}
 
 
 def _settings(pool: PoolSettings) -> list[dict[str, Any]]:
@@ -447,11 +282,11 @@ def _pool(stats: PoolStats, state: _State) -> dict[str, Any]:
     return data
 
 
-def _server(alias: str, state: _State) -> _Refreshed[ServerSnapshot]:
+def _server(alias: str, state: _State) -> Refreshed[ServerSnapshot]:
     found = state.servers.get(alias)
     if found is None:
         with state.lock:
-            found = state.servers.setdefault(alias, _Refreshed(
+            found = state.servers.setdefault(alias, Refreshed(
                 lambda: read_snapshot(alias, SERVER_TIMEOUT_S), SERVER_TTL_S, f"server-{alias}"))
     return found
 
@@ -516,7 +351,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
     health_event = state.health.start()
     if health_event is not None:
         pending.append(health_event)
-    servers: dict[str, _Refreshed[ServerSnapshot]] = {}
+    servers: dict[str, Refreshed[ServerSnapshot]] = {}
     for alias, pool in config.pools.items():
         if server_of(alias, pool) is not None:
             servers[alias] = _server(alias, state)
@@ -542,7 +377,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
         databases.append({
             "alias": alias,
             "server": server_of(alias, pool),
-            "target": _target(alias, pool),
+            "target": connection_target(alias, pool),
             "engine_only": alias not in connections.settings,
             "pgbouncer": pool.pgbouncer,
             "pools": [_pool(pool_stats(alias, kind=kind), state) for kind in _kinds(alias)],
@@ -567,7 +402,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
         "databases": databases,
         "clusters": _clusters(now),
         "plan": _plan(config, readings),
-        "workers": _workers(),
+        "workers": workers.summary(),
         "series": {"interval_s": SAMPLE_INTERVAL_S, "capacity": SERIES_POINTS,
                    "points": [{"t": _iso(point["t"]), "aliases": point["aliases"]}
                               for point in points]},

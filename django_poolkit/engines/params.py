@@ -35,6 +35,7 @@ __all__ = [
     "ConnectSpec",
     "application_name",
     "connection_spec",
+    "connection_target",
     "direct_connect_args",
     "is_shared",
     "spec_for_alias",
@@ -250,3 +251,15 @@ def spec_for_url(name: str, raw_url: str, pool: PoolSettings) -> ConnectSpec:
         _behind_pgbouncer(params, pool)
     url = url.set(drivername="postgresql+psycopg", password=None, query=query)
     return ConnectSpec("postgresql", url, params)
+
+
+def connection_target(alias: str, pool: PoolSettings) -> dict[str, Any]:
+    """Where a pool connects: host, port, database and user, never the password (what
+    ``poolstatus`` and the dashboard show)."""
+    if pool.url is not None:
+        url = make_url(pool.url)
+        return {"host": url.host, "port": url.port, "database": url.database,
+                "user": url.username}
+    entry = connections.settings[alias]
+    return {"host": entry.get("HOST") or None, "port": entry.get("PORT") or None,
+            "database": str(entry.get("NAME") or ""), "user": entry.get("USER") or None}

@@ -14,6 +14,7 @@ uses), and the lookup also compares ``os.getpid()`` in case a fork escaped the h
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import threading
@@ -61,6 +62,18 @@ def _configure_pool(pool: Pool, kind: PoolKind, settings_: PoolSettings,
             settings_.max_overflow if kind == "sync" else settings_.async_max_overflow)
 
 
+def _frozen(fingerprint: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The fingerprint as stored: its ``OPTIONS`` dict copied deeply, so that a change made
+    to the alias's ``OPTIONS`` in place still compares unequal. (Comparing the dicts costs
+    a fraction of the ``repr()`` this replaced, on every checkout.) Values that cannot be
+    copied are kept as they are: then only a new ``OPTIONS`` object is noticed."""
+    try:
+        return tuple(copy.deepcopy(part) if isinstance(part, dict) else part
+                     for part in fingerprint)
+    except Exception:  # an exotic OPTIONS value; the fingerprint still compares
+        return fingerprint
+
+
 class EngineRegistry:
     """Builds, caches and disposes the engines of this process. Use the module's
     :data:`engine_registry`; the public functions in ``django_poolkit`` wrap it."""
@@ -86,7 +99,7 @@ class EngineRegistry:
         return (
             pool, database.get("ENGINE"), database.get("NAME"), database.get("USER"),
             database.get("PASSWORD"), database.get("HOST"), database.get("PORT"),
-            repr(database.get("OPTIONS")), database.get("TIME_ZONE"), settings.USE_TZ,
+            database.get("OPTIONS"), database.get("TIME_ZONE"), settings.USE_TZ,
             settings.TIME_ZONE,
         ), pool
 
@@ -104,7 +117,7 @@ class EngineRegistry:
             if entry is not None:
                 self._retire(alias, kind, entry, same_process=entry.pid == pid)
             engine = self._build(alias, kind, pool)
-            self._entries[(alias, kind)] = _Entry(engine, fingerprint, pid)
+            self._entries[(alias, kind)] = _Entry(engine, _frozen(fingerprint), pid)
             logger.info("built %s engine for %r: %s", kind, alias, _describe(engine))
             return engine
 

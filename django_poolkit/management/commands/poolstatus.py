@@ -27,12 +27,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
-from sqlalchemy.engine import make_url
 
 from ...api import pool_stats
 from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings
 from ...engines import engine_registry
+from ...engines.params import connection_target
 from ...exceptions import PoolkitConfigurationError, ServerUnreachable
 from ...ops.deployment import server_of
 from ...ops.serverinfo import ServerSnapshot, read_snapshot
@@ -43,17 +42,6 @@ _ALWAYS_SHOWN = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "p
 
 # Below this share of the server's available slots left, the headroom is shown as a warning.
 _LOW_HEADROOM = 0.1
-
-
-def _target(alias: str, pool: PoolSettings) -> dict[str, Any]:
-    """Where the pool connects, without the password."""
-    if pool.url is not None:
-        url = make_url(pool.url)
-        return {"host": url.host, "port": url.port, "database": url.database,
-                "user": url.username}
-    entry = connections.settings[alias]
-    return {"host": entry.get("HOST") or None, "port": entry.get("PORT") or None,
-            "database": str(entry.get("NAME") or ""), "user": entry.get("USER") or None}
 
 
 def _settings(pool: PoolSettings) -> dict[str, dict[str, Any]]:
@@ -84,7 +72,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
             "alias": alias,
             "vendor": "postgresql" if server_key is not None else "other",
             "server": server_key,
-            "target": _target(alias, pool),
+            "target": connection_target(alias, pool),
             "settings": _settings(pool),
             "pools": pools,
             "server_status": snapshot.as_dict() if snapshot is not None else None,

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
+from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -75,6 +78,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pristine = False
         self._poolkit_pid = 0
         self._poolkit_server_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        # What connect() last checked the settings with (see connect()).
+        self._poolkit_checked: tuple[Any, ...] | None = None
         if self.poolkit_pooled and self._poolkit_pgbouncer() == "transaction":
             # Django reads this before it connects (QuerySet.iterator()): a server-side
             # cursor would outlive the transaction's server connection behind PgBouncer.
@@ -124,6 +129,54 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 raise PoolkitConfigurationError(problems)
 
     @async_unsafe
+    def connect(self) -> None:
+        """Django's ``connect()`` for a checkout of the alias's pool, minus the work a pooled
+        checkout does not need: the settings checks run again only when the settings they
+        read changed, and the connection parameters (the pool has its own) are not built.
+        Everything else (the wrapper's state, autocommit, ``init_connection_state()``,
+        ``connection_created``) is Django's, in Django's order; switching autocommit on skips
+        ``set_autocommit()``'s checks, which a fresh checkout passes by construction."""
+        if not self.poolkit_pooled:
+            super().connect()
+            return
+        settings_dict = self.settings_dict
+        checked = (settings.USE_TZ, settings_dict["TIME_ZONE"], settings_dict["CONN_MAX_AGE"],
+                   bool((settings_dict["OPTIONS"] or {}).get("pool")))
+        if checked != self._poolkit_checked:
+            self.check_settings()
+            self._poolkit_checked = checked
+        self.in_atomic_block = False
+        self.savepoint_ids = []
+        self.atomic_blocks = []
+        self.needs_rollback = False
+        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+        max_age = settings_dict["CONN_MAX_AGE"]
+        self.close_at = None if max_age is None else time.monotonic() + max_age
+        self.closed_in_transaction = False
+        self.errors_occurred = False
+        self.health_check_done = True
+        cursor_factory = (base.ServerBindingCursor
+                          if settings_dict["OPTIONS"].get("server_side_binding") is True
+                          else base.Cursor)
+        self.connection = self.get_new_connection({"cursor_factory": cursor_factory})
+        if settings_dict["AUTOCOMMIT"]:
+            # Django's set_autocommit(True) without its checks, which a fresh checkout
+            # passes by construction (no atomic block, health check done, connected).
+            if not self.connection.autocommit:
+                with self.wrap_database_errors:
+                    self.connection.autocommit = True
+            self.autocommit = True
+            if self.run_commit_hooks_on_set_autocommit_on:
+                self.run_and_clear_commit_hooks()
+                self.run_commit_hooks_on_set_autocommit_on = False
+        else:
+            self.set_autocommit(False)
+        self.init_connection_state()
+        connection_created.send(sender=self.__class__, connection=self)
+        self.run_on_commit = []
+
+    # No @async_unsafe on these overrides: Django's connect(), ensure_connection() and
+    # create_cursor() that call them (or that they call) already check, once per call.
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not self.poolkit_pooled:
             return super().get_new_connection(conn_params)
@@ -190,6 +243,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return
         super()._set_autocommit(autocommit)  # type: ignore[misc]
 
+    def _configure_timezone(self, connection: Any) -> bool:  # Django >= 5.1
+        # Django reads the session's TimeZone through psycopg's decoding helpers on every
+        # checkout; the raw bytes libpq keeps (updated by every ParameterStatus the server
+        # sends, so a SET TIME ZONE by the last user shows) answer the common case for less.
+        # Any difference goes to Django's own code, which decides and sets.
+        if self._poolkit_fairy is not None:
+            name = self.timezone_name
+            if name and connection.pgconn.parameter_status(b"TimeZone") == name.encode():
+                return False
+        result: bool = super()._configure_timezone(connection)  # type: ignore[misc]
+        return result
+
     def _poolkit_role_is_default(self) -> bool:
         """``SET ROLE`` would change nothing: the role travelled in the startup options (not
         behind PgBouncer, which drops them) and no one has used the session since it was
@@ -198,12 +263,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 and self._poolkit_pgbouncer() is None)
 
     def _configure_role(self, connection: Any) -> bool:
-        if self._poolkit_role_is_default():
+        # No role asked for (the common case): Django would send nothing either.
+        if not self.settings_dict["OPTIONS"].get("assume_role") or \
+                self._poolkit_role_is_default():
             return False
         result: bool = super()._configure_role(connection)  # type: ignore[misc]
         return result
 
-    @async_unsafe
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = super().create_cursor(name)
         if name is not None and self._poolkit_fairy is not None:
