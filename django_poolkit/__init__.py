@@ -5,11 +5,13 @@ function below is called.
 """
 
 from .api import adispose_all, all_pool_stats, dispose_all, get_async_engine, get_engine, pool_stats
+from .engines.sharing import unshared
 from .exceptions import (
     ClientTimeout,
     PoolkitConfigurationError,
     PoolkitError,
     PoolTimeout,
+    SharingError,
     UnknownAlias,
 )
 from .pinning import use_primary
@@ -24,6 +26,7 @@ __all__ = [
     "PoolTimeout",
     "PoolkitConfigurationError",
     "PoolkitError",
+    "SharingError",
     "UnknownAlias",
     "__version__",
     "adispose_all",
@@ -33,6 +36,7 @@ __all__ = [
     "get_engine",
     "pool_stats",
     "read_session",
+    "unshared",
     "use_primary",
     "write_session",
 ]

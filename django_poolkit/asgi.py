@@ -10,9 +10,12 @@ first requests and left to ``atexit``. Wrap the application instead::
     application = get_asgi_application(warm_up=True, shutdown_timeout=10)
 
 and run ``uvicorn project.asgi:application --lifespan on``. At ``lifespan.startup`` the
-wrapper optionally warms the pools up (``pool_size`` connections each, and the async pools
-with ``warm_up_async``); at ``lifespan.shutdown`` it waits up to ``shutdown_timeout`` seconds
-for checked-out connections, then closes every pool (:func:`django_poolkit.lifecycle.ashutdown`).
+wrapper checks the configuration (:func:`~django_poolkit.lifecycle.validate_configuration`):
+a broken one fails the startup with its message, so the server exits instead of answering
+500s (``validate=False`` skips it). It then optionally warms the pools up (``pool_size``
+connections each, and the async pools with ``warm_up_async``); at ``lifespan.shutdown`` it
+waits up to ``shutdown_timeout`` seconds for checked-out connections, then closes every pool
+(:func:`django_poolkit.lifecycle.ashutdown`).
 Every other scope goes to Django untouched.
 """
 
@@ -24,6 +27,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from . import lifecycle
+from .exceptions import PoolkitConfigurationError
 
 __all__ = ["LifespanApplication", "get_asgi_application"]
 
@@ -53,8 +57,10 @@ class LifespanApplication:
         warm_up: bool | Sequence[str] = False,
         warm_up_async: bool | Sequence[str] = False,
         shutdown_timeout: float = 10.0,
+        validate: bool = True,
     ) -> None:
         self.app = app
+        self.validate = validate
         self.warm_up = warm_up
         self.warm_up_async = warm_up_async
         self.shutdown_timeout = shutdown_timeout
@@ -71,6 +77,11 @@ class LifespanApplication:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
+                except PoolkitConfigurationError as error:
+                    logger.error("poolkit: configuration error, not starting: %s", error)
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"poolkit configuration error: {error}"})
+                    return
                 except Exception as error:
                     logger.exception("poolkit lifespan startup failed")
                     await send({"type": "lifespan.startup.failed",
@@ -89,7 +100,10 @@ class LifespanApplication:
                 return
 
     async def startup(self) -> None:
-        """Warm the pools up as configured (sync pools in a thread: they block)."""
+        """Check the configuration, then warm the pools up as configured (sync pools in a
+        thread: they block)."""
+        if self.validate:
+            lifecycle.validate_configuration()
         if self.warm_up:
             aliases = None if self.warm_up is True else list(self.warm_up)
             await asyncio.to_thread(lifecycle.warm_up, aliases)
@@ -103,10 +117,12 @@ def get_asgi_application(
     warm_up: bool | Sequence[str] = False,
     warm_up_async: bool | Sequence[str] = False,
     shutdown_timeout: float = 10.0,
+    validate: bool = True,
 ) -> LifespanApplication:
     """Django's ASGI application (``django.core.asgi.get_asgi_application()``, which sets
     Django up) wrapped in :class:`LifespanApplication`."""
     from django.core.asgi import get_asgi_application as django_application
 
     return LifespanApplication(django_application(), warm_up=warm_up,
-                               warm_up_async=warm_up_async, shutdown_timeout=shutdown_timeout)
+                               warm_up_async=warm_up_async, shutdown_timeout=shutdown_timeout,
+                               validate=validate)

@@ -23,6 +23,7 @@ __all__ = [
     "PoolkitError",
     "Problem",
     "ServerUnreachable",
+    "SharingError",
     "UnknownAlias",
     "UnusableConnection",
     "describe_error",
@@ -123,6 +124,11 @@ class NoHealthyReplica(PoolkitError):
         detail = "; ".join(f"{alias}: {why}" for alias, why in reasons.items()) or "none"
         super().__init__(f"no replica of cluster {cluster!r} can serve reads ({detail}) and "
                          'its fallback is "raise"')
+
+
+class SharingError(PoolkitError):
+    """Something SQLAlchemy asked for cannot be done on a connection the ORM shares in this
+    thread (:mod:`django_poolkit.engines.sharing`)."""
 
 
 class ServerUnreachable(PoolkitError):

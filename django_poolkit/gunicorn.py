@@ -13,39 +13,84 @@ or in your own ``gunicorn.conf.py``, with options::
 
 What the hooks do, and why:
 
-- ``when_ready`` (master, after ``--preload`` imported the app): closes every pool the
-  master opened while importing. The workers would never use those connections (the fork
-  hook drops them in each child without touching their sockets), so they would only hold
-  server slots.
-- ``post_worker_init`` (each worker, app loaded): warms the pools up when asked, and
-  starts the Prometheus histograms when prometheus-client is installed.
+- ``when_ready`` (master): with ``--preload`` (the master imported the app, so Django is set
+  up), checks the configuration (fail fast) and closes every pool the master opened while
+  importing: the workers would never use those connections (the fork hook drops them in
+  each child without touching their sockets), so they would only hold server slots.
+  Without ``--preload`` the master never imports the app (nor the ``wsgi.py`` that sets
+  ``DJANGO_SETTINGS_MODULE``), has no pools, and the hook does nothing.
+- ``post_worker_init`` (each worker, app loaded): checks the configuration
+  (:func:`~django_poolkit.lifecycle.validate_configuration`); a broken one stops the server
+  with one log line, exit status 4 ("App failed to load"), instead of every worker
+  answering 500. Then warms the pools up when asked, and starts the Prometheus histograms
+  when prometheus-client is installed.
 - ``worker_exit`` (each worker, after gunicorn finished its in-flight requests on
   ``SIGTERM``): waits up to ``shutdown_timeout`` seconds for checked-out connections,
   then closes every pool; one log line per worker says what it closed.
 - ``child_exit`` (master): with ``PROMETHEUS_MULTIPROC_DIR``, drops the dead worker's live
   gauges.
+
+``DJANGO_SETTINGS_MODULE`` comes from where gunicorn users set it: the app's ``wsgi.py``
+(``os.environ.setdefault``), ``--env DJANGO_SETTINGS_MODULE=...`` or ``raw_env`` in a config
+file (gunicorn puts both in the environment before any hook runs).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["child_exit", "hooks", "post_worker_init", "when_ready", "worker_exit"]
 
 
-def hooks(*, warm_up: bool | Sequence[str] = False,
-          shutdown_timeout: float = 10.0) -> dict[str, Callable[..., None]]:
+#: gunicorn's exit status for "App failed to load": the master stops instead of respawning.
+APP_LOAD_ERROR = 4
+
+
+def _django_ready() -> bool:
+    """Whether this process has set Django up (the app was imported)."""
+    from django.apps import apps
+
+    return apps.ready
+
+
+def _fail_fast(log: Any) -> None:
+    """Validate the configuration; on a problem, one log line and exit (status 4)."""
+    from django.conf import settings
+
+    from .exceptions import PoolkitConfigurationError
+    from .lifecycle import validate_configuration
+
+    if not settings.configured:
+        log.error("poolkit: DJANGO_SETTINGS_MODULE is not set: add os.environ.setdefault("
+                  "\"DJANGO_SETTINGS_MODULE\", \"project.settings\") to your wsgi.py, or "
+                  "pass --env DJANGO_SETTINGS_MODULE=project.settings to gunicorn")
+        sys.exit(APP_LOAD_ERROR)
+    try:
+        validate_configuration()
+    except PoolkitConfigurationError as error:
+        log.error("poolkit: configuration error, not starting: %s", error)
+        sys.exit(APP_LOAD_ERROR)
+
+
+def hooks(*, warm_up: bool | Sequence[str] = False, shutdown_timeout: float = 10.0,
+          validate: bool = True) -> dict[str, Callable[..., None]]:
     """The four hooks, configured: ``globals().update(hooks(...))`` in a gunicorn config.
 
-    ``warm_up`` is False, True (every PostgreSQL pool) or a list of aliases.
+    ``warm_up`` is False, True (every PostgreSQL pool) or a list of aliases. ``validate``
+    (default True) stops the server at start when the configuration is broken.
     """
 
     def when_ready(server: Any) -> None:
+        if not _django_ready():
+            return  # no --preload: the master has not loaded the app, so it has no pools
         from .lifecycle import shutdown
 
+        if validate:
+            _fail_fast(server.log)
         report = shutdown(timeout=0)
         if report.pools:
             server.log.info("poolkit: master closed the pools it opened while loading "
@@ -54,6 +99,8 @@ def hooks(*, warm_up: bool | Sequence[str] = False,
     def post_worker_init(worker: Any) -> None:
         from . import lifecycle
 
+        if validate:
+            _fail_fast(worker.log)
         if warm_up:
             opened = lifecycle.warm_up(None if warm_up is True else list(warm_up))
             worker.log.info("poolkit: worker %s warmed up %s", os.getpid(), opened)

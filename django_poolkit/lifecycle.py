@@ -44,6 +44,7 @@ __all__ = [
     "checked_out",
     "handle_sigterm",
     "shutdown",
+    "validate_configuration",
     "warm_up",
 ]
 
@@ -69,6 +70,29 @@ class ShutdownReport:
             return f"closed pools {closed} after {self.waited_s:.2f} s"
         return (f"closed pools {closed} after {self.waited_s:.2f} s with {self.checked_out} "
                 "connection(s) still checked out (left to their holders)")
+
+
+def validate_configuration() -> None:
+    """Fail fast: raise :class:`~django_poolkit.PoolkitConfigurationError` listing every
+    problem of ``POOLKIT``, the pool parameters of ``DATABASE_URL`` and the pooled backend's
+    rules, now, instead of at each worker's first request (which would answer 500).
+
+    No I/O: it reads settings only. The gunicorn hooks and the ASGI lifespan call it at
+    start; call it yourself at the end of ``wsgi.py`` for other servers."""
+    from django.conf import settings
+
+    from .db.checks import backend_problems
+    from .engines.params import POOLED_BACKEND
+
+    get_settings()
+    problems = [
+        problem
+        for alias, database in settings.DATABASES.items()
+        if database.get("ENGINE") == POOLED_BACKEND
+        for problem in backend_problems(alias, database)
+    ]
+    if problems:
+        raise PoolkitConfigurationError(problems)
 
 
 def _built() -> list[tuple[str, int]]:

@@ -49,11 +49,14 @@ __all__ = [
 
 
 def _orm_holds(alias: str) -> int:
-    """1 when this thread's ORM connection of ``alias`` is a pooled checkout, else 0."""
+    """1 when this thread's ORM connection of ``alias`` is a pooled checkout that only the
+    ORM uses, else 0."""
     if alias not in {wrapper.alias for wrapper in connections.all(initialized_only=True)}:
         return 0
     wrapper = connections[alias]
-    return 1 if getattr(wrapper, "poolkit_checked_out", False) else 0
+    fairy = getattr(wrapper, "_poolkit_fairy", None)
+    # Shared with a SQLAlchemy connection still open in this thread: that one counts.
+    return 1 if fairy is not None and fairy._counter == 1 else 0
 
 
 def checked_out_connections(

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real PostgreSQL, a clean registry per test, and server-side probes.
+"""Shared fixtures: the real PostgreSQL, a clean registry per test, server-side probes,
+aliases added for one test, and the routing set-up (plain helpers are in ``tests/helpers/``).
 
 Every test that needs the server gets it through ``server_dsn`` or ``django_db``; when the
 server is missing the test *fails* with the reason (CI must never pass by skipping).
@@ -6,7 +7,8 @@ server is missing the test *fails* with the reason (CI must never pass by skippi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -14,9 +16,14 @@ import pytest
 from django.db import connections
 from psycopg.rows import namedtuple_row
 
-from django_poolkit import conf
+from django_poolkit import conf, pinning
 from django_poolkit.engines import engine_registry
+from django_poolkit.routing.state import replica_state
 from django_poolkit.stats import reset_counters
+from django_poolkit.testing import wait_for_replicas
+
+from .helpers.routing import ROUTER, routing_config
+from .helpers.server import alias_dsn
 
 
 @pytest.fixture(autouse=True)
@@ -33,23 +40,10 @@ def _fresh_pools() -> Iterator[None]:
     conf.reload()
 
 
-def _dsn(alias: str = "default", dbname: str | None = None) -> str:
-    settings_dict = connections.settings[alias]
-    parts = {
-        "host": settings_dict["HOST"] or "127.0.0.1",
-        "port": settings_dict["PORT"] or 5432,
-        "user": settings_dict["USER"] or "postgres",
-        "dbname": dbname or settings_dict["NAME"],
-    }
-    if settings_dict["PASSWORD"]:
-        parts["password"] = settings_dict["PASSWORD"]
-    return " ".join(f"{key}={value}" for key, value in parts.items())
-
-
 @pytest.fixture
 def server_dsn() -> str:
     """A libpq DSN of the server's ``postgres`` database; fails loudly when unreachable."""
-    dsn = _dsn(dbname="postgres")
+    dsn = alias_dsn(dbname="postgres")
     try:
         psycopg.connect(dsn, connect_timeout=5).close()
     except psycopg.OperationalError as error:
@@ -64,9 +58,44 @@ def admin(server_dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield connection
 
 
-def server_connections(admin: psycopg.Connection[Any], application_name_like: str) -> list[Any]:
-    """Rows of ``pg_stat_activity`` whose application_name matches a LIKE pattern."""
-    return admin.execute(
-        "SELECT pid, datname, application_name, state FROM pg_stat_activity "
-        "WHERE application_name LIKE %s", (application_name_like,)
-    ).fetchall()
+@pytest.fixture
+def add_alias() -> Iterator[Callable[..., str]]:
+    """Add a ``DATABASES`` alias for one test: a copy of ``default`` (already pointing at the
+    test database) with some keys changed.
+
+    ``override_settings(DATABASES=...)`` warns (warnings are errors here) and would not reach
+    ``connections.settings``, which *is* ``settings.DATABASES`` once configured; so the alias
+    is added to that dict and removed afterwards.
+    """
+    added: list[str] = []
+
+    def add(name: str, **changes: Any) -> str:
+        entry = copy.deepcopy(connections.settings["default"])
+        # Django's own backend: the ORM never uses these aliases, only poolkit's engines.
+        entry.update({"ENGINE": "django.db.backends.postgresql", "TEST": {}, **changes})
+        connections.settings[name] = entry
+        added.append(name)
+        conf.reload()
+        return name
+
+    yield add
+    for name in added:
+        connections.settings.pop(name, None)
+    conf.reload()
+
+
+@pytest.fixture
+def route(settings: Any) -> Iterator[Callable[..., None]]:
+    """``route(**options)`` sets POOLKIT["ROUTING"] (one cluster, default -> replica) and the
+    router, and waits until the replica has the test database's current state; pin state and
+    replica state are cleared around the test."""
+    pinning.clear()
+
+    def apply(**options: Any) -> None:
+        settings.POOLKIT = routing_config(**options)
+        settings.DATABASE_ROUTERS = [ROUTER]
+        wait_for_replicas(["replica"])
+
+    yield apply
+    replica_state.reset()
+    pinning.clear()

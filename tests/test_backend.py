@@ -19,12 +19,12 @@ from django.core.checks import Error
 from django.db import DatabaseError, OperationalError, connection, connections, transaction
 from sqlalchemy import text
 
-from django_poolkit import PoolkitConfigurationError, get_engine, pool_stats
+from django_poolkit import PoolkitConfigurationError, get_engine, pool_stats, unshared
 from django_poolkit.db.checks import check_pooled_backend
 from django_poolkit.engines import engine_registry
 from testproject.demo.models import Note
 
-from .test_backend_helpers import STOCK, backend_pid, extra_alias, terminate
+from .helpers.backend import STOCK, backend_pid, extra_alias, terminate
 
 EXTRA = {
     "stock": {"engine": STOCK},
@@ -70,15 +70,19 @@ def test_orm_connection_comes_from_the_alias_pool_and_goes_back():
 def test_orm_and_get_engine_share_one_pool_and_budget():
     pid = backend_pid("default")
     with get_engine().connect() as sa:
-        # The ORM still holds its connection, so SQLAlchemy gets a second one from the pool.
-        other = sa.execute(text("SELECT pg_backend_pid()")).scalar()
-        assert other != pid
-        assert pool_stats().pool_checked_out == 2
+        # The ORM holds its connection in this thread: SQLAlchemy uses the same one.
+        assert sa.execute(text("SELECT pg_backend_pid()")).scalar() == pid
+        assert pool_stats().pool_checked_out == 1
+    assert pool_stats().pool_checked_out == 1  # still the ORM's
     connection.close()
+    assert pool_stats().pool_checked_out == 0
+    # Without the ORM, two SQLAlchemy connections of one thread are two checkouts.
     with get_engine().connect() as sa, get_engine().connect() as sa2:
         pids = {sa.execute(text("SELECT pg_backend_pid()")).scalar(),
                 sa2.execute(text("SELECT pg_backend_pid()")).scalar()}
-    assert pids == {pid, other}
+        assert pool_stats().pool_checked_out == 2
+    assert len(pids) == 2
+    assert pid in pids
     assert pool_stats().connections_opened == 2
 
 
@@ -186,7 +190,7 @@ def test_pool_timeout_reaches_the_orm_unchanged(settings):
 
     settings.POOLKIT = {"DATABASES": {"default": {"pool_size": 1, "max_overflow": 0,
                                                   "pool_timeout": 0.2}}}
-    with get_engine().connect():
+    with unshared(), get_engine().connect():  # a checkout of its own, never shared
         with pytest.raises(PoolTimeout, match=r"pool 'default' exhausted.*pool_size=1, "
                                               r"max_overflow=0"):
             Note.objects.count()

@@ -29,7 +29,7 @@ from django_poolkit import conf, pool_stats
 from django_poolkit.engines import engine_registry
 from testproject.demo.models import Note
 
-from .test_backend_helpers import STOCK, backend_pid, extra_alias, terminate
+from .helpers.backend import STOCK, backend_pid, extra_alias, terminate
 
 ROLE = "poolkit_helper3_role"
 

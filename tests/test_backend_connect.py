@@ -12,7 +12,7 @@ from django.db.backends.signals import connection_created
 
 from django_poolkit.exceptions import PoolkitConfigurationError
 
-from .test_backend_helpers import extra_alias
+from .helpers.backend import extra_alias
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "lean"])
 

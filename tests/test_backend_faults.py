@@ -13,7 +13,8 @@ from sqlalchemy import text
 from django_poolkit import PoolTimeout, get_engine, pool_stats
 from testproject.demo.models import Note
 
-from .test_backend_helpers import terminate
+from .helpers.backend import terminate
+from .helpers.threads import fan_out, running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,37 +87,30 @@ def test_exhaustion_raises_pool_timeout_and_the_server_never_sees_more(settings,
                                                   "pool_timeout": 0.3}}}
     holding = threading.Barrier(size + overflow + 1)
     release = threading.Event()
-    errors: list[BaseException] = []
 
-    def hold() -> None:
+    def hold(_: int) -> None:
         try:
             Note.objects.count()
             holding.wait(timeout=10)
             release.wait(timeout=10)
-        except BaseException as error:  # reported below
-            errors.append(error)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=hold) for _ in range(size + overflow)]
-    for thread in threads:
-        thread.start()
-    holding.wait(timeout=10)
-    try:
-        with pytest.raises(PoolTimeout) as raised:
-            Note.objects.count()
-        assert raised.value.alias == "default"
-        assert (raised.value.pool_size, raised.value.max_overflow) == (size, overflow)
-        assert "pool 'default' exhausted: no connection free within 0.3 s" in str(raised.value)
-        on_server = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-            (f"poolkit:default:%:{os.getpid()}",)).fetchone()[0]
-        assert on_server == size + overflow
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join()
-    assert errors == []
+    with running(hold, size + overflow):
+        holding.wait(timeout=10)
+        try:
+            with pytest.raises(PoolTimeout) as raised:
+                Note.objects.count()
+            assert raised.value.alias == "default"
+            assert (raised.value.pool_size, raised.value.max_overflow) == (size, overflow)
+            assert "pool 'default' exhausted: no connection free within 0.3 s" in str(
+                raised.value)
+            on_server = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                (f"poolkit:default:%:{os.getpid()}",)).fetchone()[0]
+            assert on_server == size + overflow
+        finally:
+            release.set()
     assert pool_stats().timeouts == 1
     assert Note.objects.count() == 0
 
@@ -128,35 +122,27 @@ def test_many_threads_never_exceed_the_pool_on_the_server(settings, admin):
     pattern = f"poolkit:default:%:{os.getpid()}"
     stop = threading.Event()
     peak = 0
-    errors: list[BaseException] = []
 
-    def work() -> None:
+    def work(_: int) -> None:
         try:
             for _ in range(20):
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_sleep(0.002)")
                 connection.close()
-        except BaseException as error:
-            errors.append(error)
         finally:
             connection.close()
 
-    def watch() -> None:
+    def watch(_: int) -> None:
         nonlocal peak
         while not stop.is_set():
             count = admin.execute("SELECT count(*) FROM pg_stat_activity "
                                   "WHERE application_name LIKE %s", (pattern,)).fetchone()[0]
             peak = max(peak, count)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    threads = [threading.Thread(target=work) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    stop.set()
-    watcher.join()
-    assert errors == []
+    with running(watch):
+        try:
+            fan_out(work, workers)
+        finally:
+            stop.set()
     assert 1 <= peak <= size + overflow
     assert pool_stats().checkouts == workers * 20

@@ -23,7 +23,7 @@ from django_poolkit import pool_stats
 from django_poolkit.db.backends.postgresql.base import DatabaseWrapper
 from testproject.demo.models import Note
 
-from .test_backend_helpers import backend_pid, extra_alias
+from .helpers.backend import backend_pid, extra_alias
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "serialized"])
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from django.db import connection
 
-from django_poolkit import get_engine
+from django_poolkit import get_engine, unshared
 from django_poolkit.engines.leaks import leak_detector
 from django_poolkit.testing import assert_no_checked_out_connections, checked_out_connections
 
@@ -90,7 +90,12 @@ def test_testing_helper_finds_connections_still_out(settings):
     # This thread's own ORM connection is not a leak (Django's TestCase keeps it open)...
     assert_no_checked_out_connections()
     assert checked_out_connections(include_orm=True) == {("default", "sync"): 1}
-    held = _leaky_helper()
+    shared = _leaky_helper()  # shares the ORM's connection: still counted while open
+    assert checked_out_connections() == {("default", "sync"): 1}
+    shared.close()
+    assert_no_checked_out_connections()
+    with unshared():
+        held = _leaky_helper()
     try:
         with pytest.raises(AssertionError) as failure:
             assert_no_checked_out_connections()

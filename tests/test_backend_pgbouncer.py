@@ -5,7 +5,6 @@ warnings for what transaction pooling cannot support."""
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,7 +19,8 @@ from django_poolkit import get_engine
 from django_poolkit.db.checks import check_pgbouncer
 from testproject.demo.models import Note
 
-from .test_backend_helpers import extra_alias
+from .helpers.backend import extra_alias
+from .helpers.threads import fan_out
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = "6432"
@@ -85,24 +85,16 @@ def test_repeated_queries_from_several_clients_need_no_prepared_statements(alias
     connections: a prepared statement would be missing on the next server connection."""
     assert _server_port(alias) == 5432  # through PgBouncer to the primary
     Note.objects.using(alias).create(title="bounced")
-    errors: list[BaseException] = []
 
-    def client() -> None:
+    def client(_: int) -> None:
         try:
             for _ in range(20):
                 assert Note.objects.using(alias).filter(title="bounced").count() == 1
                 connections[alias].close()
-        except BaseException as error:
-            errors.append(error)
         finally:
             connections[alias].close()
 
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    fan_out(client, 3)
     connections[alias].ensure_connection()
     assert connections[alias].connection.prepare_threshold is None
 
@@ -122,23 +114,14 @@ def test_iterator_uses_no_server_side_cursor():
 @pytest.mark.parametrize("alias", list(ALIASES))
 def test_sqlalchemy_through_the_same_pool_from_several_clients(alias):
     engine = get_engine(alias)
-    errors: list[BaseException] = []
 
-    def client() -> None:
-        try:
-            for _ in range(20):
-                with engine.connect() as sa:
-                    assert sa.execute(text("SELECT count(*) FROM demo_note WHERE title = :t"),
-                                      {"t": "x"}).scalar() == 0
-        except BaseException as error:
-            errors.append(error)
+    def client(_: int) -> None:
+        for _ in range(20):
+            with engine.connect() as sa:
+                assert sa.execute(text("SELECT count(*) FROM demo_note WHERE title = :t"),
+                                  {"t": "x"}).scalar() == 0
 
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    fan_out(client, 3)
     with engine.connect() as sa:
         assert sa.connection.driver_connection.prepare_threshold is None
 

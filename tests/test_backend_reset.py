@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from django_poolkit import get_engine, pool_stats
 
-from .test_backend_helpers import STOCK, backend_pid, ensure_role, extra_alias, last_statement
+from .helpers.backend import STOCK, backend_pid, ensure_role, extra_alias, last_statement
 
 ROLE = "poolkit_helper3_reset"
 ALIASES = {

@@ -33,8 +33,9 @@ class OrmAndEngine(TestCase):
         self.assertTrue(name.startswith("test_"), name)
         with get_engine().connect() as sa:
             self.assertEqual(sa.execute(text("SELECT current_database()")).scalar(), name)
-            # The TestCase transaction is the ORM's: SQLAlchemy sees the committed state.
-            self.assertEqual(sa.execute(text("SELECT count(*) FROM demo_note")).scalar(), 0)
+            # SQLAlchemy shares the ORM's connection, so it runs inside the TestCase's
+            # transaction: it sees the test's row, and the rollback takes its work too.
+            self.assertEqual(sa.execute(text("SELECT count(*) FROM demo_note")).scalar(), 1)
 
 
 class Flushed(TransactionTestCase):

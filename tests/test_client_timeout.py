@@ -25,7 +25,7 @@ from django_poolkit.conf import KNOBS, build_settings
 from django_poolkit.engines import deadline
 from django_poolkit.engines.deadline import PoolkitConnection
 
-from .tcpproxy import TcpProxy, proxy_to
+from .helpers.tcpproxy import TcpProxy, proxy_to
 
 ALIAS = "frozen"
 #: How late a cut may come after its deadline (scheduling on a loaded 2-core machine).
@@ -134,7 +134,7 @@ def test_text_sources_are_checked_too() -> None:
         ('DATABASES["default"]["OPTIONS"]["client_timeout"]',
          "must be a number of seconds > 0, or None (off), got -2.0")]
     problems = build({"DEFAULTS": {"client_timeout": "2"}})[1]
-    assert "Write 2.0 without quotes" in problems[0].hint
+    assert "write 2.0 without quotes" in problems[0].hint
 
 
 def test_a_url_parameter_is_not_passed_to_libpq(settings: Any, alias: str) -> None:

@@ -26,7 +26,7 @@ from django_poolkit.exceptions import Problem
 ROOT = Path(__file__).resolve().parent.parent
 SENTINEL = "s3ntinel-PW-9f2"
 DATABASES: dict[str, dict[str, Any]] = {
-    "default": {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "OPTIONS": {}},
+    "default": {"ENGINE": "django_poolkit.db.backends.postgresql", "NAME": "app", "OPTIONS": {}},
     "replica1": {"ENGINE": "django.db.backends.postgresql", "NAME": "app"},
 }
 #: The hint listing every knob; other features may append knobs after the foundation's.
@@ -185,6 +185,7 @@ def test_database_url_query_parameters_through_django_environ() -> None:
     config = environ.Env.db_url_config(
         f"postgres://app:{SENTINEL}@db:5432/app?pool_size=12&max_overflow=-1&pool_recycle=-1"
         "&pool_pre_ping=1&statement_timeout=0&preset=small_api&sslmode=require")
+    config["ENGINE"] = "django_poolkit.db.backends.postgresql"
     pool = build({}, {"default": config}).pools["default"]
     assert (pool.pool_size, pool.max_overflow, pool.pool_recycle) == (12, -1, -1)
     assert (pool.pool_pre_ping, pool.statement_timeout, pool.preset) == (True, 0, "small_api")
@@ -388,12 +389,16 @@ OTHER_SECTIONS = "".join(f", {key}" for key in OTHER_KEYS)
             id="lower-case-top-level"),
         pytest.param({"DEFAULTS": {"pool_size": "10"}}, Problem(
             'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1, got '10'",
-            "Write 10 without quotes: only environment variables and DATABASE_URL parameters "
-            "are read as text.", "poolkit.E003"), id="quoted-int"),
+            "Got the text '10': write 10 without quotes, or, when settings.py reads it from the "
+            "environment, wrap it in int(...), or drop the key and set the environment "
+            "variable POOLKIT_POOL_SIZE=10 (environment variables and DATABASE_URL parameters "
+            "are converted).", "poolkit.E003"), id="quoted-int"),
         pytest.param({"DEFAULTS": {"pool_timeout": "2.5"}}, Problem(
             'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0, got '2.5'",
-            "Write 2.5 without quotes: only environment variables and DATABASE_URL parameters "
-            "are read as text.", "poolkit.E003"), id="quoted-float"),
+            "Got the text '2.5': write 2.5 without quotes, or, when settings.py reads it from "
+            "the environment, wrap it in float(...), or drop the key and set the environment "
+            "variable POOLKIT_POOL_TIMEOUT=2.5 (environment variables and DATABASE_URL "
+            "parameters are converted).", "poolkit.E003"), id="quoted-float"),
         pytest.param({"DEFAULTS": {"pool_size": "ten"}}, Problem(
             'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1, got 'ten'",
             "Connections kept open in the pool (per process).", "poolkit.E003"), id="word-int"),
@@ -412,8 +417,20 @@ OTHER_SECTIONS = "".join(f", {key}" for key in OTHER_KEYS)
             "poolkit.E003"), id="int-bool"),
         pytest.param({"DEFAULTS": {"pool_use_lifo": "yes"}}, Problem(
             'POOLKIT["DEFAULTS"]["pool_use_lifo"]', "must be True or False, got 'yes'",
-            "Write True without quotes: only environment variables and DATABASE_URL "
-            "parameters are read as text.", "poolkit.E003"), id="text-bool"),
+            "Got the text 'yes': write True without quotes, or drop the key and set the "
+            "environment variable POOLKIT_POOL_USE_LIFO=yes (environment variables and "
+            "DATABASE_URL parameters are converted).", "poolkit.E003"), id="text-bool"),
+        pytest.param({"DATABASES": {"default": {"pool_size": "20"}}}, Problem(
+            'POOLKIT["DATABASES"]["default"]["pool_size"]', "must be an integer >= 1, got '20'",
+            "Got the text '20': write 20 without quotes, or, when settings.py reads it from the "
+            "environment, wrap it in int(...), or drop the key and set the environment "
+            "variable POOLKIT_DEFAULT__POOL_SIZE=20 (environment variables and DATABASE_URL "
+            "parameters are converted).", "poolkit.E003"), id="environ-get-per-alias"),
+        pytest.param({"DEFAULTS": {"preset": "production"}}, Problem(
+            'POOLKIT["DEFAULTS"]["preset"]', "must be one of \"development\", \"small_api\", "
+            "\"high_traffic\", \"background_worker\", or None, got 'production'",
+            '"production" is a sizing value: write "sizing": "production".', "poolkit.E003"),
+            id="preset-is-a-sizing"),
         pytest.param({"DEFAULTS": {"max_overflow": -5}}, Problem(
             'POOLKIT["DEFAULTS"]["max_overflow"]',
             "must be an integer >= 0, or -1 for no limit, got -5",
@@ -611,3 +628,33 @@ def test_reload_picks_up_changed_environment(monkeypatch: pytest.MonkeyPatch) ->
     reload()
     with pytest.raises(PoolkitConfigurationError, match="POOLKIT_POOL_TIMEOUT"):
         get_settings()
+
+
+def test_a_misspelt_database_url_parameter_gets_a_did_you_mean() -> None:
+    import environ
+
+    config = environ.Env.db_url_config(
+        "postgres://app@db:5432/app?pool_sise=20&sslmode=require&connect_timeout=3")
+    config["ENGINE"] = "django_poolkit.db.backends.postgresql"
+    problems = problems_of({}, {"default": config})
+    assert [(p.path, p.message, p.check_id) for p in problems] == [(
+        'DATABASES["default"]["OPTIONS"]["pool_sise"]',
+        'is neither a pool parameter nor a PostgreSQL connection parameter; did you mean '
+        '"pool_size"?', "poolkit.E002")]
+    # libpq's own parameters and Django's options are not pool parameters, and pass.
+    ok = {**config, "OPTIONS": {"sslmode": "require", "isolation_level": 1,
+                                "server_side_binding": False, "options": "-c x=1",
+                                "prepare_threshold": None}}
+    assert "default" in build({}, {"default": ok}).pools
+
+
+def test_pool_parameters_on_an_alias_of_the_stock_backend_are_an_error() -> None:
+    import environ
+
+    config = environ.Env.db_url_config("postgres://app@db:5432/app?pool_size=20")
+    assert config["ENGINE"] == "django.db.backends.postgresql"
+    problems = problems_of({}, {"default": config})
+    assert [(p.path, p.check_id) for p in problems] == [
+        ('DATABASES["default"]["OPTIONS"]["pool_size"]', "poolkit.E005")]
+    assert "uses ENGINE 'django.db.backends.postgresql'" in problems[0].message
+    assert 'Set ENGINE to "django_poolkit.db.backends.postgresql"' in problems[0].hint

@@ -18,8 +18,8 @@ from django_poolkit.dashboard import data, views
 from django_poolkit.dashboard.workers import worker_totals
 from django_poolkit.testing import wait_for_replicas
 
-from .tcpproxy import proxy_to
-from .test_backend_helpers import extra_alias
+from .helpers.backend import extra_alias
+from .helpers.tcpproxy import proxy_to
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

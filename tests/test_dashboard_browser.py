@@ -23,7 +23,7 @@ from django_poolkit import get_engine
 from django_poolkit.dashboard import data
 from testproject.demo.models import Note
 
-from .test_router_support import replica_paused, routing_fixture
+from .helpers.routing import replica_paused
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -60,11 +60,6 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture
-def route(settings: Any) -> Iterator[Callable[..., None]]:
-    yield from routing_fixture(settings)
 
 
 def _until(what: Callable[[], Any], message: str, timeout: float = WAIT_S) -> Any:

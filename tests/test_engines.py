@@ -3,8 +3,6 @@ thread safety, SQLite and extra engines."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from django.db import connections
 from django.test import override_settings
@@ -14,7 +12,8 @@ from sqlalchemy.exc import OperationalError
 from django_poolkit import UnknownAlias, get_async_engine, get_engine, pool_stats
 from django_poolkit.engines import engine_registry
 
-from .conftest import server_connections
+from .helpers.server import server_connections
+from .helpers.threads import fan_out
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -150,18 +149,8 @@ def test_override_settings_rebuilds_the_pool_with_new_settings():
 
 
 def test_concurrent_first_use_builds_one_engine():
-    engines = []
-    barrier = threading.Barrier(16)
-
-    def build():
-        barrier.wait()
-        engines.append(get_engine())
-
-    threads = [threading.Thread(target=build) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # All 16 start together (fan_out's start barrier).
+    engines = fan_out(lambda _: get_engine(), 16)
     assert len({id(engine) for engine in engines}) == 1
 
 

@@ -17,7 +17,7 @@ from django_poolkit.exceptions import Problem
 
 SENTINEL = "s3ntinel-PW-9f2"
 DATABASES: dict[str, dict[str, Any]] = {
-    "default": {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "OPTIONS": {}},
+    "default": {"ENGINE": "django_poolkit.db.backends.postgresql", "NAME": "app", "OPTIONS": {}},
     "replica-eu": {"ENGINE": "django.db.backends.postgresql", "NAME": "app"},
 }
 SETTINGS_LIST = ", ".join(name.upper() for name in KNOBS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import pytest
@@ -12,6 +11,8 @@ from sqlalchemy import text
 
 from django_poolkit import PoolTimeout, get_engine, pool_stats, signals
 from django_poolkit.stats import COUNTER_KEYS, GAUGE_KEYS
+
+from .helpers.threads import running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -167,13 +168,12 @@ def test_waiting_checkout_is_measured_and_visible_while_it_waits(settings):
     holder = engine.connect()
     seen_waiting = []
 
-    def release_later():
+    def release_later(_):
         time.sleep(0.3)
         seen_waiting.append(pool_stats().pool_waiting)
         holder.close()
 
-    threading.Thread(target=release_later).start()
-    with engine.connect():
+    with running(release_later), engine.connect():
         pass
     assert seen_waiting == [1]
     stats = pool_stats()

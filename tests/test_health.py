@@ -7,14 +7,12 @@ Fault tests that stop or pause a server are in ``test_health_faults.py``.
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 import json
 import logging
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,49 +27,11 @@ from django_poolkit import conf, get_engine, health
 from django_poolkit.engines import engine_registry
 from django_poolkit.exceptions import Problem
 
-from .tcpproxy import free_port, proxy_to
-
-TOKEN = "health-token-" + secrets.token_hex(8)
-TOKEN_HEADER = "X-Poolkit-Health-Token"
+from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit, timed, with_token
+from .helpers.tcpproxy import free_port, proxy_to
+from .helpers.threads import fan_out
 
 pytestmark = pytest.mark.postgres
-
-
-#: Probe timeout for tests that expect a healthy answer: generous, because a loaded machine can
-#: take longer than the suite's default 0.3 s to open a connection (that would read "degraded").
-HEALTHY_TIMEOUT = 2.0
-
-
-def poolkit(**section: Any) -> dict[str, Any]:
-    """The test project's POOLKIT plus a HEALTH section (short timeout, the test token)."""
-    health_section = {"timeout": 0.3, "cache_ttl": 0, "token": TOKEN, **section}
-    return {**settings.POOLKIT, "HEALTH": health_section}
-
-
-@pytest.fixture
-def add_alias() -> Iterator[Callable[..., str]]:
-    """Add a ``DATABASES`` alias for one test: a copy of ``default`` (already pointing at the
-    test database) with some keys changed.
-
-    ``override_settings(DATABASES=...)`` warns (warnings are errors here) and would not reach
-    ``connections.settings``, which *is* ``settings.DATABASES`` once configured; so the alias
-    is added to that dict and removed afterwards.
-    """
-    added: list[str] = []
-
-    def add(name: str, **changes: Any) -> str:
-        entry = copy.deepcopy(connections.settings["default"])
-        # Django's own backend: the ORM never uses these aliases, only poolkit's engines.
-        entry.update({"ENGINE": "django.db.backends.postgresql", "TEST": {}, **changes})
-        connections.settings[name] = entry
-        added.append(name)
-        conf.reload()
-        return name
-
-    yield add
-    for name in added:
-        connections.settings.pop(name, None)
-    conf.reload()
 
 
 def wait_for_replica(seconds: float = 15.0) -> str:
@@ -88,18 +48,6 @@ def wait_for_replica(seconds: float = 15.0) -> str:
             time.sleep(0.1)
         else:
             return "5433"
-
-
-def with_token(client: Client, path: str) -> Any:
-    """GET ``path`` sending the health token."""
-    return client.get(path, headers={TOKEN_HEADER: TOKEN})
-
-
-def timed(call: Callable[[], Any]) -> tuple[Any, float]:
-    """``call()``'s result and how long it took, in seconds."""
-    started = time.monotonic()
-    result = call()
-    return result, time.monotonic() - started
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -442,12 +390,8 @@ def test_a_flood_of_requests_becomes_a_trickle_of_probes() -> None:
     with override_settings(POOLKIT=poolkit(cache_ttl=ttl, databases=["default"],
                                            timeout=HEALTHY_TIMEOUT)):
         started = health.checker.probes_started
-        workers = [threading.Thread(target=hammer, args=(n,)) for n in range(threads)]
         began = time.monotonic()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        fan_out(hammer, threads)
         elapsed = time.monotonic() - began
         probes = health.checker.probes_started - started
     assert statuses == {200}
@@ -461,18 +405,8 @@ def test_concurrent_callers_share_one_round(add_alias: Callable[..., str]) -> No
         add_alias("black", PORT=str(proxy.port))
         with override_settings(POOLKIT=poolkit(cache_ttl=0, databases=["black"])):
             started = health.checker.probes_started
-            barrier = threading.Barrier(20)
-            reports: list[health.HealthReport] = []
-
-            def call() -> None:
-                barrier.wait()
-                reports.append(health.checker.check())
-
-            workers = [threading.Thread(target=call) for _ in range(20)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
+            # All 20 start together (fan_out's start barrier).
+            reports = fan_out(lambda _: health.checker.check(), 20)
             assert health.checker.probes_started - started == 1
             assert proxy.accepted == 1
     assert len(reports) == 20

@@ -14,10 +14,8 @@ from collections.abc import Callable
 import pytest
 from django.test import override_settings
 
-from .tcpproxy import free_port
-from .test_health import HEALTHY_TIMEOUT, add_alias, poolkit
-
-__all__ = ["add_alias"]  # a fixture used here
+from .helpers.health import HEALTHY_TIMEOUT, poolkit
+from .helpers.tcpproxy import free_port
 
 pytestmark = pytest.mark.postgres
 

@@ -24,9 +24,7 @@ from django.test import Client, override_settings
 
 from django_poolkit import health
 
-from .test_health import add_alias, poolkit, timed, with_token
-
-__all__ = ["add_alias"]  # a fixture used here
+from .helpers.health import poolkit, timed, with_token
 
 pytestmark = pytest.mark.postgres
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from django_poolkit import dispose_all, get_engine, pool_stats
 
-from .conftest import server_connections
+from .helpers.server import server_connections
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

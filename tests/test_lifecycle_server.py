@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +29,8 @@ from django_poolkit.asgi import LifespanApplication
 from django_poolkit.engines import engine_registry
 from django_poolkit.lifecycle import shutdown, warm_up
 
-from .conftest import server_connections
+from .helpers.server import server_connections
+from .helpers.threads import running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,15 +64,13 @@ def test_shutdown_waits_for_a_checked_out_connection_then_closes(side, admin):
     held = side.connect()
     held.execute(text("SELECT 1"))
 
-    def give_back() -> None:
+    def give_back(_: int) -> None:
         time.sleep(0.3)
         held.rollback()
         held.close()
 
-    returner = threading.Thread(target=give_back)
-    returner.start()
-    report = shutdown(timeout=30)
-    returner.join()
+    with running(give_back):
+        report = shutdown(timeout=30)
     assert report.drained is True
     assert report.checked_out == 0
     assert "side:sync" in report.pools
@@ -355,9 +353,11 @@ def test_gunicorn_multiprocess_metrics_sum_every_worker(tmp_path, admin, stopper
         cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     stopper.append(master)
-    _wait_until_serving(master, port, "/whoami")
+    # Probe with a path that checks nothing out: a probe the client gave up on (a worker
+    # still importing Django) would still be served, and counted, later.
+    _wait_until_serving(master, port, "/metrics")
     workers = _children(master.pid)
-    answers: list[dict] = [json.loads(_get(port, "/whoami"))]  # the one that saw it start
+    answers: list[dict] = [json.loads(_get(port, "/whoami"))]
     with ThreadPoolExecutor(max_workers=8) as pool:
         deadline = time.monotonic() + 60
         while {answer["pid"] for answer in answers} != workers:
@@ -368,9 +368,8 @@ def test_gunicorn_multiprocess_metrics_sum_every_worker(tmp_path, admin, stopper
                for family in text_string_to_metric_families(_get(port, "/metrics").decode())
                for sample in family.samples}
     labels = (("alias", "default"), ("kind", "sync"))
-    # Whichever worker answered the scrape, the figures are both workers' together. The
-    # startup probe of _wait_until_serving was a request too.
-    requests = len(answers) + 1
+    # Whichever worker answered the scrape, the figures are both workers' together.
+    requests = len(answers)
     assert samples[("poolkit_checkouts_total", labels)] == requests
     assert samples[("poolkit_checkout_wait_seconds_count", labels)] == requests
     assert samples[("poolkit_connection_hold_seconds_count", labels)] == requests
@@ -422,3 +421,26 @@ def test_handle_sigterm_drains_then_exits_143(tmp_path, admin, stopper):
                      re.MULTILINE), log
     assert _wait_for(lambda: server_connections(
         admin, f"poolkit:default:%:{process.pid}") == [])
+
+
+def test_asgi_lifespan_fails_fast_on_a_broken_configuration(settings):
+    settings.POOLKIT = {"DATABASES": {"default": {"pool_sise": 20}}}
+
+    async def django_app(scope, receive, send):
+        raise AssertionError(scope)
+
+    sent = asyncio.run(_lifespan(LifespanApplication(django_app), "lifespan.startup"))
+    assert len(sent) == 1
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert sent[0]["message"].startswith("poolkit configuration error: ")
+    assert 'did you mean "pool_size"?' in sent[0]["message"]
+
+
+def test_validate_configuration_raises_every_problem_without_io(settings):
+    from django_poolkit import PoolkitConfigurationError
+    from django_poolkit.lifecycle import validate_configuration
+
+    validate_configuration()
+    settings.POOLKIT = {"DEFAULTS": {"pool_size": "20"}}
+    with pytest.raises(PoolkitConfigurationError, match="POOLKIT_POOL_SIZE=20"):
+        validate_configuration()

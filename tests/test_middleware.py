@@ -4,7 +4,6 @@ time modes) in sync and async stacks, and HTTP 503 for an exhausted pool."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,12 +17,7 @@ from django_poolkit.exceptions import NoHealthyReplica
 from django_poolkit.testing import wait_for_replicas
 from testproject.demo.models import Note
 
-from .test_router_support import DBS, replica_paused, replica_script, routing_fixture
-
-
-@pytest.fixture
-def route(settings: Any) -> Iterator[Callable[..., None]]:
-    yield from routing_fixture(settings)
+from .helpers.routing import DBS, replica_paused, replica_script
 
 MIDDLEWARE = "django_poolkit.middleware.PoolkitMiddleware"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 
@@ -12,6 +11,8 @@ from django.core import signing
 
 from django_poolkit import pinning, use_primary
 from django_poolkit.pinning import PinToken, decode_tokens, encode_tokens
+
+from .helpers.threads import fan_out
 
 
 @pytest.fixture(autouse=True)
@@ -113,11 +114,8 @@ async def test_use_primary_async_forms_and_task_isolation():
 
 
 def test_use_primary_is_per_thread():
-    seen = []
     with use_primary():
-        thread = threading.Thread(target=lambda: seen.append(pinning.primary_forced()))
-        thread.start()
-        thread.join()
+        seen = fan_out(lambda _: pinning.primary_forced(), 1)
     assert seen == [False]
 
 
@@ -151,10 +149,7 @@ def test_a_write_outside_any_scope_pins_for_pin_seconds_only():
         found.written["main"] -= 20  # as if the write happened 20 s ago
         return found.wrote("main", 30), found.wrote("main", 15)
 
-    result: list[tuple[bool, bool]] = []
-    thread = threading.Thread(target=lambda: result.append(in_fresh_context()))
-    thread.start()
-    thread.join()
+    result = fan_out(lambda _: in_fresh_context(), 1)
     assert result == [(True, False)]
 
 

@@ -15,10 +15,8 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 
-from .tcpproxy import free_port
-from .test_health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, add_alias, poolkit
-
-__all__ = ["add_alias"]  # a fixture used here
+from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit
+from .helpers.tcpproxy import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -95,3 +93,14 @@ def _url(name: str) -> str:
     entry = settings.DATABASES["default"]
     return f"postgres://{entry['USER'] or 'postgres'}@{entry['HOST'] or '127.0.0.1'}:" \
            f"{entry['PORT'] or 5432}/{name}"
+
+
+def test_a_configuration_error_is_reported_as_such(settings) -> None:
+    settings.POOLKIT = {"DATABASES": {"default": {"pool_sise": 20}}}
+    with pytest.raises(CommandError) as raised:
+        call_command("poolcheck", stdout=StringIO())
+    assert raised.value.returncode == 2
+    text = str(raised.value)
+    assert text.startswith("configuration error: ")
+    assert 'did you mean "pool_size"?' in text
+    assert "unreachable" not in text

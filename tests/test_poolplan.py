@@ -283,3 +283,17 @@ def test_a_broken_configuration_exits_2(settings):
     with pytest.raises(CommandError, match='did you mean "workers"') as raised:
         call_command("poolplan", stdout=io.StringIO())
     assert raised.value.returncode == 2
+
+
+def test_a_pool_smaller_than_the_threads_is_a_warning_with_the_numbers(settings):
+    settings.POOLKIT = {"DATABASES": {"default": {"pool_size": 2, "max_overflow": 1}}}
+    output, code = _plan("--workers", "2", "--threads", "4", "--cores", "2",
+                         "--max-connections", "100")
+    assert code == 0
+    assert ("warning: default (sync) opens at most 3 connection(s) per process (pool_size 2 "
+            "+ max_overflow 1) for 4 threads: under load the others wait pool_timeout and "
+            "fail with PoolTimeout") in output
+    settings.POOLKIT = {"DATABASES": {"default": {"pool_size": 4, "max_overflow": 0}}}
+    output, _ = _plan("--workers", "2", "--threads", "4", "--cores", "2",
+                      "--max-connections", "100")
+    assert "warning" not in output

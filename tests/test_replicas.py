@@ -4,7 +4,7 @@ good probe, fallback to the primary or an error, the background prober."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,12 +19,7 @@ from django_poolkit.routing.state import ReplicaState, _Cluster, _Replica, repli
 from django_poolkit.signals import replica_state_changed
 from testproject.demo.models import Note
 
-from .test_router_support import DBS, replica_paused, replica_script, routing_fixture
-
-
-@pytest.fixture
-def route(settings: Any) -> Iterator[Callable[..., None]]:
-    yield from routing_fixture(settings)
+from .helpers.routing import DBS, replica_paused, replica_script
 
 
 @contextmanager
@@ -252,7 +247,7 @@ def test_the_background_prober_refreshes_the_state_off_the_request_path(route):
 
 
 def test_report_failure_takes_a_replica_out(settings):
-    from .test_router_support import routing_config
+    from .helpers.routing import routing_config
 
     settings.POOLKIT = routing_config()
     with state_changes() as changes:
@@ -269,7 +264,7 @@ def test_report_failure_takes_a_replica_out(settings):
 
 
 def test_a_failing_state_receiver_is_logged_and_the_state_still_changes(settings, caplog):
-    from .test_router_support import routing_config
+    from .helpers.routing import routing_config
 
     def broken(**kwargs: Any) -> None:
         raise RuntimeError("receiver bug")
@@ -296,7 +291,7 @@ def test_a_forked_child_starts_over(settings):
     the child gets fresh locks and no prober."""
     import os
 
-    from .test_router_support import routing_config
+    from .helpers.routing import routing_config
 
     settings.POOLKIT = routing_config()
     replica_state.snapshot()  # first use: installs the fork hook

@@ -3,9 +3,6 @@ reads on the primary."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import pytest
 from django.db import connections, transaction
 
@@ -14,12 +11,7 @@ from django_poolkit.routers import choose_read
 from django_poolkit.routing.state import replica_state
 from testproject.demo.models import Note
 
-from .test_router_support import DBS, replica_paused, routing_fixture
-
-
-@pytest.fixture
-def route(settings: Any) -> Iterator[Callable[..., None]]:
-    yield from routing_fixture(settings)
+from .helpers.routing import DBS, replica_paused
 
 pytestmark = pytest.mark.django_db(databases=DBS, transaction=True)
 

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import pytest
 from sqlalchemy import text
 
 from django_poolkit import pinning, read_session, use_primary, write_session
 from django_poolkit.routing.sessions import resolve
 
-from .test_router_support import DBS, replica_paused, routing_fixture
+from .helpers.routing import DBS, replica_paused
 
 pytestmark = pytest.mark.django_db(databases=DBS, transaction=True)
 
 WHERE = text("SELECT pg_is_in_recovery(), current_database()")
-
-
-@pytest.fixture
-def route(settings: Any) -> Iterator[Callable[..., None]]:
-    yield from routing_fixture(settings)
 
 
 def test_read_session_runs_on_the_replica(route):

@@ -22,7 +22,7 @@ from django_poolkit.routing.testing import (
 )
 from testproject.demo.models import Note
 
-from .test_router_support import DBS, ROUTER, replica_paused, routing_config
+from .helpers.routing import DBS, ROUTER, replica_paused, routing_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._schema import Collector, Field, Invalid, key_path, nearest, read_fields
-from ..check_ids import E_BAD_VALUE, E_ENVIRONMENT, E_NOT_A_DICT, E_UNKNOWN_KEY
-from .knobs import ENGINE_ONLY_KEYS, KNOBS
+from .._schema import Collector, Field, Invalid, did_you_mean, key_path, nearest, read_fields
+from ..check_ids import E_BAD_VALUE, E_CONFLICT, E_ENVIRONMENT, E_NOT_A_DICT, E_UNKNOWN_KEY
+from ..ops import sizing
+from .knobs import DEFAULT_ENV_PREFIX, ENGINE_ONLY_KEYS, KNOBS
 
 __all__ = ["read_environment", "read_knobs", "url_options"]
 
@@ -33,7 +34,8 @@ def read_knobs(
         return {}
     values = read_fields(section, KNOBS, lambda key: key_path(*path_parts, key), problems.add,
                          unknown_key_id=E_UNKNOWN_KEY, bad_value_id=E_BAD_VALUE,
-                         skip=extra_keys, accepted=(*KNOBS, *extra_keys), hint=_quoted_hint)
+                         skip=extra_keys, accepted=(*KNOBS, *extra_keys),
+                         hint=lambda knob, value: _quoted_hint(knob, value, path_parts))
     values.update({key: section[key] for key in extra_keys if key in section})
     return values
 
@@ -45,25 +47,90 @@ def _text_hint(knob: Field) -> str:
     return knob.doc
 
 
-def _quoted_hint(knob: Field, value: Any) -> str | None:
-    """For ``"10"`` where 10 belongs: say so, since only the environment and URLs are text."""
+def _quoted_hint(knob: Field, value: Any, path_parts: tuple[str, ...] = ()) -> str | None:
+    """For ``"10"`` where 10 belongs: say what to do. It is text either because it was
+    quoted or because settings.py read it from the environment (``os.environ.get()``), so
+    name both fixes: ``int(...)`` there, or the variable poolkit reads and converts itself.
+    For a sizing name given as ``preset`` (or the reverse), name the right key."""
+    if isinstance(value, str) and knob.name in ("preset", "sizing"):
+        other = "sizing" if knob.name == "preset" else "preset"
+        names = sizing.SIZING_FORMULAS if other == "sizing" else tuple(sizing.PRESETS)
+        if value in names:
+            return f'"{value}" is a {other} value: write "{other}": "{value}".'
+        return None
     if knob.cast is str or not isinstance(value, str):
         return None
     try:
         parsed = knob.parse(value, from_text=True)
     except Invalid:
         return None
-    return (f"Write {parsed!r} without quotes: only environment variables and DATABASE_URL "
-            "parameters are read as text.")
+    scope = (_env_key(path_parts[1]) + "__" if len(path_parts) == 2
+             and path_parts[0] in ("DATABASES", "ENGINES") else "")
+    variable = f"{DEFAULT_ENV_PREFIX}{scope}{knob.name.upper()}"
+    wrap = ("" if knob.cast is bool else
+            f", or, when settings.py reads it from the environment, wrap it in "
+            f"{knob.cast.__name__}(...)")
+    return (f"Got the text {value!r}: write {parsed!r} without quotes{wrap}, or drop the key "
+            f"and set the environment variable {variable}={value} (environment variables "
+            "and DATABASE_URL parameters are converted).")
+
+
+#: The pooled ORM backend's ENGINE (the one that reads pool knobs out of OPTIONS).
+POOLED_ENGINE = "django_poolkit.db.backends.postgresql"
+#: PostgreSQL backends whose OPTIONS go to psycopg (so unknown keys fail at connect).
+_POSTGRESQL_ENGINES = (POOLED_ENGINE, "django.db.backends.postgresql",
+                       "django.contrib.gis.db.backends.postgis")
+#: OPTIONS keys Django's PostgreSQL backend or ``psycopg.connect()`` take besides libpq's.
+_DRIVER_OPTIONS = frozenset({
+    "isolation_level", "server_side_binding", "assume_role", "pool", "autocommit",
+    "prepare_threshold", "context", "row_factory", "cursor_factory"})
+_libpq_keywords: frozenset[str] | None = None
+
+
+def _connection_option(key: str) -> bool:
+    """Whether ``key`` is a libpq connection parameter or a driver/Django option."""
+    global _libpq_keywords
+    if key in _DRIVER_OPTIONS:
+        return True
+    if _libpq_keywords is None:
+        try:
+            from psycopg import pq
+
+            _libpq_keywords = frozenset(
+                option.keyword.decode() for option in pq.Conninfo.get_defaults())
+        except Exception:  # no usable libpq: psycopg reports that itself at connect
+            return True
+    return key in _libpq_keywords
 
 
 def url_options(alias: str, database: Mapping[str, Any], problems: Collector) -> dict[str, Any]:
-    """Pool knobs found in ``DATABASES[alias]["OPTIONS"]`` (``DATABASE_URL`` query params)."""
+    """Pool knobs found in ``DATABASES[alias]["OPTIONS"]`` (``DATABASE_URL`` query params).
+
+    On a PostgreSQL alias, a key that is neither a knob nor a connection parameter is a
+    misspelling (psycopg would refuse it at the first connect, without a suggestion); knobs
+    on an alias of another backend would reach its driver, which refuses them too."""
     options = database.get("OPTIONS") or {}
+    engine = database.get("ENGINE")
     values: dict[str, Any] = {}
     for key, value in options.items():
+        key = str(key)
         knob = KNOBS.get(key)
+        path = f'DATABASES["{alias}"]["OPTIONS"]["{key}"]'
         if knob is None:
+            if engine in _POSTGRESQL_ENGINES and not _connection_option(key):
+                problems.add(path, "is neither a pool parameter nor a PostgreSQL connection "
+                             f"parameter{did_you_mean(key, KNOBS)}",
+                             "DATABASE_URL query parameters and OPTIONS take the pool "
+                             "parameters " + ", ".join(sorted(KNOBS)) + ", and libpq's "
+                             "connection parameters (sslmode, connect_timeout, ...).",
+                             E_UNKNOWN_KEY)
+            continue
+        if engine is not None and engine != POOLED_ENGINE:
+            problems.add(path, f"is a pool parameter, but this alias uses ENGINE {engine!r}, "
+                         "whose driver refuses it at connect",
+                         f'Set ENGINE to "{POOLED_ENGINE}", or move it to '
+                         f'POOLKIT["DATABASES"]["{alias}"] (it then sizes get_engine('
+                         f'"{alias}") only).', E_CONFLICT)
             continue
         try:
             values[key] = knob.parse(value, from_text=True)

@@ -16,6 +16,7 @@ from sqlalchemy import event
 from ..exceptions import UnusableConnection
 from .deadline import bounded
 from .events import CONNECTION_ID, PoolEvents
+from .pool import ISOLATION_LEVEL
 
 __all__ = [
     "PRISTINE",
@@ -182,8 +183,9 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
     from psycopg.pq import TransactionStatus
 
     sql = RESET_SQL[policy]
-    cursor_classes = sqlalchemy_cursor_classes() if shared else None
-    isolation_key = "poolkit_isolation_level"
+    cursor_classes = ((getattr(engine.pool, "poolkit_cursor_classes", None)
+                       or sqlalchemy_cursor_classes()) if shared else None)
+    isolation_key = ISOLATION_LEVEL
 
     def on_connect(dbapi_connection: Any, record: Any) -> None:
         # Runs after SQLAlchemy's own connect hooks (engine isolation level applied).

@@ -14,12 +14,18 @@ from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection, QueuePool
+from sqlalchemy.pool.base import _ConnectionFairy
 
 from ..exceptions import PoolTimeout
+from . import sharing
 from .events import PoolEvents
 from .recycle import expire_if_due
 
-__all__ = ["PoolkitAsyncQueuePool", "PoolkitQueuePool"]
+__all__ = ["ISOLATION_LEVEL", "PoolkitAsyncQueuePool", "PoolkitQueuePool"]
+
+#: Key in a record's ``info``: the isolation level the pool gives the connection (psycopg's
+#: value after connect), restored at each checkin by the hygiene.
+ISOLATION_LEVEL = "poolkit_isolation_level"
 
 
 class _TimedCheckout:
@@ -34,8 +40,24 @@ class _TimedCheckout:
     #: ``pool_recycle`` in seconds when poolkit spreads it (:mod:`.recycle`), else None.
     poolkit_recycle: float | None = None
 
+    #: Per-thread :class:`~.sharing.Share` of a pool the ORM shares (None: no sharing).
+    poolkit_local: sharing.PerThread | None = None
+    #: SQLAlchemy's cursor classes, put on a connection SQLAlchemy joins after the ORM.
+    poolkit_cursor_classes: tuple[type[Any], type[Any]] | None = None
+
     def connect(self) -> PoolProxiedConnection:
-        """A checkout for SQLAlchemy (``engine.connect()``, ``raw_connection()``)."""
+        """A checkout for SQLAlchemy (``engine.connect()``, ``raw_connection()``).
+
+        On a pool the ORM shares, the connection the ORM holds in this thread, counted once
+        more (:mod:`.sharing`); else a checkout of its own, which the ORM's next connect in
+        this thread reuses."""
+        local = self.poolkit_local
+        share = None
+        if local is not None:
+            share = sharing.current(self)
+            if (share is not None and share.orm is not None and share.orm.poolkit_shareable
+                    and not sharing.sharing_disabled()):
+                return self._poolkit_join(share)
         connection = self._poolkit_checkout()
         if self.poolkit_autocommit_off:
             try:
@@ -46,13 +68,57 @@ class _TimedCheckout:
                 connection.invalidate()
                 connection.close()
                 raise
+        if (local is not None and share is None and sharing.can_register()
+                and not sharing.sharing_disabled()):
+            local.share = sharing.Share(connection)
         return connection
 
-    def poolkit_orm_connect(self) -> PoolProxiedConnection:
+    def _poolkit_join(self, share: sharing.Share) -> PoolProxiedConnection:
+        """Check the shared fairy out once more for SQLAlchemy, with its cursor classes."""
+        fairy: PoolProxiedConnection = _ConnectionFairy._checkout(
+            self, fairy=share.fairy)  # type: ignore[arg-type]
+        classes = self.poolkit_cursor_classes
+        driver = fairy.driver_connection
+        if classes is not None and driver is not None:
+            driver.cursor_factory, driver.server_cursor_factory = classes
+        return fairy
+
+    def poolkit_orm_connect(self, orm: Any = None) -> PoolProxiedConnection:
         """A checkout for the pooled ORM backend, which sets the autocommit mode it wants
         itself (Django's ``set_autocommit()``): switching it off here would make two
-        driver calls per request that cancel out."""
-        return self._poolkit_checkout()
+        driver calls per request that cancel out.
+
+        On a shared pool, ``orm`` (the wrapper) reuses the connection SQLAlchemy holds in
+        this thread when its session is as pooled (isolation level, read-only, deferrable),
+        and registers its own checkout otherwise."""
+        local = self.poolkit_local
+        if local is None:
+            return self._poolkit_checkout()
+        share = sharing.current(self)
+        if share is not None and share.orm is None and _as_pooled(share.fairy, orm):
+            fairy: PoolProxiedConnection = _ConnectionFairy._checkout(
+                self, fairy=share.fairy)  # type: ignore[arg-type]
+            share.orm = orm
+            return fairy
+        connection = self._poolkit_checkout()
+        if share is None and sharing.can_register():
+            local.share = sharing.Share(connection, orm)
+        return connection
+
+    def poolkit_orm_release(self, fairy: PoolProxiedConnection) -> sharing.Share | None:
+        """The ORM lets go of ``fairy`` (before closing it): returns the share when
+        SQLAlchemy still uses it in this thread."""
+        local = self.poolkit_local
+        if local is None:
+            return None
+        share = local.share
+        if share is None or share.fairy is not fairy:
+            return None
+        share.orm = None
+        if fairy._counter > 1:
+            return share
+        local.share = None
+        return None
 
     def _poolkit_checkout(self) -> PoolProxiedConnection:
         started = time.perf_counter()
@@ -94,6 +160,9 @@ class _TimedCheckout:
         new.poolkit_max_overflow = self.poolkit_max_overflow
         new.poolkit_autocommit_off = self.poolkit_autocommit_off
         new.poolkit_recycle = self.poolkit_recycle
+        new.poolkit_cursor_classes = self.poolkit_cursor_classes
+        if self.poolkit_local is not None:
+            new.poolkit_local = sharing.PerThread()
         return new
 
     def _poolkit_timeout(self, waited: float) -> PoolTimeout:
@@ -102,6 +171,19 @@ class _TimedCheckout:
                    "timeout": pool.timeout(), "checked_out": pool.checkedout()}
         self.poolkit_events.timed_out(waited, figures)
         return PoolTimeout(self.poolkit_events.alias, **figures)
+
+
+def _as_pooled(fairy: Any, orm: Any) -> bool:
+    """Whether the session SQLAlchemy holds is as the pool hands it out (and as the ORM
+    wrapper ``orm`` wants it), so the ORM may use it too."""
+    driver = fairy.driver_connection
+    if driver is None or driver.read_only is not None or driver.deferrable is not None:
+        return False
+    level = driver.isolation_level
+    if level != fairy.info.get(ISOLATION_LEVEL, level):
+        return False
+    wanted = getattr(orm, "poolkit_isolation_level", None)
+    return wanted is None or wanted == level
 
 
 class PoolkitQueuePool(_TimedCheckout, QueuePool):

@@ -32,11 +32,12 @@ from ..exceptions import PoolkitError, UnknownAlias
 from ..stats import PoolKind, counters_for, reset_counters
 from .deadline import install_client_deadline, own_round_trip_bound
 from .events import PoolEvents, attach_listeners
-from .hygiene import install_pre_ping, install_session_hygiene
+from .hygiene import install_pre_ping, install_session_hygiene, sqlalchemy_cursor_classes
 from .leaks import install_leak_detection
 from .params import ConnectSpec, connection_spec, is_shared
 from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 from .recycle import install_recycle_jitter
+from .sharing import PerThread, install_sharing
 
 __all__ = ["EngineRegistry", "engine_registry"]
 
@@ -177,6 +178,11 @@ class EngineRegistry:
         if hygiene:
             if isinstance(sync_engine.pool, PoolkitQueuePool):
                 sync_engine.pool.poolkit_autocommit_off = True
+                if shared:
+                    # One connection per thread for the ORM and SQLAlchemy (.sharing).
+                    sync_engine.pool.poolkit_local = PerThread()
+                    sync_engine.pool.poolkit_cursor_classes = sqlalchemy_cursor_classes()
+                    install_sharing(sync_engine)
             install_session_hygiene(sync_engine, alias, pool.reset_on_return or "rollback",
                                     shared=shared, events=events,
                                     bound=bound)

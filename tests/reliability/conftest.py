@@ -1,27 +1,29 @@
 """The fault-injection suite: every test here is marked ``reliability`` and reports its figures
-through :func:`record`, one machine-readable ``RESULT`` line per scenario.
+through :func:`tests.helpers.results.record`, one machine-readable ``RESULT`` line per
+scenario.
 
 The lines are printed in pytest's terminal summary (so CI logs carry them even when every
 test passes) and written as JSON lines to ``$RELIABILITY_RESULTS`` when that is set, which is
-how ``docs/reliability.rst`` gets its figures.
+how ``docs/reliability.rst`` gets its figures. The fixtures the scenarios share are here too:
+the scratch cluster to break, ORM access for aliases added at run time, a scratch table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from django.db import connections
 
-_results: list[dict[str, Any]] = []
-
-
-def record(scenario: str, *, bar: str, met: bool, **figures: Any) -> None:
-    """Keep one scenario's result: its name, the bar it must meet, whether it met it, and the
-    figures it measured (numbers rounded by the caller to what is meaningful)."""
-    _results.append({"scenario": scenario, "bar": bar, "met": met, **figures})
+from ..helpers.faults import SCRATCH_PORT, Scratch
+from ..helpers.results import results
+from ..helpers.state import ROWS, SEQUENCE, outside_connection
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,13 +34,71 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _results:
+    if not results:
         return
     terminalreporter.section("reliability results")
-    for result in _results:
+    for result in results:
         terminalreporter.write_line("RESULT " + json.dumps(result, sort_keys=False))
     target = os.environ.get("RELIABILITY_RESULTS")
     if target:
         with open(target, "w", encoding="utf-8") as stream:
-            for result in _results:
+            for result in results:
                 stream.write(json.dumps(result) + "\n")
+
+
+# -- scenarios 1-7: a scratch cluster to break ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[Scratch]:
+    """Part A's scratch cluster, running; healed (continued, started) after the module, and
+    left running (it is cheap and throwaway)."""
+    cluster = Scratch(SCRATCH_PORT)
+    cluster.heal()
+    yield cluster
+    cluster.heal()
+
+
+@pytest.fixture
+def unblocked(django_db_blocker: Any) -> Iterator[None]:
+    """ORM access without pytest-django's test case, for tests on a scratch cluster: their
+    aliases are added at run time, which its ``databases`` check cannot know (Django refuses
+    them in threads). Nothing here touches the test database."""
+    with django_db_blocker.unblock():
+        try:
+            yield
+        finally:
+            for wrapper in connections.all(initialized_only=True):
+                wrapper.close()
+
+
+# -- scenarios 8-14: the test database from several threads -----------------------------------
+
+
+@pytest.fixture
+def orm(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Database access for the scenarios, which add aliases at run time and use the ORM from
+    several threads (mark the test ``django_db(transaction=True)``: that creates the test
+    database); every wrapper is closed afterwards."""
+    with django_db_blocker.unblock():
+        try:
+            yield
+        finally:
+            for wrapper in connections.all(initialized_only=True):
+                with contextlib.suppress(Exception):
+                    wrapper.close()
+
+
+@pytest.fixture
+def rows(orm: None) -> Iterator[psycopg.Connection[Any]]:
+    """An empty ``relb_rows`` table (``tag`` unique, so a retried insert would fail loudly)
+    and a fresh ``relb_seq`` sequence; yields an autocommit connection outside every pool."""
+    with outside_connection() as connection:
+        connection.execute(f"DROP TABLE IF EXISTS {ROWS}; DROP SEQUENCE IF EXISTS {SEQUENCE}; "
+                           f"CREATE TABLE {ROWS} (id serial PRIMARY KEY, tag text UNIQUE); "
+                           f"CREATE SEQUENCE {SEQUENCE}")
+        try:
+            yield connection
+        finally:
+            connection.execute(f"DROP TABLE IF EXISTS {ROWS}; "
+                               f"DROP SEQUENCE IF EXISTS {SEQUENCE}")

@@ -22,18 +22,8 @@ from django.db import connections
 
 from django_poolkit import get_engine, pool_stats
 
-from .faults import (
-    Scratch,
-    add_pooled_alias,
-    app_name_like,
-    ms,
-    poolkit_with,
-    record,
-    scratch,
-    unblocked,
-)
-
-__all__ = ["scratch", "unblocked"]  # fixtures used here
+from ..helpers.faults import Scratch, add_pooled_alias, app_name_like, ms, poolkit_with
+from ..helpers.results import record
 
 POOL = {"pool_size": 2, "max_overflow": 1, "pool_timeout": 1, "connect_timeout": 2,
         "statement_timeout": 500, "client_timeout": 1}

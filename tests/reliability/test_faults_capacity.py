@@ -21,8 +21,7 @@ from sqlalchemy import text
 from django_poolkit import PoolTimeout, get_engine, pool_stats
 from testproject.demo.models import Note
 
-from ..tcpproxy import free_port
-from .faults import (
+from ..helpers.faults import (
     Availability,
     OpenConnections,
     Scratch,
@@ -31,12 +30,10 @@ from .faults import (
     app_name_like,
     ms,
     poolkit_with,
-    record,
-    scratch,
-    unblocked,
 )
-
-__all__ = ["scratch", "unblocked"]  # fixtures used here
+from ..helpers.results import record
+from ..helpers.tcpproxy import free_port
+from ..helpers.threads import fan_out, running
 
 DBS = ["default", "replica"]
 
@@ -57,14 +54,12 @@ def _exhaust(timeout: float, size: int, overflow: int) -> dict[str, Any]:
     capacity = size + overflow
     callers = 3 * capacity
     hold = timeout + 0.5  # nobody is served by a release before the waiters give up
-    start = threading.Barrier(callers)
     waits: list[float] = []
     served: list[int] = []
     unexpected: list[str] = []
     lock = threading.Lock()
 
-    def caller(index: int) -> None:
-        start.wait(timeout=10)
+    def caller(index: int) -> None:  # the callers start together (fan_out's barrier)
         began = time.perf_counter()
         try:
             if index % 2:
@@ -85,11 +80,7 @@ def _exhaust(timeout: float, size: int, overflow: int) -> dict[str, Any]:
         finally:
             connections["default"].close()
 
-    threads = [threading.Thread(target=caller, args=(index,)) for index in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    fan_out(caller, callers, timeout=30)
     tolerance = max(0.05, 0.1 * timeout)
     stats = pool_stats()
     return {
@@ -173,15 +164,14 @@ def test_s2_hard_cap_under_a_storm_with_connect_failures(settings: Any) -> None:
                 for alias in sizes}
     for counter in counters.values():
         counter.__enter__()
-    workers = [threading.Thread(target=storm, args=(seed,)) for seed in range(threads_n)]
     try:
-        for worker in workers:
-            worker.start()
-        time.sleep(duration)
+        # Leaving the block fails the test if a worker still runs 60 s after the stop.
+        with running(storm, threads_n, timeout=60):
+            try:
+                time.sleep(duration)
+            finally:
+                stop.set()
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=60)
         for counter in counters.values():
             counter.__exit__()
     per_server = {}
@@ -204,7 +194,6 @@ def test_s2_hard_cap_under_a_storm_with_connect_failures(settings: Any) -> None:
            "per process: 0", met=met, threads=threads_n, seconds=duration,
            outcomes=dict(sorted(outcomes.items())), servers=per_server)
     assert met, per_server
-    assert all(not worker.is_alive() for worker in workers)
 
 
 # -- 3. a failed connect leaks no slot --------------------------------------------------------
@@ -254,11 +243,7 @@ def test_s3_refused_connects_leak_no_slot(settings: Any, scratch: Scratch) -> No
                 finally:
                     connections[alias].close()
 
-        workers = [threading.Thread(target=refused, args=(index,)) for index in range(capacity)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=60)
+        fan_out(refused, capacity, timeout=60)
         after_failures = _gauges(alias)
 
         # The server comes back; a request every 20 ms notices.

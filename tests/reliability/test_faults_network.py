@@ -17,10 +17,9 @@ from sqlalchemy import text
 
 from django_poolkit import PoolTimeout, get_engine, pool_stats
 
-from ..tcpproxy import proxy_to
-from .faults import add_pooled_alias, ms, poolkit_with, record, unblocked
-
-__all__ = ["unblocked"]  # a fixture used here
+from ..helpers.faults import add_pooled_alias, ms, poolkit_with
+from ..helpers.results import record
+from ..helpers.tcpproxy import proxy_to
 
 
 def _wait_for(condition: Any, seconds: float = 10.0) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
 from typing import Any
 
@@ -21,8 +20,7 @@ from django.test import Client
 
 from django_poolkit import get_engine, health
 
-from ..tcpproxy import proxy_to
-from .faults import (
+from ..helpers.faults import (
     Availability,
     Load,
     OpenConnections,
@@ -32,12 +30,10 @@ from .faults import (
     app_name_like,
     ms,
     poolkit_with,
-    record,
-    scratch,
-    unblocked,
 )
-
-__all__ = ["scratch", "unblocked"]  # fixtures used here
+from ..helpers.results import record
+from ..helpers.tcpproxy import proxy_to
+from ..helpers.threads import BackgroundSampler
 
 pytestmark = pytest.mark.usefixtures("unblocked")
 
@@ -137,22 +133,13 @@ def test_s4_restart_and_crash_under_steady_load(settings: Any, scratch: Scratch)
 # -- 5. long outage ---------------------------------------------------------------------------
 
 
-class _Sampler:
+class _Sampler(BackgroundSampler):
     """Samples counters every 0.1 s: a timeline to cut into 1 s windows."""
 
     def __init__(self, **sources: Any) -> None:
         self.sources = sources
         self.samples: list[tuple[float, dict[str, int]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
-
-    def __enter__(self) -> _Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        super().__init__()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -174,6 +161,24 @@ class _Sampler:
         return inside[-1] - inside[0] if inside else 0
 
 
+class _HealthPoller(BackgroundSampler):
+    """GETs /health/ready/ every 0.25 s: (sent, answered, status) of every answer."""
+
+    name = "health-poller"
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.answers: list[tuple[float, float, int]] = []
+        super().__init__()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status = self.client.get("/health/ready/").status_code
+            self.answers.append((started, time.monotonic(), status))
+            self._stop.wait(0.25)
+
+
 def test_s5_long_outage(settings: Any, scratch: Scratch) -> None:
     outage, workers, pause = 30.0, 4, 0.2
     health_timeout, cache_ttl = 0.5, 1.0
@@ -183,26 +188,13 @@ def test_s5_long_outage(settings: Any, scratch: Scratch) -> None:
             "timeout": health_timeout, "cache_ttl": cache_ttl, "primary": alias,
             "databases": [alias]})
         tracker = OpenConnections(get_engine(alias))
-        client = Client()
-        answers: list[tuple[float, float, int]] = []
-        health_stop = threading.Event()
-
-        def poll_health() -> None:
-            while not health_stop.is_set():
-                started = time.monotonic()
-                status = client.get("/health/ready/").status_code
-                answers.append((started, time.monotonic(), status))
-                health_stop.wait(0.25)
-
         sampler = _Sampler(attempts=lambda: proxy.accepted,
                            pool_attempts=lambda: tracker.attempts,
                            probes=lambda: health.checker.probes_started)
         load = Load(_orm_request(alias), workers=workers, pause=pause,
                     after=lambda: connections[alias].close())
-        poller = threading.Thread(target=poll_health, name="health-poller", daemon=True)
         with Availability(scratch, interval=0.05) as availability, sampler, load:
-            poller.start()
-            try:
+            with _HealthPoller(Client()) as poller:
                 time.sleep(1.5)
                 scratch.run("stop")
                 down = time.monotonic()
@@ -210,10 +202,8 @@ def test_s5_long_outage(settings: Any, scratch: Scratch) -> None:
                 up_command = time.monotonic()
                 scratch.run("start")
                 time.sleep(3.0)
-            finally:
-                health_stop.set()
-                poller.join(timeout=10)
             stuck = load.stop()
+        answers = poller.answers
         requests = load.snapshot()
 
     up = availability.up_after(up_command)

@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +29,10 @@ import psycopg
 import pytest
 from django.db import connections
 
-from ..conftest import server_connections
-from ..tcpproxy import free_port
-from .state_helpers import record
+from ..helpers.results import record
+from ..helpers.server import server_connections
+from ..helpers.tcpproxy import free_port
+from ..helpers.threads import BackgroundSampler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -172,13 +172,12 @@ def _get(port: int, path: str, timeout: float = 15) -> bytes:
         return body
 
 
-class Sampler:
+class Sampler(BackgroundSampler):
     """Counts, every few milliseconds, the server's connections named after one process."""
 
     def __init__(self, dsn: str, pattern: str) -> None:
         self.dsn, self.pattern, self.peak, self.samples = dsn, pattern, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as admin:
@@ -190,14 +189,6 @@ class Sampler:
                 self.peak = max(self.peak, int(count[0]))
                 self.samples += 1
                 self._stop.wait(0.005)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def _asgi(tmp_path: Path, admin: Any, server_dsn: str) -> dict[str, Any]:

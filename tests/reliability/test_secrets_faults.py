@@ -40,7 +40,7 @@ from sqlalchemy import text
 from django_poolkit import conf, get_async_engine, get_engine, pool_stats
 from django_poolkit.engines import engine_registry
 
-from .state_helpers import record
+from ..helpers.results import record
 
 PORT = 5450  # part B's scratch cluster (5450-5459); never the main server
 ROOT = Path(__file__).resolve().parents[2]

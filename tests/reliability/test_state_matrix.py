@@ -25,10 +25,9 @@ from psycopg.pq import TransactionStatus
 from django_poolkit import conf, get_engine
 from testproject.demo.models import Note
 
-from ..test_backend_helpers import ensure_role, extra_alias
-from .state_helpers import ROWS, orm, record, rows
-
-__all__ = ["orm", "rows"]  # fixtures used here
+from ..helpers.backend import ensure_role, extra_alias
+from ..helpers.results import record
+from ..helpers.state import ROWS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

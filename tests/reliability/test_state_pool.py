@@ -30,8 +30,10 @@ from sqlalchemy import event, text
 from django_poolkit import PoolTimeout, get_async_engine, get_engine
 from django_poolkit.engines import engine_registry, recycle
 
-from ..conftest import server_connections
-from .state_helpers import Clock, record, sliding_max
+from ..helpers.results import record
+from ..helpers.server import server_connections
+from ..helpers.state import Clock, sliding_max
+from ..helpers.threads import running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -202,7 +204,7 @@ def _sync_waiters(rounds: int) -> dict[str, int]:
     lock = threading.Lock()
     chance = random.Random(11)  # noqa: S311
 
-    def wait() -> None:
+    def wait(_: int) -> None:
         nonlocal gave_up, served
         try:
             with engine.connect() as connection:
@@ -218,14 +220,10 @@ def _sync_waiters(rounds: int) -> dict[str, int]:
 
     for _ in range(rounds):
         held = [engine.connect() for _ in range(2)]
-        threads = [threading.Thread(target=wait) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        time.sleep(chance.uniform(0.04, 0.06))
-        for connection in held:
-            connection.close()
-        for thread in threads:
-            thread.join()
+        with running(wait, 4):
+            time.sleep(chance.uniform(0.04, 0.06))
+            for connection in held:
+                connection.close()
     return {"gave_up": gave_up, "served": served}
 
 

@@ -29,20 +29,10 @@ from sqlalchemy import text
 from django_poolkit import get_engine, pool_stats
 from testproject.demo.models import Note
 
-from ..tcpproxy import proxy_to
-from ..test_backend_helpers import extra_alias, terminate
-from .state_helpers import (
-    ROWS,
-    SEQUENCE,
-    Warnings,
-    cut_streams,
-    orm,
-    record,
-    rows,
-    sequence_calls,
-)
-
-__all__ = ["orm", "rows"]  # fixtures used here
+from ..helpers.backend import extra_alias, terminate
+from ..helpers.results import record
+from ..helpers.state import ROWS, SEQUENCE, Warnings, cut_streams, sequence_calls
+from ..helpers.tcpproxy import proxy_to
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

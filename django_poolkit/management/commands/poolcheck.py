@@ -15,6 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import health
+from ...exceptions import PoolkitConfigurationError
 
 
 class Command(BaseCommand):
@@ -42,7 +43,11 @@ class Command(BaseCommand):
                             help="Exit 1 when degraded too.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        config = health.health_settings()
+        try:
+            config = health.health_settings()
+        except PoolkitConfigurationError as error:
+            # Not "unreachable": nothing was probed, the settings are wrong.
+            raise CommandError(f"configuration error: {error}", returncode=2) from None
         aliases = options["databases"]
         if aliases:
             unknown = [alias for alias in aliases if alias not in _all_aliases()]

@@ -40,7 +40,7 @@ from django.utils.asyncio import async_unsafe
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ....conf import get_settings
-from ....engines import engine_registry
+from ....engines import engine_registry, sharing
 from ....engines.hygiene import PRISTINE
 from ....exceptions import PoolkitConfigurationError
 from ...checks import backend_problems
@@ -78,6 +78,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pristine = False
         self._poolkit_pid = 0
         self._poolkit_server_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._poolkit_cursor_factory: Any = None
+        #: The isolation level OPTIONS asks for (None: the pool's), for sharing decisions.
+        self.poolkit_isolation_level: Any = None
         # What connect() last checked the settings with (see connect()).
         self._poolkit_checked: tuple[Any, ...] | None = None
         if self.poolkit_pooled and self._poolkit_pgbouncer() == "transaction":
@@ -162,7 +165,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if settings_dict["AUTOCOMMIT"]:
             # Django's set_autocommit(True) without its checks, which a fresh checkout
             # passes by construction (no atomic block, health check done, connected).
-            if not self.connection.autocommit:
+            # Joined to SQLAlchemy's open transaction: the mode stays until it ends, and
+            # init_connection_state() shows autocommit off to Django (engines.sharing).
+            if not self.connection.autocommit and not self._poolkit_sqlalchemy_transaction():
                 with self.wrap_database_errors:
                     self.connection.autocommit = True
             self.autocommit = True
@@ -193,18 +198,22 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 ) from None
         else:
             self.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        self.poolkit_isolation_level = self.isolation_level if set_isolation_level else None
         pool = engine_registry.get(self.alias, "sync").pool
-        fairy = pool.poolkit_orm_connect()
-        try:
-            connection = fairy.driver_connection
-            # The pool hands out SQLAlchemy's cursor classes; the ORM uses Django's.
-            connection.cursor_factory = conn_params["cursor_factory"]
-            connection.server_cursor_factory = psycopg.ServerCursor
-            if set_isolation_level:
-                connection.isolation_level = self.isolation_level
-        except BaseException:
-            fairy.invalidate()
-            raise
+        fairy = pool.poolkit_orm_connect(self)
+        self._poolkit_cursor_factory = conn_params["cursor_factory"]
+        connection = fairy.driver_connection
+        if fairy._counter == 1:  # not shared with SQLAlchemy
+            try:
+                # The pool hands out SQLAlchemy's cursor classes; the ORM uses Django's.
+                connection.cursor_factory = conn_params["cursor_factory"]
+                connection.server_cursor_factory = psycopg.ServerCursor
+                if set_isolation_level:
+                    connection.isolation_level = self.isolation_level
+            except BaseException:
+                pool.poolkit_orm_release(fairy)
+                fairy.invalidate()
+                raise
         self._poolkit_fairy = fairy
         self._poolkit_pool = pool
         self._poolkit_pid = os.getpid()
@@ -218,6 +227,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self._poolkit_fairy is None or self._poolkit_pid == os.getpid():
             return
         self._poolkit_fairy = self._poolkit_pool = None
+        self._poolkit_cursor_factory = None
         self._poolkit_server_cursors = weakref.WeakSet()
         # Kept, never closed or collected here: psycopg would warn that an open connection
         # was deleted, and closing would end the parent's session.
@@ -241,7 +251,31 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # its lock and runs a (no-op) generator even then, on every request.
         if self._poolkit_fairy is not None and self.connection.autocommit == autocommit:
             return
+        if self._poolkit_sqlalchemy_transaction():
+            return  # SQLAlchemy's transaction owns the mode until it ends (see connect())
         super()._set_autocommit(autocommit)  # type: ignore[misc]
+
+    def _poolkit_sqlalchemy_transaction(self) -> bool:
+        """Whether this connection is shared and SQLAlchemy's real transaction is open."""
+        fairy = self._poolkit_fairy
+        if fairy is None or fairy._counter == 1:
+            return False
+        share = sharing.current(self._poolkit_pool)
+        return share is not None and share.fairy is fairy and share.sqlalchemy_transaction
+
+    def init_connection_state(self) -> None:
+        super().init_connection_state()
+        if self._poolkit_sqlalchemy_transaction():
+            # Joined SQLAlchemy's open transaction: Django must see autocommit off, so
+            # atomic() makes savepoints in it and never commits it.
+            self.autocommit = False
+
+    @property
+    def poolkit_shareable(self) -> bool:
+        """Whether SQLAlchemy may use this wrapper's connection now: not while an ORM
+        server-side cursor is open on it (a commit on the other side would end it)."""
+        cursors = self._poolkit_server_cursors
+        return not cursors or all(cursor.closed for cursor in cursors)
 
     def _configure_timezone(self, connection: Any) -> bool:  # Django >= 5.1
         # Django reads the session's TimeZone through psycopg's decoding helpers on every
@@ -271,7 +305,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return result
 
     def create_cursor(self, name: str | None = None) -> Any:
-        cursor = super().create_cursor(name)
+        connection = self.connection
+        factory = self._poolkit_cursor_factory
+        if factory is not None and connection.cursor_factory is not factory:
+            # Shared with SQLAlchemy, whose cursor classes are on the connection.
+            saved = connection.cursor_factory, connection.server_cursor_factory
+            connection.cursor_factory = factory
+            connection.server_cursor_factory = psycopg.ServerCursor
+            try:
+                cursor = super().create_cursor(name)
+            finally:
+                connection.cursor_factory, connection.server_cursor_factory = saved
+        else:
+            cursor = super().create_cursor(name)
         if name is not None and self._poolkit_fairy is not None:
             self._poolkit_server_cursors.add(cursor)
         return cursor
@@ -282,12 +328,20 @@ class DatabaseWrapper(base.DatabaseWrapper):
             super()._close()  # type: ignore[misc]
             return
         pool, self._poolkit_fairy, self._poolkit_pool = self._poolkit_pool, None, None
+        self._poolkit_cursor_factory = None
         connection = self.connection
         if self._poolkit_pid != os.getpid():
             # Inherited through fork: the socket is the parent's. Closing it would end the
             # parent's session; just let go (psycopg never closes it from another process).
             _inherited.append(connection)
             self.connection = None
+            return
+        share = pool.poolkit_orm_release(fairy)
+        if share is not None:
+            # SQLAlchemy still uses it in this thread: it goes back when SQLAlchemy is done.
+            self._poolkit_leave_shared(fairy, share, connection)
+            if not self.in_atomic_block:
+                self.connection = None  # no longer the ORM's: is_usable() is False
             return
         with self.wrap_database_errors:
             if connection.broken:
@@ -322,6 +376,23 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # As Django's own pool does: the connection is no longer ours, so is_usable() and
             # any other use must not reach a session another checkout may hold now.
             self.connection = None
+
+    def _poolkit_leave_shared(self, fairy: Any, share: Any, connection: Any) -> None:
+        """Let go of a connection SQLAlchemy still holds: close this side's server cursors,
+        end the ORM's own transaction when it is closed inside one (the stock backend would
+        close the socket, so the server rolls back), and hand the mode back to SQLAlchemy."""
+        try:
+            with self.wrap_database_errors:
+                if self._poolkit_server_cursors:
+                    self._close_server_cursors()
+                if not connection.closed and not connection.broken:
+                    if self.in_atomic_block and not share.sqlalchemy_transaction:
+                        connection.rollback()  # SQLAlchemy's savepoints in it went too
+                        share.stack.clear()
+                    if not share.stack and connection.autocommit:
+                        connection.autocommit = False  # SQLAlchemy's mode
+        finally:
+            fairy.close()
 
     def _close_server_cursors(self) -> None:
         """Close the named cursors this checkout left open (``WITH HOLD`` ones outlive the

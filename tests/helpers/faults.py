@@ -1,4 +1,5 @@
-"""Shared tools of the fault-injection scenarios 1-7: a scratch cluster to break, pooled
+"""Shared tools of the fault-injection scenarios 1-7 (their fixtures ``scratch`` and
+``unblocked`` are in ``tests/reliability/conftest.py``): a scratch cluster to break, pooled
 aliases added for one test, steady load with a timeline of every request, and the oracles
 (server-side connection counts, client-side open connections, connection attempts).
 
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from django.conf import settings
 from django.db import connections
 from sqlalchemy import event
@@ -28,24 +28,7 @@ from sqlalchemy import event
 from django_poolkit import conf
 from django_poolkit.engines import engine_registry
 
-from .conftest import record
-
-__all__ = [
-    "POOLED",
-    "Availability",
-    "Load",
-    "OpenConnections",
-    "Request",
-    "Scratch",
-    "ServerCount",
-    "add_pooled_alias",
-    "app_name_like",
-    "ms",
-    "poolkit_with",
-    "record",
-    "scratch",
-    "unblocked",
-]
+from .threads import BackgroundSampler
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "scratch-cluster"
@@ -103,7 +86,7 @@ class Scratch:
 
     def pause(self, pid: int) -> None:
         """SIGSTOP one server process (a blackhole without root); :meth:`resume_all` and the
-        fixture's teardown always continue it."""
+        ``scratch`` fixture's teardown always continue it."""
         self.paused.add(pid)
         os.kill(pid, signal.SIGSTOP)
 
@@ -119,29 +102,6 @@ class Scratch:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
             os.kill(self.postmaster_pid(), signal.SIGCONT)
         self.run("start")
-
-
-@pytest.fixture(scope="module")
-def scratch() -> Iterator[Scratch]:
-    """Part A's scratch cluster, running; healed (continued, started) after the module, and
-    left running (it is cheap and throwaway)."""
-    cluster = Scratch(SCRATCH_PORT)
-    cluster.heal()
-    yield cluster
-    cluster.heal()
-
-
-@pytest.fixture
-def unblocked(django_db_blocker: Any) -> Iterator[None]:
-    """ORM access without pytest-django's test case, for tests on a scratch cluster: their
-    aliases are added at run time, which its ``databases`` check cannot know (Django refuses
-    them in threads). Nothing here touches the test database."""
-    with django_db_blocker.unblock():
-        try:
-            yield
-        finally:
-            for wrapper in connections.all(initialized_only=True):
-                wrapper.close()
 
 
 # -- aliases and settings ---------------------------------------------------------------------
@@ -227,28 +187,6 @@ class OpenConnections:
     def closed(self) -> set[int]:
         with self._lock:
             return set(self.closed_pids)
-
-
-class BackgroundSampler:
-    """A daemon thread running :meth:`_run` between ``__enter__`` and ``__exit__``;
-    :meth:`_run` loops until ``self._stop`` is set."""
-
-    name = "sampler"
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-
-    def __enter__(self) -> Any:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        raise AssertionError("a sampler defines _run")
 
 
 class ServerCount(BackgroundSampler):

@@ -1,8 +1,7 @@
-"""Shared tools of the fault-injection scenarios 8-14 (part B): database access for tests
-that use the ORM from several threads and aliases added at run time, a scratch table and
-sequence on the test database, streams cut under a live connection, a handler collecting
-poolkit's warnings, and small oracles (a sliding one-second window, a hand-driven clock for
-``pool_recycle``).
+"""Shared tools of the fault-injection scenarios 8-14 (part B; their fixtures ``orm`` and
+``rows`` are in ``tests/reliability/conftest.py``): the scratch table and sequence on the test
+database, streams cut under a live connection, a handler collecting poolkit's warnings, and
+small oracles (a sliding one-second window, a hand-driven clock for ``pool_recycle``).
 
 Part A's tools (scenarios 1-7) live in ``faults.py``; nothing here depends on them.
 """
@@ -13,30 +12,13 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-import pytest
-from django.db import connections
 
-from ..conftest import _dsn
-from ..tcpproxy import TcpProxy
-from .conftest import record
-
-__all__ = [
-    "ROWS",
-    "SEQUENCE",
-    "Clock",
-    "Warnings",
-    "cut_streams",
-    "orm",
-    "outside_connection",
-    "record",
-    "rows",
-    "sequence_calls",
-    "sliding_max",
-]
+from .server import alias_dsn
+from .tcpproxy import TcpProxy
 
 #: The scratch table and sequence the state scenarios write to (on the test database).
 ROWS = "relb_rows"
@@ -45,36 +27,7 @@ SEQUENCE = "relb_seq"
 
 def outside_connection() -> psycopg.Connection[Any]:
     """An autocommit connection to the test database, outside every pool."""
-    return psycopg.connect(_dsn("default"), autocommit=True)
-
-
-@pytest.fixture
-def orm(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Database access for the scenarios, which add aliases at run time and use the ORM from
-    several threads (mark the test ``django_db(transaction=True)``: that creates the test
-    database); every wrapper is closed afterwards."""
-    with django_db_blocker.unblock():
-        try:
-            yield
-        finally:
-            for wrapper in connections.all(initialized_only=True):
-                with contextlib.suppress(Exception):
-                    wrapper.close()
-
-
-@pytest.fixture
-def rows(orm: None) -> Iterator[psycopg.Connection[Any]]:
-    """An empty ``relb_rows`` table (``tag`` unique, so a retried insert would fail loudly)
-    and a fresh ``relb_seq`` sequence; yields an autocommit connection outside every pool."""
-    with outside_connection() as connection:
-        connection.execute(f"DROP TABLE IF EXISTS {ROWS}; DROP SEQUENCE IF EXISTS {SEQUENCE}; "
-                           f"CREATE TABLE {ROWS} (id serial PRIMARY KEY, tag text UNIQUE); "
-                           f"CREATE SEQUENCE {SEQUENCE}")
-        try:
-            yield connection
-        finally:
-            connection.execute(f"DROP TABLE IF EXISTS {ROWS}; "
-                               f"DROP SEQUENCE IF EXISTS {SEQUENCE}")
+    return psycopg.connect(alias_dsn("default"), autocommit=True)
 
 
 def sequence_calls(connection: psycopg.Connection[Any]) -> int:

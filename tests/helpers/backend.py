@@ -1,4 +1,4 @@
-"""Helpers for the pooled-backend tests (no tests here): extra aliases on the test database,
+"""What the pooled-backend tests share: extra aliases on the test database,
 stock or pooled, added and removed at run time so other tests never see them."""
 
 from __future__ import annotations
@@ -63,27 +63,6 @@ def terminate(admin: Any, pids: list[int]) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"server processes {pids} still alive 10 s after termination")
-
-
-@contextmanager
-def orm_access(blocker: Any) -> Iterator[None]:
-    """Database access without pytest-django's test case: these tests add aliases at run time
-    (which its ``databases`` check cannot know), and clean the demo table themselves."""
-    with blocker.unblock():
-        _clean()
-        try:
-            yield
-        finally:
-            for wrapper in connections.all(initialized_only=True):
-                wrapper.close()
-            _clean()
-
-
-def _clean() -> None:
-    connection.close()
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE demo_note")
-    connection.close()
 
 
 def ensure_role(name: str) -> None:

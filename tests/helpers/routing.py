@@ -1,4 +1,4 @@
-"""Fixtures shared by the routing tests (imported by them; holds no tests itself).
+"""What the routing tests share (their ``route`` fixture is in ``tests/conftest.py``).
 
 The replica is the real streaming replica of ``scripts/replica`` (``DATABASES["replica"]``,
 ``TEST["MIRROR"] = "default"``): the test database is created on the primary and read there.
@@ -7,18 +7,14 @@ The replica is the real streaming replica of ``scripts/replica`` (``DATABASES["r
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from django_poolkit import pinning
-from django_poolkit.routing.state import replica_state
-from django_poolkit.testing import wait_for_replicas
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "replica"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "replica"
 ROUTER = "django_poolkit.routers.PrimaryReplicaRouter"
 DBS = ["default", "replica"]
 
@@ -36,23 +32,6 @@ def routing_config(**options: Any) -> dict[str, Any]:
     cluster = {"primary": "default", "replicas": ["replica"]}
     cluster.update(options.pop("cluster", {}))
     return {"ROUTING": {"probe_interval": None, **options, "CLUSTERS": {"main": cluster}}}
-
-
-def routing_fixture(settings: Any) -> Iterator[Callable[..., None]]:
-    """The body of each module's ``route`` fixture: ``route(**options)`` sets
-    POOLKIT["ROUTING"] and the router, waits until the replica has the test database's
-    current state, and probes it. Pin state and replica state are cleared around the test."""
-
-    pinning.clear()
-
-    def apply(**options: Any) -> None:
-        settings.POOLKIT = routing_config(**options)
-        settings.DATABASE_ROUTERS = [ROUTER]
-        wait_for_replicas(["replica"])
-
-    yield apply
-    replica_state.reset()
-    pinning.clear()
 
 
 @contextmanager
