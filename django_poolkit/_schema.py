@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +29,11 @@ __all__ = [
     "Rule",
     "accepted_keys",
     "boolean",
+    "bounds_of",
     "choice",
     "did_you_mean",
     "fields",
+    "http_token",
     "integer",
     "is_number",
     "key_path",
@@ -39,6 +43,8 @@ __all__ = [
     "optional",
     "read_fields",
     "read_text",
+    "secret",
+    "template",
     "text",
 ]
 
@@ -56,14 +62,25 @@ TRUE_TEXT = ("true", "yes", "on", "1")
 FALSE_TEXT = ("false", "no", "off", "0")
 
 
+#: Numbers as the README promises them: ASCII digits, an optional minus, no "_" or "+", no
+#: "nan"/"inf" (Python's int() and float() accept all of those, and other scripts' digits too).
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+_NUMBER_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]-?[0-9]+)?")
+
+
 def read_text(raw: str, cast: type) -> Any:
     """Read one value written as text, strictly.
 
     django-environ's own casts are too forgiving for settings that size pools: any unknown
     word is a silent ``False`` and ``"5s"`` becomes ``5.0``. A typo must be an error instead.
+    An empty value is an error too: ``POOLKIT_STATEMENT_TIMEOUT=`` must not silently mean
+    "no timeout" (write ``none`` for None; unset the variable for the configured value).
     """
     text = raw.strip()
-    if text.lower() in ("", "none", "null"):
+    if not text:
+        raise Invalid(f"got an empty value {raw!r}; unset it to keep the value configured "
+                      "elsewhere, or write none where None is accepted")
+    if text.lower() in ("none", "null"):
         return None
     if cast is str:
         return text  # a stray space must not turn "production" into a different environment
@@ -73,9 +90,15 @@ def read_text(raw: str, cast: type) -> Any:
         if text.lower() in FALSE_TEXT:
             return False
         raise Invalid(f"got {raw!r}")
+    pattern = _INTEGER_TEXT if cast is int else _NUMBER_TEXT
+    if not pattern.fullmatch(text):
+        lookalike = "_" in text or text.startswith("+") or any(
+            char.isdigit() and not char.isascii() for char in text)
+        raise Invalid(f"got {raw!r}" + (" (ASCII digits only: no '+', '_' or other scripts' "
+                                        "digits)" if lookalike else ""))
     try:
         return cast(text)
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:
         raise Invalid(f"got {raw!r}") from error
 
 
@@ -94,31 +117,49 @@ def _fail(value: Any) -> Invalid:
     return Invalid(f"got {value!r}")
 
 
-def integer(minimum: int, *, none: bool = False, minus_one: bool = False) -> Rule:
-    """An int >= ``minimum`` (or -1 with ``minus_one``, or None with ``none``)."""
-    def check(value: Any) -> Any:
-        if value is None and none:
-            return None
-        if is_int(value) and (value >= minimum or (minus_one and value == -1)):
-            return value
-        raise _fail(value)
-
+def _bounded(check: Rule, low: float, high: float) -> Rule:
+    """Mark a number rule with its bounds, so tests (and the commands' arguments) can read
+    them: every number rule has both, a new setting cannot forget a maximum."""
+    check.bounds = (low, high)  # type: ignore[attr-defined]
     return check
 
 
-def number(*, above: float | None = None, at_least: float | None = None,
-           at_most: float | None = None, none: bool = False, as_float: bool = False) -> Rule:
+def bounds_of(rule: Rule) -> tuple[float, float] | None:
+    """``(low, high)`` of a number rule (through :func:`optional`), else None."""
+    found: tuple[float, float] | None = getattr(rule, "bounds", None)
+    return found
+
+
+def integer(minimum: int, maximum: int, *, none: bool = False,
+            minus_one: bool = False) -> Rule:
+    """An int with ``minimum <= value <= maximum`` (or -1 with ``minus_one``, or None with
+    ``none``). The maximum is required: a count or a duration has a sane ceiling, and Python
+    ints have none (``statement_timeout=2**31`` overflows the server's int4)."""
+    def check(value: Any) -> Any:
+        if value is None and none:
+            return None
+        if is_int(value) and (minimum <= value <= maximum or (minus_one and value == -1)):
+            return value
+        raise _fail(value)
+
+    return _bounded(check, minimum, maximum)
+
+
+def number(*, above: float | None = None, at_least: float | None = None, at_most: float,
+           none: bool = False, as_float: bool = False) -> Rule:
     """A finite number within the bounds given (None too with ``none``); ``as_float``
-    returns it as a float."""
+    returns it as a float. ``at_most`` is required: ``pool_timeout=1e10`` overflows a
+    ``threading`` wait and ``probe_interval=1e300`` a ``time.sleep``."""
     def check(value: Any) -> Any:
         if value is None and none:
             return None
         if is_number(value) and (above is None or value > above) and (
-                at_least is None or value >= at_least) and (at_most is None or value <= at_most):
+                at_least is None or value >= at_least) and value <= at_most:
             return float(value) if as_float else value
         raise _fail(value)
 
-    return check
+    low = above if above is not None else at_least
+    return _bounded(check, -math.inf if low is None else low, at_most)
 
 
 def boolean(value: Any) -> Any:
@@ -155,24 +196,90 @@ def text(*, none: bool = False, min_length: int = 1, nonblank: bool = False,
     return check
 
 
-def names(*, none: bool = False) -> Rule:
-    """A list or tuple of strings (aliases, pool names), as a tuple; None with ``none``."""
+def names(*, none: bool = False, non_empty: bool = False) -> Rule:
+    """A list or tuple of strings (aliases, pool names), as a tuple; None with ``none``; at
+    least one with ``non_empty`` (``databases: []`` would probe nothing and pass)."""
     def check(value: Any) -> Any:
         if value is None and none:
             return None
-        if isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value):
+        if isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value) \
+                and (value or not non_empty):
             return tuple(value)
         raise _fail(value)
 
     return check
 
 
+def template(placeholders: Iterable[str], *, none: bool = False) -> Rule:
+    """A ``str.format`` template using only ``{name}`` for the given placeholders (``{{`` and
+    ``}}`` for literal braces), or None with ``none``: ``application_name="billing{v2}"``
+    would raise KeyError on every connection."""
+    allowed = tuple(placeholders)
+
+    def check(value: Any) -> Any:
+        if value is None and none:
+            return None
+        if not isinstance(value, str) or not value:
+            raise _fail(value)
+        try:
+            parts = list(string.Formatter().parse(value))
+        except ValueError:
+            raise _fail(value) from None
+        for _literal, name, spec, conversion in parts:
+            if name is not None and (name not in allowed or spec or conversion):
+                raise _fail(value)
+        return value
+
+    return check
+
+
+#: RFC 9110 ``token``: the characters of a header name, and of a cookie name (RFC 6265).
+_TOKEN_CHARACTERS = frozenset("!#$%&'*+-.^_`|~0123456789"
+                              "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def http_token(*, none: bool = False) -> Rule:
+    """A header or cookie name: one or more RFC 9110 token characters (no space, ``;``,
+    ``=``, ``:``, quote, CR/LF or non-ASCII), or None with ``none``. Anything else breaks
+    every response that sets it, or lets a value inject another header."""
+    def check(value: Any) -> Any:
+        if value is None and none:
+            return None
+        if isinstance(value, str) and value and set(value) <= _TOKEN_CHARACTERS:
+            return value
+        raise _fail(value)
+
+    return check
+
+
+def secret(*, min_length: int, max_length: int = 4096, none: bool = False) -> Rule:
+    """A secret sent in an HTTP header: ``min_length`` to ``max_length`` characters, none of
+    them a space or a control character at either end or a CR/LF anywhere, and Latin-1
+    encodable (HTTP header bytes are Latin-1: any other secret can never match). The
+    refusal never shows the value."""
+    def check(value: Any) -> Any:
+        if value is None and none:
+            return None
+        if (isinstance(value, str) and min_length <= len(value) <= max_length
+                and value == value.strip() and value.isprintable()):
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                pass
+            else:
+                return value
+        raise Invalid("got a value that breaks this rule")
+
+    return check
+
+
 def optional(check: Rule) -> Rule:
-    """``check``, or None."""
+    """``check``, or None (with ``check``'s bounds)."""
     def optional(value: Any) -> Any:
         return None if value is None else check(value)
 
-    return optional
+    bounds = bounds_of(check)
+    return optional if bounds is None else _bounded(optional, *bounds)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ E_UNKNOWN_ALIAS = "poolkit.E004"  # POOLKIT["DATABASES"] names an alias DATABASE
 E_CONFLICT = "poolkit.E005"  # options that cannot be combined
 E_ENVIRONMENT = "poolkit.E006"  # a POOLKIT_* environment variable is unknown or invalid
 E_ENGINE_URL = "poolkit.E007"  # an ENGINES entry has no usable url
+W_URL_SECRET = "poolkit.W001"  # noqa: S105 - a password in an ENGINES url, shown by reports
 
 # The pooled ORM backend (django_poolkit.db.checks).
 E_CONN_MAX_AGE = "poolkit.E010"  # CONN_MAX_AGE is not 0 on a pooled alias

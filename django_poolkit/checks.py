@@ -7,6 +7,8 @@
 - poolkit.E005: settings that cannot be combined.
 - poolkit.E006: a ``POOLKIT_*`` environment variable is unknown or invalid.
 - poolkit.E007: a ``POOLKIT["ENGINES"]`` entry has no usable ``url``.
+- poolkit.W001: a ``POOLKIT["ENGINES"]`` url (or ``POOLKIT_<NAME>__URL``) holds a password
+  that Django's error reports would show.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .check_ids import (
     W_NO_MIDDLEWARE,
     W_NO_ROUTER,
     W_THREADS_OVER_POOL,
+    W_URL_SECRET,
 )
 from .conf import validate
 
@@ -41,6 +44,45 @@ def check_poolkit_settings(
               id=problem.check_id)
         for problem in validate()
     ]
+
+
+@register()
+def check_url_passwords(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W001: a password inside an ENGINES url, where Django's error reports show it (they
+    mask keys named like PASSWORD, not a part of a URL)."""
+    from django.conf import settings
+    from django.core.checks import Warning as CheckWarning
+    from django.utils.module_loading import import_string
+
+    from .conf import get_settings
+    from .debug import PoolkitExceptionReporterFilter, url_holds_password
+    from .exceptions import PoolkitConfigurationError
+
+    reporter = settings.DEFAULT_EXCEPTION_REPORTER_FILTER
+    reporter_class = import_string(reporter) if isinstance(reporter, str) else reporter
+    if isinstance(reporter_class, type) and issubclass(reporter_class,
+                                                       PoolkitExceptionReporterFilter):
+        return []
+    try:
+        config = get_settings()
+    except PoolkitConfigurationError:
+        return []  # check_poolkit_settings reports it
+    prefix = config.env_prefix or "POOLKIT_"
+
+    def variable(name: str) -> str:
+        return prefix + "".join(char if char.isalnum() else "_" for char in name).upper()
+
+    return [CheckWarning(
+        f'The url of POOLKIT["ENGINES"]["{name}"] holds a password: Django\'s error reports '
+        "(DEBUG pages, the e-mails of AdminEmailHandler) show it, since they mask keys named "
+        "like PASSWORD, not a part of a URL.",
+        hint=f'Give it as POOLKIT["ENGINES"]["{name}"]["password"] (or the variable '
+             f"{variable(name)}__PASSWORD), or set DEFAULT_EXCEPTION_REPORTER_FILTER = "
+             '"django_poolkit.debug.PoolkitExceptionReporterFilter".', id=W_URL_SECRET)
+        for name, pool in config.pools.items()
+        if pool.url is not None and url_holds_password(pool.url)]
 
 
 def _sentence(text: str) -> str:

@@ -16,7 +16,8 @@ by the configuration, never by traffic. What is exported:
 - histograms ``poolkit_checkout_wait_seconds`` and ``poolkit_connection_hold_seconds``;
 - from the health probes (``POOLKIT["HEALTH"]``, cached and bounded like the health views):
   ``poolkit_database_up{alias}``, ``poolkit_database_status{alias}`` (0 healthy, 1 degraded,
-  2 unhealthy) and ``poolkit_replica_lag_seconds{alias}``;
+  2 unhealthy) and ``poolkit_replica_lag_seconds{alias}`` (the report's ``lag_s``: for a
+  routed replica, the router's own measurement);
 - from the router's replica state (``POOLKIT["ROUTING"]``, this process's view):
   ``poolkit_replica_in_rotation{cluster,alias}`` and ``poolkit_router_fallbacks_total{cluster}``.
 
@@ -72,6 +73,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from . import health, signals
 from .api import all_pool_stats, pool_stats
 from .health.access import may_see_details_sync
+from .health.views import EveryAlias
 from .stats import COUNTERS as POOL_COUNTERS
 from .stats import PoolKind
 
@@ -340,6 +342,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if not allowed(request):
         return HttpResponse("forbidden\n", status=403, content_type="text/plain")
     return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+# A scrape must not open a transaction (ATOMIC_REQUESTS) on the application's database.
+metrics_view._non_atomic_requests = EveryAlias()  # type: ignore[attr-defined]
 
 
 app_name = "poolkit_metrics"

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
@@ -38,7 +39,7 @@ from .exceptions import NoHealthyReplica, PoolTimeout
 from .routers import issue_token
 from .routing.settings import RoutingSettings, routing_settings
 
-__all__ = ["PoolkitMiddleware", "unavailable_response"]
+__all__ = ["PoolkitMiddleware", "escape_for_log", "unavailable_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ UNAVAILABLE = (PoolTimeout, NoHealthyReplica)
 
 # Attribute set on the request by the got_request_exception receiver (see below).
 _SEEN = "_poolkit_unavailable"
+
+
+def escape_for_log(text: str) -> str:
+    """``text`` with control characters and non-ASCII written as escapes (``\\n``,
+    ``\\x1b``, ``\\u2028``), the way ``django.utils.log.log_response`` escapes its arguments."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def unavailable_response(retry_after: int = 1) -> HttpResponse:
@@ -148,8 +155,11 @@ class PoolkitMiddleware:
         return response
 
     def _log(self, request: HttpRequest, error: BaseException) -> None:
-        # request.path, not the full URL: a query string may carry secrets.
-        logger.warning("%s %s answered 503: %s", request.method, request.path, error)
+        # request.path, not the full URL: a query string may carry secrets. The path and the
+        # method are the client's text: escaped as Django's own request log does, so a "%0a"
+        # in the path cannot write a forged log line.
+        logger.warning("%s %s answered 503: %s", escape_for_log(str(request.method)),
+                       escape_for_log(request.path), error)
 
     def _open(self, request: HttpRequest) -> tuple[pinning.PinScope, RoutingSettings,
                                                    pinning.scope] | None:
@@ -172,7 +182,9 @@ class PoolkitMiddleware:
             return
         response.set_cookie(routing.cookie_name, token,
                             max_age=max(1, math.ceil(routing.pin_seconds)),
-                            secure=routing.cookie_secure, httponly=True,
+                            secure=(settings.SESSION_COOKIE_SECURE
+                                    if routing.cookie_secure is None else routing.cookie_secure),
+                            httponly=True,
                             samesite=routing.cookie_samesite)
         if routing.header_name:
             response[routing.header_name] = token

@@ -21,7 +21,9 @@ if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 SECRET_KEY = env.str("SECRET_KEY", default="demo-only-not-a-secret")
-DEBUG = env.bool("DEBUG", default=True)
+# Off unless asked for: DEBUG opens health details and error pages to every caller. Only
+# scripts/demo turns it on (and says so when it starts).
+DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 
 # django_poolkit before django.contrib.admin: its admin/index.html adds the link to the

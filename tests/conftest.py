@@ -8,7 +8,9 @@ server is missing the test *fails* with the reason (CI must never pass by skippi
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,6 +26,22 @@ from django_poolkit.testing import wait_for_replicas
 
 from .helpers.routing import ROUTER, routing_config
 from .helpers.server import alias_dsn
+
+#: ``scripts/scratch-cluster``: throwaway clusters that fault tests stop, crash and pause.
+SCRATCH_CLUSTER = Path(__file__).resolve().parent.parent / "scripts" / "scratch-cluster"
+
+
+@pytest.fixture(scope="session")
+def scratch_clusters() -> Iterator[set[int]]:
+    """The ports of the scratch clusters this session started (a fixture that starts one adds
+    its port): each is stopped when the session ends, so no run leaves a server behind."""
+    ports: set[int] = set()
+    yield ports
+    for port in sorted(ports):
+        # check=False: a cluster already down is fine; one that will not stop is reported by
+        # the script's own output, and must not turn a passing session into an error.
+        subprocess.run([str(SCRATCH_CLUSTER), "stop", str(port)], capture_output=True,
+                       timeout=120, check=False)
 
 
 @pytest.fixture(autouse=True)

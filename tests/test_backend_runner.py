@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Per checkout (DATABASE_URL's database): concurrent runs of this test must not share names.
-_URL = os.environ.get("DATABASE_URL", "postgres:///poolkit")
-DATABASE = urlsplit(_URL).path.lstrip("/") + "_runner"
+#: The runner's database, named after this run's own (DATABASE_URL): runs of the suite that
+#: share one server (several checkouts, CI jobs) never see each other's clones.
+DATABASE = (urlsplit(os.environ.get("DATABASE_URL", "")).path.lstrip("/") or "poolkit") + "_runner"
 
 PROBE = '''
 from django.db import connection

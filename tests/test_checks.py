@@ -56,8 +56,8 @@ def test_run_checks_returns_the_exact_errors() -> None:
                   '"pool_size"?',
                   hint="Accepted keys: " + ", ".join(f'"{name}"' for name in conf.KNOBS) + ".",
                   id="poolkit.E002"),
-            Error('POOLKIT["DATABASES"]["default"]["max_overflow"]: must be an integer >= 0, '
-                  "or -1 for no limit, got -5.",
+            Error('POOLKIT["DATABASES"]["default"]["max_overflow"]: must be an integer >= 0 '
+                  "and <= 10000, or -1 for no limit, got -5.",
                   hint="Extra connections opened when the pool is exhausted, closed again on "
                   "checkin.", id="poolkit.E003"),
         ]
@@ -133,7 +133,7 @@ def test_manage_py_check_reports_errors_without_a_traceback() -> None:
         '?: (poolkit.E002) POOLKIT["DATABASES"]["default"]["pool_sise"]: unknown key; did you '
         'mean "pool_size"?') in lines
     assert ('?: (poolkit.E003) POOLKIT["DATABASES"]["default"]["max_overflow"]: must be an '
-            "integer >= 0, or -1 for no limit, got -5.") in lines
+            "integer >= 0 and <= 10000, or -1 for no limit, got -5.") in lines
     assert ("\tHINT: Extra connections opened when the pool is exhausted, closed again on "
             "checkin.") in lines
     assert ('?: (poolkit.E007) POOLKIT["ENGINES"]["analytics"]["url"]: is not a database URL '

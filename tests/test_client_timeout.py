@@ -28,8 +28,10 @@ from django_poolkit.engines.deadline import PoolkitConnection
 from .helpers.tcpproxy import TcpProxy, proxy_to
 
 ALIAS = "frozen"
-#: How late a cut may come after its deadline (scheduling on a loaded 2-core machine).
-SLACK = 0.5
+#: How late a cut may come after its deadline before it counts as a hang. The frozen server
+#: never answers, so the ClientTimeout itself proves the cut; this bound only catches a hang,
+#: and is generous so that a loaded machine cannot fail it (the timing is not what is tested).
+SLACK = 10.0
 
 
 @pytest.fixture
@@ -121,18 +123,19 @@ def test_bad_values_name_the_key_and_the_rule(value: Any) -> None:
     assert settings_ is None
     assert [(p.path, p.message, p.check_id) for p in problems] == [
         ('POOLKIT["DATABASES"]["default"]["client_timeout"]',
-         f"must be a number of seconds > 0, or None (off), got {value!r}", "poolkit.E003")]
+         f"must be a number of seconds > 0 and <= 86400, or None (off), got {value!r}",
+         "poolkit.E003")]
 
 
 def test_text_sources_are_checked_too() -> None:
     problems = build(environ={"POOLKIT_DEFAULT__CLIENT_TIMEOUT": "5s"})[1]
     assert [(p.path, p.message, p.check_id) for p in problems] == [
         ("environment variable POOLKIT_DEFAULT__CLIENT_TIMEOUT",
-         "must be a number of seconds > 0, or None (off), got '5s'", "poolkit.E006")]
+         "must be a number of seconds > 0 and <= 86400, or None (off), got '5s'", "poolkit.E006")]
     problems = build(options={"client_timeout": "-2"})[1]
     assert [(p.path, p.message) for p in problems] == [
         ('DATABASES["default"]["OPTIONS"]["client_timeout"]',
-         "must be a number of seconds > 0, or None (off), got -2.0")]
+         "must be a number of seconds > 0 and <= 86400, or None (off), got -2.0")]
     problems = build({"DEFAULTS": {"client_timeout": "2"}})[1]
     assert "write 2.0 without quotes" in problems[0].hint
 

@@ -296,13 +296,13 @@ def test_sqlite_engines_are_accepted() -> None:
         pytest.param({}, Problem(
             'POOLKIT["ENGINES"]["analytics"]["url"]',
             "is required: the database URL this engine connects to",
-            'Add "url": "postgresql://user@host/dbname" (the password may come from the '
-            "environment).", "poolkit.E007"), id="missing"),
+            'Add "url": "postgresql://user@host/dbname" (the password may come from its '
+            '"password" key or the environment).', "poolkit.E007"), id="missing"),
         pytest.param({"url": ""}, Problem(
             'POOLKIT["ENGINES"]["analytics"]["url"]',
             "is required: the database URL this engine connects to",
-            'Add "url": "postgresql://user@host/dbname" (the password may come from the '
-            "environment).", "poolkit.E007"), id="empty"),
+            'Add "url": "postgresql://user@host/dbname" (the password may come from its '
+            '"password" key or the environment).', "poolkit.E007"), id="empty"),
         pytest.param({"url": f"postgresql://u:{SENTINEL}@warehouse:port/stats"}, Problem(
             'POOLKIT["ENGINES"]["analytics"]["url"]',
             "is not a database URL SQLAlchemy can parse",
@@ -320,7 +320,7 @@ def test_sqlite_engines_are_accepted() -> None:
         pytest.param({"ur1": f"postgresql://u:{SENTINEL}@warehouse/stats",
                       "url": "postgresql://u@warehouse/stats"}, Problem(
             'POOLKIT["ENGINES"]["analytics"]["ur1"]', 'unknown key; did you mean "url"?',
-            KNOB_KEYS[:-1] + ', "url".', "poolkit.E002"), id="misspelt-key"),
+            KNOB_KEYS[:-1] + ', "url", "password".', "poolkit.E002"), id="misspelt-key"),
     ],
 )
 def test_engine_url_problems_never_show_the_url(engine: dict[str, Any], expected: Problem) -> None:
@@ -388,28 +388,29 @@ OTHER_SECTIONS = "".join(f", {key}" for key in OTHER_KEYS)
             + "".join(f', "{key}"' for key in OTHER_KEYS) + ".", "poolkit.E002"),
             id="lower-case-top-level"),
         pytest.param({"DEFAULTS": {"pool_size": "10"}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1, got '10'",
+            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1 and <= 10000, got '10'",
             "Got the text '10': write 10 without quotes, or, when settings.py reads it from the "
             "environment, wrap it in int(...), or drop the key and set the environment "
             "variable POOLKIT_POOL_SIZE=10 (environment variables and DATABASE_URL parameters "
             "are converted).", "poolkit.E003"), id="quoted-int"),
         pytest.param({"DEFAULTS": {"pool_timeout": "2.5"}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0, got '2.5'",
+            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0 and <= "
+                                                   "3600, got '2.5'",
             "Got the text '2.5': write 2.5 without quotes, or, when settings.py reads it from "
             "the environment, wrap it in float(...), or drop the key and set the environment "
             "variable POOLKIT_POOL_TIMEOUT=2.5 (environment variables and DATABASE_URL "
             "parameters are converted).", "poolkit.E003"), id="quoted-float"),
         pytest.param({"DEFAULTS": {"pool_size": "ten"}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1, got 'ten'",
+            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1 and <= 10000, got 'ten'",
             "Connections kept open in the pool (per process).", "poolkit.E003"), id="word-int"),
         pytest.param({"DEFAULTS": {"pool_size": 2.0}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1, got 2.0",
+            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1 and <= 10000, got 2.0",
             "Connections kept open in the pool (per process).", "poolkit.E003"), id="float-int"),
         pytest.param({"DEFAULTS": {"pool_size": 0}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1, got 0",
+            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1 and <= 10000, got 0",
             "Connections kept open in the pool (per process).", "poolkit.E003"), id="size-0"),
         pytest.param({"DEFAULTS": {"pool_size": True}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1, got True",
+            'POOLKIT["DEFAULTS"]["pool_size"]', "must be an integer >= 1 and <= 10000, got True",
             "Connections kept open in the pool (per process).", "poolkit.E003"), id="bool-int"),
         pytest.param({"DEFAULTS": {"pool_pre_ping": 1}}, Problem(
             'POOLKIT["DEFAULTS"]["pool_pre_ping"]', "must be True or False, got 1",
@@ -421,7 +422,8 @@ OTHER_SECTIONS = "".join(f", {key}" for key in OTHER_KEYS)
             "environment variable POOLKIT_POOL_USE_LIFO=yes (environment variables and "
             "DATABASE_URL parameters are converted).", "poolkit.E003"), id="text-bool"),
         pytest.param({"DATABASES": {"default": {"pool_size": "20"}}}, Problem(
-            'POOLKIT["DATABASES"]["default"]["pool_size"]', "must be an integer >= 1, got '20'",
+            'POOLKIT["DATABASES"]["default"]["pool_size"]', "must be an integer >= 1 and <= 10000, "
+            "got '20'",
             "Got the text '20': write 20 without quotes, or, when settings.py reads it from the "
             "environment, wrap it in int(...), or drop the key and set the environment "
             "variable POOLKIT_DEFAULT__POOL_SIZE=20 (environment variables and DATABASE_URL "
@@ -433,29 +435,32 @@ OTHER_SECTIONS = "".join(f", {key}" for key in OTHER_KEYS)
             id="preset-is-a-sizing"),
         pytest.param({"DEFAULTS": {"max_overflow": -5}}, Problem(
             'POOLKIT["DEFAULTS"]["max_overflow"]',
-            "must be an integer >= 0, or -1 for no limit, got -5",
+            "must be an integer >= 0 and <= 10000, or -1 for no limit, got -5",
             "Extra connections opened when the pool is exhausted, closed again on checkin.",
             "poolkit.E003"), id="overflow-negative"),
         pytest.param({"DEFAULTS": {"pool_timeout": 0}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0, got 0",
+            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0 and <= "
+                                                   "3600, got 0",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E003"), id="timeout-0"),
         pytest.param({"DEFAULTS": {"pool_timeout": float("inf")}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0, got inf",
+            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0 and <= "
+                                                   "3600, got inf",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E003"), id="timeout-inf"),
         pytest.param({"DEFAULTS": {"pool_recycle": 0}}, Problem(
             'POOLKIT["DEFAULTS"]["pool_recycle"]',
-            "must be an integer of seconds >= 1, or -1 to never recycle, got 0",
+            "must be an integer of seconds >= 1 and <= 31536000, or -1 to never recycle, got 0",
             "Connections older than this are replaced at their next checkout.",
             "poolkit.E003"), id="recycle-0"),
         pytest.param({"DEFAULTS": {"connect_timeout": -1}}, Problem(
             'POOLKIT["DEFAULTS"]["connect_timeout"]',
-            "must be an integer of seconds >= 0 (0 waits forever), got -1",
+            "must be an integer of seconds >= 0 and <= 3600 (0 waits forever), got -1",
             "libpq's limit on opening a connection.", "poolkit.E003"), id="connect-timeout"),
         pytest.param({"DEFAULTS": {"statement_timeout": 1.5}}, Problem(
             'POOLKIT["DEFAULTS"]["statement_timeout"]',
-            "must be an integer of milliseconds >= 0 (0: no limit), or None, got 1.5",
+            "must be an integer of milliseconds >= 0 and <= 2147483647 (0: no limit), or None, "
+            "got 1.5",
             "Sent as -c statement_timeout at connect; None leaves the server's value.",
             "poolkit.E003"), id="statement-timeout"),
         pytest.param({"DATABASES": {"default": {"preset": "small-api"}}}, Problem(
@@ -520,8 +525,8 @@ def test_the_exception_lists_every_problem() -> None:
     assert error.problems == tuple(problems)
     text = str(error)
     assert text.startswith("2 problems in the poolkit configuration:\n  - ")
-    assert ('POOLKIT["DEFAULTS"]["max_overflow"]: must be an integer >= 0, or -1 for no limit, '
-            "got -5. Extra connections opened") in text
+    assert ('POOLKIT["DEFAULTS"]["max_overflow"]: must be an integer >= 0 and <= 10000, or -1 '
+            "for no limit, got -5. Extra connections opened") in text
     assert 'POOLKIT["DATABASES"]["default"]["pool_sise"]: unknown key; did you mean "pool_size"?' \
         in text
 
@@ -529,7 +534,7 @@ def test_the_exception_lists_every_problem() -> None:
 def test_a_single_problem_is_the_whole_message() -> None:
     error = PoolkitConfigurationError(problems_of({"DEFAULTS": {"pool_timeout": 0}}))
     assert str(error) == (
-        'POOLKIT["DEFAULTS"]["pool_timeout"]: must be a number of seconds > 0, got 0. '
+        'POOLKIT["DEFAULTS"]["pool_timeout"]: must be a number of seconds > 0 and <= 3600, got 0. '
         "How long a checkout waits for a free connection before PoolTimeout.")
 
 

@@ -62,7 +62,6 @@ def problems_of(environ: dict[str, str], poolkit: Any = None,
         ("CONNECT_TIMEOUT", "0", 0),
         ("STATEMENT_TIMEOUT", "5000", 5000),
         ("STATEMENT_TIMEOUT", "none", None),
-        ("STATEMENT_TIMEOUT", "", None),
         ("APPLICATION_NAME", "web:{alias}", "web:{alias}"),
         ("PRESET", "high_traffic", "high_traffic"),
         ("QUERIES_PER_REQUEST", "2.5", 2.5),
@@ -153,27 +152,30 @@ def test_engine_variables_include_the_url() -> None:
             'names no database or engine "WAREHOUSE"', ALIAS_HINT, "poolkit.E006"),
             id="unknown-alias"),
         pytest.param({"POOLKIT_POOL_SIZE": "ten"}, Problem(
-            "environment variable POOLKIT_POOL_SIZE", "must be an integer >= 1, got 'ten'",
+            "environment variable POOLKIT_POOL_SIZE", "must be an integer >= 1 and <= 10000, "
+                                                      "got 'ten'",
             "Connections kept open in the pool (per process).", "poolkit.E006"), id="ten"),
         pytest.param({"POOLKIT_POOL_SIZE": "2.0"}, Problem(
-            "environment variable POOLKIT_POOL_SIZE", "must be an integer >= 1, got '2.0'",
+            "environment variable POOLKIT_POOL_SIZE", "must be an integer >= 1 and <= 10000, "
+                                                      "got '2.0'",
             "Connections kept open in the pool (per process).", "poolkit.E006"), id="float"),
         pytest.param({"POOLKIT_POOL_SIZE": "none"}, Problem(
-            "environment variable POOLKIT_POOL_SIZE", "must be an integer >= 1, got None",
+            "environment variable POOLKIT_POOL_SIZE", "must be an integer >= 1 and <= 10000, "
+                                                      "got None",
             "Connections kept open in the pool (per process).", "poolkit.E006"), id="none"),
         pytest.param({"POOLKIT_MAX_OVERFLOW": "-5"}, Problem(
             "environment variable POOLKIT_MAX_OVERFLOW",
-            "must be an integer >= 0, or -1 for no limit, got -5",
+            "must be an integer >= 0 and <= 10000, or -1 for no limit, got -5",
             "Extra connections opened when the pool is exhausted, closed again on checkin.",
             "poolkit.E006"), id="out-of-range"),
         pytest.param({"POOLKIT_POOL_TIMEOUT": "5s"}, Problem(
             "environment variable POOLKIT_POOL_TIMEOUT",
-            "must be a number of seconds > 0, got '5s'",
+            "must be a number of seconds > 0 and <= 3600, got '5s'",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E006"), id="unit-suffix"),
         pytest.param({"POOLKIT_POOL_TIMEOUT": "nan"}, Problem(
             "environment variable POOLKIT_POOL_TIMEOUT",
-            "must be a number of seconds > 0, got nan",
+            "must be a number of seconds > 0 and <= 3600, got 'nan'",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E006"), id="nan"),
         pytest.param({"POOLKIT_POOL_PRE_PING": "maybe"}, Problem(
@@ -245,7 +247,8 @@ def test_an_engine_variable_for_a_misspelt_url_key() -> None:
     ("options", "expected"),
     [
         ({"pool_size": "ten"}, Problem(
-            'DATABASES["default"]["OPTIONS"]["pool_size"]', "must be an integer >= 1, got 'ten'",
+            'DATABASES["default"]["OPTIONS"]["pool_size"]', "must be an integer >= 1 and <= "
+                                                            "10000, got 'ten'",
             "Connections kept open in the pool (per process).", "poolkit.E003")),
         ({"pool_pre_ping": "sometimes"}, Problem(
             'DATABASES["default"]["OPTIONS"]["pool_pre_ping"]',
@@ -253,7 +256,7 @@ def test_an_engine_variable_for_a_misspelt_url_key() -> None:
             "Write true or false (yes/no, on/off and 1/0 work too).", "poolkit.E003")),
         ({"max_overflow": "-5"}, Problem(  # django-environ leaves "-5" as text
             'DATABASES["default"]["OPTIONS"]["max_overflow"]',
-            "must be an integer >= 0, or -1 for no limit, got -5",
+            "must be an integer >= 0 and <= 10000, or -1 for no limit, got -5",
             "Extra connections opened when the pool is exhausted, closed again on checkin.",
             "poolkit.E003")),
     ],

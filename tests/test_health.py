@@ -7,7 +7,6 @@ Fault tests that stop or pause a server are in ``test_health_faults.py``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import os
@@ -30,6 +29,10 @@ from django_poolkit.exceptions import Problem
 from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit, timed, with_token
 from .helpers.tcpproxy import free_port, proxy_to
 from .helpers.threads import fan_out
+
+#: A bound on a hang, generous so that a loaded 2-core machine cannot fail it: the tests
+#: prove what answered (the probe's deadline, a status, a counter), not how fast.
+HANG_S = 10.0
 
 pytestmark = pytest.mark.postgres
 
@@ -111,7 +114,7 @@ def test_live_touches_no_database(monkeypatch: pytest.MonkeyPatch, client: Clien
     assert response.status_code == 200
     assert response.json() == {"status": "healthy"}
     assert health.checker.probes_started == before
-    assert took < 1.0
+    assert took < HANG_S
 
 
 @pytest.mark.django_db
@@ -138,7 +141,7 @@ def test_db_details_with_the_token(client: Client) -> None:
     assert default["status"] == "healthy"
     assert default["role"] == "primary"
     assert default["expected_role"] == "primary"
-    assert 0 < default["latency_ms"] < 1000
+    assert 0 < default["latency_ms"] < HANG_S * 1000
     assert default["lag_s"] is None
     assert default["error"] is None
     assert default["pool"]["built"] is True
@@ -165,7 +168,7 @@ def test_debug_shows_details(client: Client) -> None:
 
 @pytest.mark.django_db
 @override_settings(
-    POOLKIT=poolkit(),
+    POOLKIT=poolkit(staff_details=True),
     SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
     MIDDLEWARE=[*settings.MIDDLEWARE, "django.contrib.sessions.middleware.SessionMiddleware",
                 "django.contrib.auth.middleware.AuthenticationMiddleware"],
@@ -217,7 +220,7 @@ def test_primary_down_is_unhealthy_503_within_the_timeout(
     assert body["status"] == "unhealthy"
     assert body["databases"]["gone"]["error"] == "connection refused"
     assert body["databases"]["default"]["status"] == "healthy"
-    assert took < 1.5
+    assert took < HANG_S
 
 
 @pytest.mark.django_db
@@ -245,8 +248,9 @@ def test_a_blackholed_server_answers_within_the_timeout(
         with override_settings(POOLKIT=poolkit(primary="black", databases=["black"])):
             response, took = timed(lambda: with_token(client, "/health/ready/"))
             assert response.status_code == 503
+            # The reason names the probe's own deadline: it, not libpq's, ended the wait.
             assert response.json()["reasons"] == ["black: unreachable (no answer within 0.3 s)"]
-            assert took < 1.5
+            assert took < HANG_S
             # The next round waits on the probe still stuck instead of opening another one.
             started = health.checker.probes_started
             accepted = proxy.accepted
@@ -274,8 +278,8 @@ def test_a_saturated_pool_is_reported_fast_and_no_slot_is_taken(
             assert pool["pool_capacity"] == 1
             assert body["reasons"] == [
                 "small: pool saturated (1 of 1 connections checked out)"]
-            # Far below pool_timeout: the probe never queued for the pool's only slot.
-            assert took < 1.5
+            # Far below pool_timeout (30 s): the probe never queued for the pool's only slot.
+            assert took < HANG_S
             assert held.exec_driver_sql("SELECT 1").scalar() == 1
         assert engine.pool.checkedout() == 0
     degraded = {**pool_settings, "HEALTH": {**section, "saturated_status": "degraded"}}
@@ -441,9 +445,10 @@ async def test_async_views_do_not_block_the_event_loop(
             await task
     assert response.status_code == 503
     assert took >= 0.3
-    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
-    assert len(ticks) >= 10
-    assert max(gaps) < 0.25
+    # The loop kept ticking while the request waited (a blocked loop ticks at most at the
+    # edges of the wait): counted, not timed, so a loaded machine cannot fail it.
+    during = [tick for tick in ticks if started < tick < started + took]
+    assert len(during) >= 5, (took, len(ticks))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -463,8 +468,9 @@ async def test_many_asgi_requests_on_one_loop_share_one_probe(
             assert health.checker.probes_started - started == 1
     assert {response.status_code for response in responses} == {503}
     # One after another they would take 200 x 0.3 s = 60 s; together, one timeout plus
-    # the test client's own cost for 200 requests (seconds on 2 busy cores).
-    assert took < 15
+    # the test client's own cost for 200 requests (seconds on 2 busy cores). The one probe
+    # above is the proof; this bound only catches a hang.
+    assert took < 45
 
 
 # -- the evaluation rules -------------------------------------------------------------------
@@ -500,6 +506,31 @@ def test_replica_policy_and_lag(add_alias: Callable[..., str]) -> None:
     assert report.reasons == (
         "replica1: unreachable (connection refused)", "replica2: replica lag 9.0 s > 5 s",
         "0 healthy replicas, 1 required")
+
+
+def test_a_routed_replica_is_judged_on_the_routers_measurement(
+        add_alias: Callable[..., str]) -> None:
+    """The router measured 40 s behind (against the primary); the health probe alone, which
+    cannot see the primary, found it caught up with what it received. One value is reported
+    and judged against HEALTH's own limit; without a router measurement, the probe's."""
+    add_alias("replica1", TEST={"MIRROR": "default"})
+    config = health.HealthSettings(max_replica_lag=30, databases=("default", "replica1"))
+    results = {"default": _ok(), "replica1": _ok("replica", 0.0)}
+    pools: dict[str, dict[str, Any]] = {"default": {}, "replica1": {}}
+    routed = {"status": "lagging", "in_rotation": False, "reason": "lag 40.0 s > 5 s",
+              "lag_s": 40.0, "lag_bytes": 4096, "measured_at": "2026-12-07T05:00:00+00:00",
+              "out_since": None}
+    report = health.evaluate(config, results, pools, routing={"replica1": routed})
+    verdict = report.databases["replica1"]
+    assert verdict.lag_s == 40.0
+    assert verdict.reasons == (
+        "replica1: replica lag 40.0 s > 30 s",
+        "replica1: out of the router's rotation (lagging: lag 40.0 s > 5 s)")
+    unmeasured = {**routed, "status": "unknown", "in_rotation": True, "reason": None,
+                  "lag_s": None, "lag_bytes": None, "measured_at": None}
+    report = health.evaluate(config, results, pools, routing={"replica1": unmeasured})
+    assert report.databases["replica1"].lag_s == 0.0
+    assert report.status == "healthy"
 
 
 @pytest.mark.django_db
@@ -542,6 +573,9 @@ def test_the_router_replica_state_is_part_of_the_story(
     assert replica["expected_role"] == "replica"
     assert replica["routing"]["status"] == "healthy"
     assert replica["routing"]["in_rotation"] is True
+    # One measurement: the report's lag is the router's, with the time it was taken.
+    assert replica["routing"]["measured_at"] is not None
+    assert replica["lag_s"] == replica["routing"]["lag_s"]
     fake = body["databases"]["fake"]
     assert fake["role"] == "primary"
     assert fake["routing"]["status"] == "not_replica"
@@ -552,18 +586,20 @@ def test_the_router_replica_state_is_part_of_the_story(
 @pytest.mark.django_db
 def test_the_probe_session_is_short_read_only_named_and_closed(
         monkeypatch: pytest.MonkeyPatch, admin: psycopg.Connection[Any]) -> None:
-    # The probe's query, swapped for one that reports the session it runs in.
+    # The probe's query, swapped for one that reports the session it runs in (its five
+    # columns: in recovery, replay and receive positions, replay age, paused).
     monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL", """
         SELECT NOT (current_setting('statement_timeout') = '300ms'
                     AND current_setting('default_transaction_read_only') = 'on'
                     AND current_setting('application_name') LIKE 'poolkit-health:default:%'),
-               NULL""")
+               NULL, NULL, NULL, NULL""")
     assert health.probe_database("default", 0.3).role == "primary"
     # The server enforces the deadline too: a query slower than the timeout is cancelled.
-    monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL", "SELECT pg_sleep(5) IS NULL, NULL")
+    monkeypatch.setattr(health.probe, "ROLE_AND_LAG_SQL",
+                        "SELECT pg_sleep(5) IS NULL, NULL, NULL, NULL, NULL")
     result, took = timed(lambda: health.probe_database("default", 0.3))
-    assert result.error == "statement timeout (SQLSTATE 57014)"
-    assert took < 3
+    assert result.error == "statement timeout (SQLSTATE 57014)"  # cancelled, not finished
+    assert took < HANG_S
     # Closed: the backends go away (the server notices a closed socket a moment later).
     deadline = time.monotonic() + 5
     while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",

@@ -93,6 +93,8 @@ def test_the_view_is_protected(side, settings):
     assert _scrape(Authorization=f"Bearer {TOKEN}")[0] == 200
     assert _scrape(Authorization="Bearer nope")[0] == 403
     factory = RequestFactory()
+    settings.POOLKIT = {**settings.POOLKIT,
+                        "HEALTH": {**settings.POOLKIT["HEALTH"], "staff_details": True}}
     staff = User(username="ops", is_staff=True, is_active=True)
     request = factory.get("/metrics/")
     request.COOKIES[settings.SESSION_COOKIE_NAME] = "session"

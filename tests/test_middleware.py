@@ -10,7 +10,7 @@ import pytest
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import AsyncClient, Client
-from django.urls import path
+from django.urls import path, re_path
 
 from django_poolkit import PoolTimeout
 from django_poolkit.exceptions import NoHealthyReplica
@@ -77,6 +77,7 @@ urlpatterns = [
     path("write/", write), path("read/", read), path("awrite/", awrite), path("aread/", aread),
     path("exhausted/", exhausted), path("aexhausted/", aexhausted),
     path("no-replica/", no_replica), path("broken/", broken), path("inner/", read),
+    re_path(r"^exhausted-any/(?s:.*)$", exhausted),  # any path, newlines included
 ]
 
 
@@ -217,3 +218,26 @@ async def test_read_your_writes_in_an_async_stack(site, route):
         # The test client keeps connections open after a request (it disconnects
         # close_old_connections); the async views used asgiref's sync thread, so close there.
         await sync_to_async(connections.close_all)()
+
+
+@pytest.mark.django_db(databases=DBS, transaction=True)
+def test_the_pin_cookie_follows_session_cookie_secure(site, route, settings):
+    route(max_lag=3600)
+    settings.SESSION_COOKIE_SECURE = True
+    assert Client().post("/write/").cookies["poolkit_pin"]["secure"]
+    settings.SESSION_COOKIE_SECURE = False
+    assert not Client().post("/write/").cookies["poolkit_pin"]["secure"]
+    # Its own setting still wins.
+    route(max_lag=3600, cookie_secure=True)
+    assert Client().post("/write/").cookies["poolkit_pin"]["secure"]
+
+
+def test_the_503_log_line_escapes_the_path(site, caplog):
+    with caplog.at_level(logging.WARNING, logger="django_poolkit.middleware"):
+        forged = Client().get("/exhausted-any/x%0a2026-12-07 INFO forged%1b[31m%E2%80%A8")
+        assert forged.status_code == 503
+    messages = [r.getMessage() for r in caplog.records if r.name == "django_poolkit.middleware"]
+    assert len(messages) == 1
+    assert messages[0].startswith("GET /exhausted-any/x\\n2026-12-07 INFO forged\\x1b[31m")
+    assert messages[0].isascii()
+    assert messages[0].isprintable()

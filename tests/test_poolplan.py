@@ -202,10 +202,11 @@ def test_deployment_section_is_validated_with_key_paths():
         ("poolkit.E041", 'POOLKIT["DEPLOYMENT"]["worker"]: unknown key; did you mean '
                          '"workers"?')]
     assert _problems({"threads": 0, "queries_per_request": "2"}) == [
-        ("poolkit.E042", 'POOLKIT["DEPLOYMENT"]["threads"]: must be an integer >= 1 (request '
-                         "threads per process, e.g. gunicorn --threads), got 0"),
-        ("poolkit.E042", 'POOLKIT["DEPLOYMENT"]["queries_per_request"]: must be a number > 0 '
-                         "(average queries per request, async formula), got '2'")]
+        ("poolkit.E042", 'POOLKIT["DEPLOYMENT"]["threads"]: must be an integer >= 1 and <= '
+                         "1000000 (request threads per process, e.g. gunicorn --threads), got 0"),
+        ("poolkit.E042", 'POOLKIT["DEPLOYMENT"]["queries_per_request"]: must be a number >= '
+                         "0.001 and <= 10000 (average queries per request, async formula), "
+                         "got '2'")]
     assert _problems({"hosts": 2, "databases": ["default"]}) == []
 
 

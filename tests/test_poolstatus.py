@@ -198,7 +198,7 @@ def test_bad_arguments_exit_2():
 
 
 def test_watch_in_json_prints_one_document_per_round():
-    output, code = _status("--format", "json", "--watch", "0.05", "--iterations", "3")
+    output, code = _status("--format", "json", "--watch", "0.5", "--iterations", "3")
     assert code == 0
     documents = [json.loads(line) for line in output.splitlines()]
     assert len(documents) == 3
@@ -210,7 +210,7 @@ def test_watch_refreshes_until_interrupted():
                    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/"
                                    + connections.settings["default"]["NAME"]}
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "poolstatus", "--watch", "0.1", "--database", "default"],
+        [sys.executable, "manage.py", "poolstatus", "--watch", "0.5", "--database", "default"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     try:
         assert process.stdout is not None

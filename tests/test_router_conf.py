@@ -98,11 +98,11 @@ def test_bad_values_state_the_rule():
     assert [(p.path, p.message, p.check_id) for p in problems] == [
         ('POOLKIT["ROUTING"]["strategy"]', 'must be "round_robin", "random" or "weighted", got '
          "'round-robin'; did you mean \"round_robin\"?", "poolkit.E022"),
-        ('POOLKIT["ROUTING"]["pin_seconds"]', "must be a number of seconds > 0, got 0",
-         "poolkit.E022"),
+        ('POOLKIT["ROUTING"]["pin_seconds"]', "must be a number of seconds >= 1 and <= 86400 "
+         "(the signed token's timestamp counts whole seconds), got 0", "poolkit.E022"),
         ('POOLKIT["ROUTING"]["sticky"]', "must be True or False, got 'yes'", "poolkit.E022"),
         ('POOLKIT["ROUTING"]["CLUSTERS"]["main"]["replicas"]["replica1"]["weight"]',
-         "must be a number > 0, got -1", "poolkit.E022"),
+         "must be a number > 0 and <= 1000000, got -1", "poolkit.E022"),
     ]
 
 

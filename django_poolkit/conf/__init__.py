@@ -18,7 +18,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from ..exceptions import PoolkitConfigurationError, Problem
-from .build import build_settings
+from .build import build_settings, parse_url
 from .knobs import (
     DEFAULT_ENV_PREFIX,
     KNOBS,
@@ -38,6 +38,7 @@ __all__ = [
     "build_settings",
     "get_settings",
     "on_reload",
+    "parse_url",
     "reload",
     "validate",
 ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from django.utils.module_loading import import_string
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .._schema import Collector, accepted_keys, did_you_mean, key_path
@@ -35,7 +35,7 @@ from .knobs import (
 )
 from .sources import read_environment, read_knobs, url_options
 
-__all__ = ["build_settings"]
+__all__ = ["build_settings", "parse_url"]
 
 
 @dataclass
@@ -125,15 +125,34 @@ def _resolve(
     return PoolSettings(alias=alias, origins=origins, **values)
 
 
+def parse_url(text: str) -> URL:
+    """SQLAlchemy's ``make_url``, reading the user and password up to the *last* ``@`` before
+    the path, as django-environ and ``urllib`` do.
+
+    SQLAlchemy's own grammar stops the password at the first ``@``: in
+    ``postgresql://app:p@tail@host/db`` the host would read ``tail@host``, and commands, logs
+    and errors would print the rest of the password as part of the host name.
+    """
+    scheme, separator, rest = text.partition("://")
+    if separator:
+        before_query = rest.split("?", 1)[0]
+        at = before_query.rfind("@")
+        if at > 0 and "@" in before_query[:at]:
+            user, colon, password = before_query[:at].partition(":")
+            quoted = user.replace("@", "%40") + colon + password.replace("@", "%40")
+            text = f"{scheme}://{quoted}{rest[at:]}"
+    return make_url(text)
+
+
 def _engine_url(name: str, value: Any, problems: Collector) -> str | None:
     path = key_path("ENGINES", name, "url")
     if not isinstance(value, str) or not value:
         problems.add(path, "is required: the database URL this engine connects to",
                      'Add "url": "postgresql://user@host/dbname" (the password may come from '
-                     "the environment).", E_ENGINE_URL)
+                     'its "password" key or the environment).', E_ENGINE_URL)
         return None
     try:
-        url = make_url(value)
+        url = parse_url(value)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Never echo the URL: it may hold a password.
         problems.add(path, "is not a database URL SQLAlchemy can parse",
@@ -144,6 +163,17 @@ def _engine_url(name: str, value: Any, problems: Collector) -> str | None:
                      "Use a postgresql:// or sqlite:// URL.", E_ENGINE_URL)
         return None
     return value
+
+
+def _engine_password(name: str, value: Any, problems: Collector) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    # Never echo the value: it is meant to be a password.
+    problems.add(key_path("ENGINES", name, "password"),
+                 f"must be a non-empty string or None, got a {type(value).__name__}"
+                 + (" that is empty" if value == "" else ""),
+                 "Give the password as a string; it wins over one in the url.", E_ENGINE_URL)
+    return None
 
 
 def build_settings(
@@ -216,19 +246,17 @@ def build_settings(
         own = read_knobs(section, ("ENGINES", name), problems, extra_keys=ENGINE_ONLY_KEYS)
         env_own = env_alias.get(name, {})
         url = _engine_url(name, env_own.pop("url", own.pop("url", None)), problems)
+        password = _engine_password(name, env_own.pop("password", own.pop("password", None)),
+                                    problems)
         layers = [builtin, _Layer("setting", defaults), _Layer("setting", own),
                   _Layer("environment", env_global), _Layer("environment", env_own)]
         resolved = _resolve(name, layers, problems, key_path("ENGINES", name), environ_)
         if resolved is not None and url is not None and name not in databases:
-            pools[name] = _with_url(resolved, url)
+            pools[name] = replace(resolved, url=url, password=password)
 
     if problems.problems:
         return None, problems.problems
     return PoolkitSettings(pools=pools, env_prefix=prefix, sections=sections), []
-
-
-def _with_url(pool: PoolSettings, url: str) -> PoolSettings:
-    return replace(pool, url=url)
 
 
 def _sections(value: Any, name: str, problems: Collector) -> dict[str, Any]:

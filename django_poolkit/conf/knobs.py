@@ -12,13 +12,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._schema import Field, boolean, choice, fields, integer, number, optional, text
+from .._schema import (
+    Field,
+    boolean,
+    choice,
+    fields,
+    integer,
+    number,
+    optional,
+    template,
+    text,
+)
 from ..ops import sizing
 
 __all__ = [
     "DEFAULT_ENV_PREFIX",
     "ENGINE_ONLY_KEYS",
     "KNOBS",
+    "OPTION_FIELDS",
     "ORIGINS",
     "SECTION_PARSERS",
     "TOP_LEVEL_KEYS",
@@ -29,35 +40,51 @@ __all__ = [
 DEFAULT_ENV_PREFIX = "POOLKIT_"
 
 
+#: The ceilings of the numbers below: generous for any real deployment, and each far from
+#: where Python, the server or a ``threading`` wait would overflow.
+MOST_CONNECTIONS = 10_000
+MOST_CORES = 4096
+MOST_CONCURRENCY = 1_000_000
+FEWEST_QUERIES = 0.001
+MOST_QUERIES = 10_000
+HOUR = 3600
+DAY = 86_400
+YEAR = 31_536_000
+INT4_MAX = 2_147_483_647  # PostgreSQL's statement_timeout is an int4 of milliseconds
+
 #: Every per-pool setting, in the order the README documents them. Defaults follow a typical
 #: production ``create_engine(...)``.
 KNOBS: dict[str, Field] = fields(
-    Field("pool_size", 5, "an integer >= 1",
-         "Connections kept open in the pool (per process).", integer(1), int),
-    Field("max_overflow", 10, "an integer >= 0, or -1 for no limit",
+    Field("pool_size", 5, f"an integer >= 1 and <= {MOST_CONNECTIONS}",
+         "Connections kept open in the pool (per process).", integer(1, MOST_CONNECTIONS),
+         int),
+    Field("max_overflow", 10, f"an integer >= 0 and <= {MOST_CONNECTIONS}, or -1 for no limit",
          "Extra connections opened when the pool is exhausted, closed again on checkin.",
-         integer(0, minus_one=True), int),
-    Field("pool_timeout", 30, "a number of seconds > 0",
+         integer(0, MOST_CONNECTIONS, minus_one=True), int),
+    Field("pool_timeout", 30, f"a number of seconds > 0 and <= {HOUR}",
          "How long a checkout waits for a free connection before PoolTimeout.",
-         number(above=0), float),
-    Field("pool_recycle", 3600, "an integer of seconds >= 1, or -1 to never recycle",
+         number(above=0, at_most=HOUR), float),
+    Field("pool_recycle", 3600,
+         f"an integer of seconds >= 1 and <= {YEAR}, or -1 to never recycle",
          "Connections older than this are replaced at their next checkout.",
-         integer(1, minus_one=True), int),
+         integer(1, YEAR, minus_one=True), int),
     Field("pool_pre_ping", True, "True or False",
          "Test a connection before handing it out, replacing it if the server dropped it.",
          boolean, bool),
     Field("pool_use_lifo", False, "True or False",
          "Hand out the most recently returned connection first, so idle ones can time out.",
          boolean, bool),
-    Field("connect_timeout", 10, "an integer of seconds >= 0 (0 waits forever)",
-         "libpq's limit on opening a connection.", integer(0), int),
-    Field("statement_timeout", 30000, "an integer of milliseconds >= 0 (0: no limit), or None",
+    Field("connect_timeout", 10, f"an integer of seconds >= 0 and <= {HOUR} (0 waits forever)",
+         "libpq's limit on opening a connection.", integer(0, HOUR), int),
+    Field("statement_timeout", 30000,
+         f"an integer of milliseconds >= 0 and <= {INT4_MAX} (0: no limit), or None",
          "Sent as -c statement_timeout at connect; None leaves the server's value.",
-         integer(0, none=True), int),
+         integer(0, INT4_MAX, none=True), int),
     Field("application_name", "poolkit:{alias}:{host}:{pid}",
-         "a template string using {alias}, {host} and {pid}, or None",
+         "a template string using only {alias}, {host} and {pid} ({{ and }} for a brace), "
+         "or None",
          "Names the pool's connections in pg_stat_activity; None leaves OPTIONS' value.",
-         text(none=True), str),
+         template(("alias", "host", "pid"), none=True), str),
     Field("preset", None, "one of " + ", ".join(f'"{n}"' for n in sizing.PRESETS) + ", or None",
          "A named size from the preset table: sets pool_size and max_overflow.",
          choice(sizing.PRESETS, none=True), str),
@@ -65,22 +92,29 @@ KNOBS: dict[str, Field] = fields(
          + ", or None",
          "Compute pool_size (and, for production/auto, max_overflow) with a sizing formula.",
          choice(sizing.SIZING_FORMULAS, none=True), str),
-    Field("cores", None, "an integer >= 1, or None for os.cpu_count()",
-         "CPU cores for the cores/production/auto formulas.", integer(1, none=True), int),
-    Field("spindles", 0, "an integer >= 0", "Disk spindles for the cores formula.",
-         integer(0), int),
-    Field("concurrency", None, "an integer >= 1, or None",
-         "Expected concurrent requests, for the async formula.", integer(1, none=True), int),
-    Field("queries_per_request", 1, "a number > 0",
-         "Average queries per request, for the async formula.", number(above=0), float),
+    Field("cores", None, f"an integer >= 1 and <= {MOST_CORES}, or None for os.cpu_count()",
+         "CPU cores for the cores/production/auto formulas.",
+         integer(1, MOST_CORES, none=True), int),
+    Field("spindles", 0, f"an integer >= 0 and <= {MOST_CONNECTIONS}",
+         "Disk spindles for the cores formula.", integer(0, MOST_CONNECTIONS), int),
+    Field("concurrency", None, f"an integer >= 1 and <= {MOST_CONCURRENCY}, or None",
+         "Expected concurrent requests, for the async formula.",
+         integer(1, MOST_CONCURRENCY, none=True), int),
+    Field("queries_per_request", 1,
+          f"a number >= {FEWEST_QUERIES} and <= {MOST_QUERIES}",
+         "Average queries per request, for the async formula.",
+         number(at_least=FEWEST_QUERIES, at_most=MOST_QUERIES), float),
     Field("environment", None, 'a string such as "production", or None to read $ENV',
          'The auto formula uses the production rule when this is "production".',
          text(none=True), str),
-    Field("async_pool_size", None, "an integer >= 1, or None for pool_size",
-         "pool_size of the async engine's own pool.", integer(1, none=True), int),
-    Field("async_max_overflow", None, "an integer >= 0, -1, or None for max_overflow",
+    Field("async_pool_size", None,
+         f"an integer >= 1 and <= {MOST_CONNECTIONS}, or None for pool_size",
+         "pool_size of the async engine's own pool.",
+         integer(1, MOST_CONNECTIONS, none=True), int),
+    Field("async_max_overflow", None,
+         f"an integer >= 0 and <= {MOST_CONNECTIONS}, -1, or None for max_overflow",
          "max_overflow of the async engine's own pool.",
-         integer(0, none=True, minus_one=True), int),
+         integer(0, MOST_CONNECTIONS, none=True, minus_one=True), int),
     Field("reset_on_return", "rollback", '"rollback", "reset_all" or "discard_all"',
          "What a checkin does besides the rollback: nothing, RESET ALL and friends (keeps "
          "temporary tables and plans), or DISCARD ALL.",
@@ -93,17 +127,29 @@ KNOBS: dict[str, Field] = fields(
          "The pool connects through a PgBouncer in this pooling mode: no startup options; "
          "in transaction mode also no prepared statements and no server-side cursors.",
          choice(("transaction", "session"), none=True), str),
-    Field("leak_detection_threshold", None, "a number of seconds > 0, or None (off)",
-         "Log once, with the checkout's stack, a connection held longer than this.",
-         optional(number(above=0)), float),
-    Field("client_timeout", None, "a number of seconds > 0, or None (off)",
+    Field("leak_detection_threshold", None, f"a number of seconds > 0 and <= {DAY}, or None "
+         "(off)", "Log once, with the checkout's stack, a connection held longer than this.",
+         optional(number(above=0, at_most=DAY)), float),
+    Field("client_timeout", None, f"a number of seconds > 0 and <= {DAY}, or None (off)",
          "The longest one wait for the server's answer (a query, a fetch, a commit) may "
          "take before poolkit closes the connection and raises OperationalError; set it "
-         "above statement_timeout.", optional(number(above=0)), float),
+         "above statement_timeout.", optional(number(above=0, at_most=DAY)), float),
 )
 
-#: Keys an ``ENGINES`` entry accepts besides the knobs.
-ENGINE_ONLY_KEYS = ("url",)
+#: ``OPTIONS`` keys of a ``DATABASES`` entry that poolkit reads for its engines, besides the
+#: knobs (a ``DATABASE_URL`` query parameter lands in ``OPTIONS``): checked like them.
+OPTION_FIELDS: dict[str, Field] = fields(
+    Field("isolation_level", None,
+          "a psycopg.IsolationLevel: 1 (READ UNCOMMITTED), 2 (READ COMMITTED), 3 (REPEATABLE "
+          "READ) or 4 (SERIALIZABLE)",
+          "Django's OPTIONS['isolation_level'], e.g. psycopg.IsolationLevel.SERIALIZABLE "
+          "(?isolation_level=4 in DATABASE_URL).", integer(1, 4), int),
+)
+
+#: Keys an ``ENGINES`` entry accepts besides the knobs. ``password`` beside ``url`` is the
+#: way to give a secret that Django's error reports mask (their filter hides keys matching
+#: ``PASS``; a password inside ``url`` shows in a DEBUG page and an admin e-mail).
+ENGINE_ONLY_KEYS = ("url", "password")
 
 #: Top-level keys of ``POOLKIT`` and what each holds.
 TOP_LEVEL_KEYS: dict[str, str] = {
@@ -163,6 +209,7 @@ class PoolSettings:
     leak_detection_threshold: float | None = None
     pgbouncer: str | None = None
     client_timeout: float | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def capacity(self) -> int | None:

@@ -11,7 +11,7 @@ from typing import Any
 from .._schema import Collector, Field, Invalid, did_you_mean, key_path, nearest, read_fields
 from ..check_ids import E_BAD_VALUE, E_CONFLICT, E_ENVIRONMENT, E_NOT_A_DICT, E_UNKNOWN_KEY
 from ..ops import sizing
-from .knobs import DEFAULT_ENV_PREFIX, ENGINE_ONLY_KEYS, KNOBS
+from .knobs import DEFAULT_ENV_PREFIX, ENGINE_ONLY_KEYS, KNOBS, OPTION_FIELDS
 
 __all__ = ["read_environment", "read_knobs", "url_options"]
 
@@ -112,6 +112,14 @@ def url_options(alias: str, database: Mapping[str, Any], problems: Collector) ->
     options = database.get("OPTIONS") or {}
     engine = database.get("ENGINE")
     values: dict[str, Any] = {}
+    for key, option in OPTION_FIELDS.items():
+        if key in options:
+            given = options[key]
+            try:  # text from a URL is read as text; Python values (an IntEnum) as they are
+                option.parse(given, from_text=isinstance(given, str))
+            except Invalid as error:
+                problems.add(f'DATABASES["{alias}"]["OPTIONS"]["{key}"]', option.message(error),
+                             option.hint or option.doc, E_BAD_VALUE)
     for key, value in options.items():
         key = str(key)
         knob = KNOBS.get(key)
@@ -209,6 +217,10 @@ def read_environment(
                          + (f'; did you mean "{prefix}{scope}{near}"?' if near else ""),
                          f"Variables are {prefix}<SETTING> or {prefix}<ALIAS>__<SETTING> with "
                          "SETTING one of " + ", ".join(key.upper() for key in accepted) + ".",
+                         E_ENVIRONMENT)
+            continue
+        if name in ENGINE_ONLY_KEYS and not environ_[variable].strip():
+            problems.add(path, "is empty", f"Unset it, or give the engine's {name}.",
                          E_ENVIRONMENT)
             continue
         try:

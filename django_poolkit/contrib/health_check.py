@@ -10,8 +10,10 @@
     ])),
 
 It reads the same cached, single-flight round as ``health/ready/``, so adding it does not add
-probes. Unhealthy raises ``ServiceUnavailable``, degraded raises ``ServiceWarning``; the
-message holds alias names and poolkit's fixed phrases, never a host, user or driver message.
+probes. Unhealthy raises ``ServiceUnavailable``, degraded raises ``ServiceWarning``. The
+message is the status alone: django-health-check shows it to every caller, and the reasons
+(which database, how far behind, which error) are what ``health/ready/`` keeps for callers
+with the token; they are at ``health/db/`` with the token.
 """
 
 from __future__ import annotations
@@ -45,14 +47,14 @@ class PoolkitDatabases(HealthCheck):  # type: ignore[misc]  # health_check is un
         """Raise ServiceUnavailable when unhealthy and ServiceWarning when degraded."""
         report = await health.checker.acheck()
         if self.alias is None:
-            status, reasons = report.status, report.reasons
+            status = report.status
         else:
             verdict = report.databases.get(self.alias)
             if verdict is None:
                 raise ServiceUnavailable(f"database {self.alias!r} is not probed (see "
                                          'POOLKIT["HEALTH"]["databases"])')
-            status, reasons = verdict.status, verdict.reasons
-        message = "; ".join(reasons) or status
+            status = verdict.status
+        message = f"{status} (reasons: poolkit's health/db/ endpoint, with the token)"
         if status == health.UNHEALTHY:
             raise ServiceUnavailable(message)
         if status == health.DEGRADED:

@@ -43,7 +43,7 @@ from ..engines.params import connection_target
 from ..exceptions import ServerUnreachable
 from ..ops.deployment import Deployment, deployment_settings, server_of
 from ..ops.plan import build_plan
-from ..ops.serverinfo import ServerLimits, ServerSnapshot, read_snapshot
+from ..ops.serverinfo import ServerLimits, ServerSnapshot, read_server
 from ..routing.settings import routing_settings
 from ..routing.state import replica_state
 from ..stats import PoolKind, PoolStats
@@ -287,7 +287,7 @@ def _server(alias: str, state: _State) -> Refreshed[ServerSnapshot]:
     if found is None:
         with state.lock:
             found = state.servers.setdefault(alias, Refreshed(
-                lambda: read_snapshot(alias, SERVER_TIMEOUT_S), SERVER_TTL_S, f"server-{alias}"))
+                lambda: read_server(alias, SERVER_TIMEOUT_S), SERVER_TTL_S, f"server-{alias}"))
     return found
 
 

@@ -90,7 +90,9 @@ def sqlalchemy_cursor_classes() -> tuple[type[Any], type[Any]]:
                 self.adapters.register_loader(oid, loader)
             self.adapters.register_dumper(Range, RangeDumper)
 
-    return SQLAlchemyCursor, SQLAlchemyServerCursor
+    from .resend import answer_tracking
+
+    return answer_tracking(SQLAlchemyCursor), SQLAlchemyServerCursor
 
 
 def _readable(dbapi_connection: Any) -> bool:

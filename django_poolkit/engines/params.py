@@ -25,9 +25,9 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.db.utils import load_backend
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
-from ..conf import KNOBS, PoolSettings
+from ..conf import KNOBS, PoolSettings, parse_url
 from ..exceptions import PoolkitError
 
 __all__ = [
@@ -164,7 +164,13 @@ def _postgresql_spec(
     engine_kwargs: dict[str, Any] = {}
     level = wrapper.settings_dict["OPTIONS"].get("isolation_level")
     if level is not None:
-        engine_kwargs["isolation_level"] = _ISOLATION_LEVELS[int(level)]
+        try:
+            engine_kwargs["isolation_level"] = _ISOLATION_LEVELS[int(level)]
+        except (KeyError, TypeError, ValueError):
+            # manage.py check reports it as poolkit.E003; this is the path that skips checks.
+            raise ImproperlyConfigured(
+                f'DATABASES["{alias}"]["OPTIONS"]["isolation_level"]: must be a '
+                "psycopg.IsolationLevel (1 to 4), got " + repr(level)) from None
     url = URL.create(
         "postgresql+psycopg",
         username=params.get("user"),
@@ -230,17 +236,27 @@ def direct_connect_args(alias: str, spec: ConnectSpec, *, purpose: str,
 
 
 def spec_for_url(name: str, raw_url: str, pool: PoolSettings) -> ConnectSpec:
-    """Connection spec of a ``POOLKIT["ENGINES"]`` entry. The password stays in
-    ``connect_args``; ``postgresql://`` URLs use the psycopg 3 driver."""
-    url = make_url(raw_url)
+    """Connection spec of a ``POOLKIT["ENGINES"]`` entry. ``postgresql://`` URLs use the
+    psycopg 3 driver.
+
+    The password, whether in the URL's userinfo, its ``?password=`` query parameter or the
+    entry's ``password`` key (which wins, then the query, as libpq reads a URI), travels only
+    in ``connect_args``: the engine's URL is rebuilt without it (``URL.set(password=None)``
+    keeps the old password in SQLAlchemy, so the URL is created anew).
+    """
+    url = parse_url(raw_url)
     if url.get_backend_name() == "sqlite":
         return ConnectSpec("sqlite", url, {})
     params: dict[str, Any] = {"connect_timeout": pool.connect_timeout}
-    if url.password is not None:
-        params["password"] = url.password
+    query = dict(url.query)
+    query_password = query.pop("password", None)
+    if isinstance(query_password, tuple):  # ?password=a&password=b: libpq takes the last
+        query_password = query_password[-1]
+    password = pool.password or query_password or url.password
+    if password is not None:
+        params["password"] = password
     if pool.application_name is not None:
         params["application_name"] = application_name(pool.application_name, name)
-    query = dict(url.query)
     options = query.pop("options", None)
     if pool.pgbouncer is None:
         params["options"] = _startup_options(
@@ -249,7 +265,8 @@ def spec_for_url(name: str, raw_url: str, pool: PoolSettings) -> ConnectSpec:
         if isinstance(options, str):
             params["options"] = options
         _behind_pgbouncer(params, pool)
-    url = url.set(drivername="postgresql+psycopg", password=None, query=query)
+    url = URL.create("postgresql+psycopg", username=url.username, host=url.host,
+                     port=url.port, database=url.database, query=query)
     return ConnectSpec("postgresql", url, params)
 
 
@@ -257,7 +274,7 @@ def connection_target(alias: str, pool: PoolSettings) -> dict[str, Any]:
     """Where a pool connects: host, port, database and user, never the password (what
     ``poolstatus`` and the dashboard show)."""
     if pool.url is not None:
-        url = make_url(pool.url)
+        url = parse_url(pool.url)
         return {"host": url.host, "port": url.port, "database": url.database,
                 "user": url.username}
     entry = connections.settings[alias]

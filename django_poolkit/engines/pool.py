@@ -26,6 +26,9 @@ __all__ = ["ISOLATION_LEVEL", "PoolkitAsyncQueuePool", "PoolkitQueuePool"]
 #: Key in a record's ``info``: the isolation level the pool gives the connection (psycopg's
 #: value after connect), restored at each checkin by the hygiene.
 ISOLATION_LEVEL = "poolkit_isolation_level"
+#: Key in a checked-out connection's ``info`` dict: set at checkout, popped by the checkout's
+#: first statement, the only one that may be resent (:mod:`.resend`).
+FRESH = "poolkit_fresh"
 
 
 class _TimedCheckout:
@@ -136,6 +139,7 @@ class _TimedCheckout:
             events.gave_up(None)
             raise
         # The checkout event already ran inside super().connect(); the wait is only known now.
+        connection.info[FRESH] = True
         events.checked_out(connection, started)
         return connection
 

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connections
+from django.views.decorators.debug import sensitive_variables
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -37,6 +38,7 @@ from .leaks import install_leak_detection
 from .params import ConnectSpec, connection_spec, is_shared
 from .pool import PoolkitAsyncQueuePool, PoolkitQueuePool
 from .recycle import install_recycle_jitter
+from .resend import install_resend
 from .sharing import PerThread, install_sharing
 
 __all__ = ["EngineRegistry", "engine_registry"]
@@ -130,7 +132,11 @@ class EngineRegistry:
     def _build(self, alias: str, kind: PoolKind, pool: PoolSettings) -> Any:
         shared = kind == "sync" and pool.url is None and is_shared(alias)
         spec = connection_spec(alias, pool, shared=shared)
-        kwargs: dict[str, Any] = {"connect_args": spec.connect_args, **spec.engine_kwargs}
+        # The password stays out of SQLAlchemy's connect arguments (whose frames Django's error
+        # reports show): install_password adds it below a frame those reports hide.
+        connect_args = dict(spec.connect_args)
+        password = connect_args.pop("password", None)
+        kwargs: dict[str, Any] = {"connect_args": connect_args, **spec.engine_kwargs}
         if not _is_memory_sqlite(spec):
             kwargs.update(
                 pool_pre_ping=pool.pool_pre_ping, pool_recycle=pool.pool_recycle,
@@ -175,6 +181,8 @@ class EngineRegistry:
             own = own_round_trip_bound(pool.connect_timeout)
             if install_client_deadline(sync_engine, alias, pool.client_timeout, bound=own):
                 bound = own
+        if password is not None:
+            install_password(sync_engine, password)
         if hygiene:
             if isinstance(sync_engine.pool, PoolkitQueuePool):
                 sync_engine.pool.poolkit_autocommit_off = True
@@ -187,6 +195,9 @@ class EngineRegistry:
                                     shared=shared, events=events,
                                     bound=bound)
             install_pre_ping(sync_engine, pool.pre_ping_mode or "socket", bound=bound)
+        if spec.vendor == "postgresql":
+            # After the hygiene's connect listener (which sets the cursor classes it wraps).
+            install_resend(sync_engine, alias)
         if pool.leak_detection_threshold is not None:
             install_leak_detection(sync_engine, alias, kind, pool.leak_detection_threshold)
         return engine
@@ -276,6 +287,24 @@ def _close_async(engine: AsyncEngine) -> None:
 
 # Tasks must be referenced until done, or the loop may garbage-collect them mid-flight.
 _pending_disposals: set[asyncio.Task[None]] = set()
+
+
+def install_password(engine: Any, password: str) -> None:
+    """Give the dialect's ``connect`` the password, inside a function Django's error reports
+    hide (``sensitive_variables``: that frame and every frame below it, psycopg's included).
+
+    Wraps whatever ``connect`` is installed (poolkit's client deadline, or SQLAlchemy's), after
+    every ``do_connect`` listener has run; a password a listener set (an IAM token) wins.
+    """
+    dialect = engine.dialect
+    connect_ = dialect.connect
+
+    @sensitive_variables()
+    def connect(*cargs: Any, **cparams: Any) -> Any:
+        cparams.setdefault("password", password)
+        return connect_(*cargs, **cparams)
+
+    dialect.connect = connect
 
 
 def _describe(engine: Any) -> str:

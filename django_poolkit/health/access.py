@@ -4,23 +4,32 @@ metrics view.
 A caller sees details when ``DEBUG`` is on, when it sends ``POOLKIT["HEALTH"]["token"]`` in
 the ``token_header`` header or as ``Authorization: Bearer <token>`` (what Prometheus'
 ``authorization`` setting sends), or when it is an active staff user and ``staff_details`` is
-on. Tokens are compared in constant time. The user is read only when the request carries a
-session cookie, so a load balancer's or kubelet's probe never loads a session (which could
-wait on the very database that is down).
+on (off by default). Tokens are compared in constant time.
+
+The staff check is the only part of an answer that reads the application's database (the
+session and the user): a liveness or readiness answer must depend on nothing but its cached
+probe. So it runs only with ``staff_details`` on, for a request that carries a session cookie
+and no valid token, only while the cached round did not find the databases unhealthy, and any
+error of it (a database down, a pool timeout, a missing table) counts as "not staff": the
+answer stays the probe's 200 or 503 (the metrics view's 403), never a 500.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest
 
-from .settings import HealthSettings
+from .report import HealthReport
+from .settings import UNHEALTHY, HealthSettings
 
 __all__ = ["may_see_details", "may_see_details_sync"]
+
+logger = logging.getLogger(__name__)
 
 
 def _presented_token(request: HttpRequest, config: HealthSettings) -> str | None:
@@ -38,7 +47,7 @@ def _decided(request: HttpRequest, config: HealthSettings) -> bool | None:
         return True
     given = _presented_token(request, config)
     if config.token and given is not None and hmac.compare_digest(
-            given.encode(), config.token.encode()):
+            given.encode("utf-8", "replace"), config.token.encode("utf-8")):
         return True
     if not (config.staff_details and settings.SESSION_COOKIE_NAME in request.COOKIES):
         return False
@@ -46,21 +55,33 @@ def _decided(request: HttpRequest, config: HealthSettings) -> bool | None:
 
 
 def _is_staff(request: HttpRequest) -> bool:
-    user: Any = getattr(request, "user", None)
-    return bool(user is not None and user.is_active and user.is_staff)
+    try:
+        user: Any = getattr(request, "user", None)
+        return bool(user is not None and user.is_active and user.is_staff)
+    except Exception:  # any failure of the optional lookup means "not staff"
+        logger.debug("details: the staff lookup failed; answering as anonymous", exc_info=True)
+        return False
 
 
-async def may_see_details(request: HttpRequest, config: HealthSettings) -> bool:
+async def may_see_details(request: HttpRequest, config: HealthSettings,
+                          report: HealthReport | None = None) -> bool:
     """Whether this caller may see details (for async views: the user is loaded without
-    blocking the event loop)."""
+    blocking the event loop). ``report``: the round being answered; while it is unhealthy
+    the session is not looked up."""
     decided = _decided(request, config)
     if decided is not None:
         return decided
+    if report is not None and report.status == UNHEALTHY:
+        return False
     auser = getattr(request, "auser", None)
     if auser is None:
         return hasattr(request, "user") and bool(await sync_to_async(_is_staff)(request))
-    user = await auser()
-    return bool(user.is_active and user.is_staff)
+    try:
+        user = await auser()
+        return bool(user.is_active and user.is_staff)
+    except Exception:  # any failure of the optional lookup means "not staff"
+        logger.debug("details: the staff lookup failed; answering as anonymous", exc_info=True)
+        return False
 
 
 def may_see_details_sync(request: HttpRequest, config: HealthSettings) -> bool:

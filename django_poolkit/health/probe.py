@@ -17,7 +17,7 @@ import psycopg
 from ..conf import get_settings
 from ..engines.params import connection_spec, direct_connect_args
 from ..exceptions import describe_error
-from ..ops.serverinfo import ROLE_AND_LAG_SQL
+from ..ops.serverinfo import ROLE_AND_LAG_SQL, measure
 
 __all__ = ["ProbeResult", "probe_database"]
 
@@ -34,8 +34,9 @@ class ProbeResult:
 
 
 def probe_database(alias: str, timeout: float) -> ProbeResult:
-    """Open a fresh connection to ``alias`` outside every pool, ask its role and replay lag,
-    and close it. Blocking; the caller bounds the wall time (see :class:`HealthChecker`).
+    """Open a fresh connection to ``alias`` outside every pool, ask its role and replay lag
+    (:func:`~django_poolkit.ops.serverinfo.measure`), and close it. Blocking; the caller
+    bounds the wall time (see :class:`HealthChecker`).
 
     The connection uses the alias's own parameters (password, SSL, options) plus a short
     ``statement_timeout``, ``default_transaction_read_only`` and an ``application_name`` of
@@ -67,10 +68,13 @@ def probe_database(alias: str, timeout: float) -> ProbeResult:
         return ProbeResult(ok=False, connect_ms=_ms(connected - started),
                            error=describe_error(error))
     answered = time.perf_counter()
-    standby = bool(row[0]) if row else False
+    if row is None:  # pragma: no cover - a SELECT without FROM returns one row
+        return ProbeResult(ok=False, error="no answer")
+    # The primary's position is not known here: lag is measured against what the replica
+    # received. For a routed replica the report takes the router's measurement instead.
+    measured = measure(row, time.time())
     return ProbeResult(
-        ok=True, role="replica" if standby else "primary",
-        lag_s=None if not standby or row is None or row[1] is None else float(row[1]),
+        ok=True, role=measured.role, lag_s=measured.lag_seconds,
         connect_ms=_ms(connected - started), latency_ms=_ms(answered - connected))
 
 

@@ -36,13 +36,18 @@ def _routing_view(alias: str) -> dict[str, Any] | None:
     found = replica_state.replica(alias)
     if found is None:
         return None
+    measured = replica_state.measurement(alias)
     return {
         "status": found.status, "in_rotation": found.in_rotation,
         "reason": found.reason if found.status in ("lagging", "not_replica") else None,
         "lag_s": found.lag_seconds, "lag_bytes": found.lag_bytes,
-        "out_since": (datetime.fromtimestamp(found.out_since, UTC).isoformat(
-            timespec="seconds") if found.out_since is not None else None),
+        "measured_at": _iso(measured.measured_at) if measured is not None else None,
+        "out_since": _iso(found.out_since) if found.out_since is not None else None,
     }
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
 
 
 
@@ -152,9 +157,10 @@ def evaluate(
     Per database: unreachable is ``unhealthy``; a saturated pool is ``saturated_status``; a
     primary alias whose server is in recovery is ``unhealthy`` (writes would fail); a replica
     lagging more than ``max_replica_lag``, or out of the router's rotation (``routing``, the
-    shared replica state), is ``degraded``. Overall: ``unhealthy`` when the
-    primary is, or fewer than ``min_replicas`` replicas are healthy; else ``degraded`` when any
-    database is not healthy; else ``healthy``.
+    shared replica state), is ``degraded``. A routed replica's lag is the router's measurement
+    when it has one (``routing[alias]["measured_at"]``), else the probe's. Overall:
+    ``unhealthy`` when the primary is, or fewer than ``min_replicas`` replicas are healthy;
+    else ``degraded`` when any database is not healthy; else ``healthy``.
     """
     replicas = set(config.replica_aliases())
     verdicts: dict[str, DatabaseHealth] = {}
@@ -164,6 +170,12 @@ def evaluate(
             else "other")
         reasons: list[str] = []
         statuses: list[str] = []
+        routed = (routing or {}).get(alias)
+        lag_s = result.lag_s
+        if (routed is not None and routed.get("measured_at") is not None
+                and result.role == "replica"):
+            # One measurement per replica: the router's, which routes on it.
+            lag_s = routed["lag_s"]
         if not result.ok:
             reasons.append(f"{alias}: unreachable ({result.error})")
             statuses.append(UNHEALTHY)
@@ -171,12 +183,11 @@ def evaluate(
             if expected == "primary" and result.role == "replica":
                 reasons.append(f"{alias}: the primary's server is in recovery (read-only)")
                 statuses.append(UNHEALTHY)
-            if (config.max_replica_lag is not None and result.lag_s is not None
-                    and result.lag_s > config.max_replica_lag):
-                reasons.append(f"{alias}: replica lag {result.lag_s:.1f} s > "
+            if (config.max_replica_lag is not None and lag_s is not None
+                    and lag_s > config.max_replica_lag):
+                reasons.append(f"{alias}: replica lag {lag_s:.1f} s > "
                                f"{config.max_replica_lag:g} s")
                 statuses.append(DEGRADED)
-        routed = (routing or {}).get(alias)
         if routed is not None and not routed["in_rotation"]:
             reasons.append(f"{alias}: out of the router's rotation ({routed['status']}"
                            + (f": {routed['reason']})" if routed.get("reason") else ")"))
@@ -191,7 +202,7 @@ def evaluate(
         entry = connections.settings[alias]
         verdicts[alias] = DatabaseHealth(
             alias=alias, status=worst(statuses), role=result.role, expected=expected,
-            connect_ms=result.connect_ms, latency_ms=result.latency_ms, lag_s=result.lag_s,
+            connect_ms=result.connect_ms, latency_ms=result.latency_ms, lag_s=lag_s,
             error=result.error, reasons=tuple(reasons), pool=pool, async_pool=async_pool,
             routing=routed,
             vendor=vendor_of(entry), host=str(entry.get("HOST") or "") or None,

@@ -5,6 +5,7 @@ details, and the replica policy. Parsed through ``conf.SECTION_PARSERS`` (check 
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -18,10 +19,12 @@ from .._schema import (
     choice,
     did_you_mean,
     fields,
+    http_token,
     integer,
     names,
     number,
     read_fields,
+    secret,
     text,
 )
 from ..check_ids import (
@@ -78,7 +81,7 @@ class HealthSettings:
     max_replica_lag: float | None = 30.0
     saturation: float = 1.0
     saturated_status: Status = UNHEALTHY
-    staff_details: bool = True
+    staff_details: bool = False
 
     def probed_aliases(self) -> tuple[str, ...]:
         """The aliases a round probes, in ``DATABASES`` order."""
@@ -104,27 +107,31 @@ FIELDS: dict[str, Field] = fields(
     Field("timeout", HealthSettings.timeout, "a number of seconds > 0 and <= 30",
           "Keep it below your probe's timeout (Kubernetes: 1 s), e.g. 0.5.",
           number(above=0, at_most=30, as_float=True)),
-    Field("cache_ttl", HealthSettings.cache_ttl, "a number of seconds >= 0",
+    Field("cache_ttl", HealthSettings.cache_ttl, "a number of seconds >= 0 and <= 3600",
           "A few seconds, e.g. 2; 0 probes on every request.",
-          number(at_least=0, as_float=True)),
-    Field("token", None, f"a string of at least {_MINIMUM_TOKEN_LENGTH} characters, or None",
+          number(at_least=0, at_most=3600, as_float=True)),
+    Field("token", None, f"a string of {_MINIMUM_TOKEN_LENGTH} to 4096 characters, Latin-1 "
+          "(what an HTTP header carries), with no control character and no space at either "
+          "end, not SECRET_KEY, or None",
           "Use a long random secret (not SECRET_KEY), e.g. from secrets.token_urlsafe(32).",
-          text(none=True, min_length=_MINIMUM_TOKEN_LENGTH), secret=True),
-    Field("token_header", HealthSettings.token_header, "a non-empty HTTP header name",
-          'e.g. "X-Poolkit-Health-Token".', text(nonblank=True, stripped=True)),
-    Field("databases", None, "a list of DATABASES aliases, or None for all",
-          'e.g. ["default", "replica1"].', names(none=True)),
+          secret(min_length=_MINIMUM_TOKEN_LENGTH, none=True), secret=True),
+    Field("token_header", HealthSettings.token_header, "an HTTP header name (letters, "
+          "digits and !#$%&'*+-.^_`|~ only: no space, ':' or CR/LF)",
+          'e.g. "X-Poolkit-Health-Token".', http_token()),
+    Field("databases", None, "a non-empty list of DATABASES aliases, or None for all",
+          'e.g. ["default", "replica1"]; an empty list would probe nothing and always pass.',
+          names(none=True, non_empty=True)),
     Field("primary", HealthSettings.primary, "a DATABASES alias, or None",
           'The alias writes go to, e.g. "default".', text(none=True, min_length=0)),
     Field("replicas", None, "a list of DATABASES aliases, or None for those with "
           "TEST['MIRROR']", 'e.g. ["replica1", "replica2"].', names(none=True)),
-    Field("min_replicas", HealthSettings.min_replicas, "an integer >= 0",
+    Field("min_replicas", HealthSettings.min_replicas, "an integer >= 0 and <= 10000",
           "How many replicas must be healthy for /ready/ to pass; 0 never fails it.",
-          integer(0)),
+          integer(0, 10_000)),
     Field("max_replica_lag", HealthSettings.max_replica_lag,
-          "a number of seconds > 0, or None for no limit",
+          "a number of seconds > 0 and <= 86400, or None for no limit",
           "A replica further behind than this counts as degraded, e.g. 30.",
-          number(above=0, none=True, as_float=True)),
+          number(above=0, at_most=86_400, none=True, as_float=True)),
     Field("saturation", HealthSettings.saturation,
           "a number > 0 and <= 1 (share of the pool's capacity checked out)",
           "1 means every connection of pool_size + max_overflow is checked out.",
@@ -149,6 +156,16 @@ def _router_replicas() -> set[str]:
 
 
 
+def _is_secret_key(token: str) -> bool:
+    from django.conf import settings
+
+    keys = [getattr(settings, "SECRET_KEY", None),
+            *getattr(settings, "SECRET_KEY_FALLBACKS", ())]
+    return any(isinstance(key, str) and hmac.compare_digest(token.encode("latin-1"),
+                                                            key.encode("utf-8"))
+               for key in keys)
+
+
 def parse_settings(
     value: Any,
     databases: Mapping[str, Any],
@@ -170,6 +187,11 @@ def parse_settings(
     def known_aliases(key: str, item: Any, path: str) -> None:
         if key in ("databases", "replicas", "primary") and item is not None:
             _known_aliases([item] if key == "primary" else item, databases, path, report)
+        if key == "token" and item is not None and _is_secret_key(item):
+            report(path, "must not be SECRET_KEY (nor one of SECRET_KEY_FALLBACKS)",
+                   "A token leaks in access logs and scrapers' configs; SECRET_KEY signs "
+                   "sessions and pin cookies. Use secrets.token_urlsafe(32).",
+                   E_HEALTH_BAD_VALUE)
 
     found = read_fields(value, FIELDS, lambda key: f'{base}["{key}"]', report,
                         unknown_key_id=E_HEALTH_UNKNOWN_KEY, bad_value_id=E_HEALTH_BAD_VALUE,

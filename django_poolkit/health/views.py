@@ -29,7 +29,7 @@ __all__ = ["db", "live", "ready"]
 _ALLOWED_METHODS = ("GET", "HEAD")
 
 
-class _EveryAlias(frozenset[str]):
+class EveryAlias(frozenset[str]):
     """Contains every database alias: Django's ``make_view_atomic`` asks ``alias in
     view._non_atomic_requests`` for each alias, and aliases are only known at request time.
     ``transaction.non_atomic_requests`` marks one alias, and for an async view an alias left
@@ -38,6 +38,9 @@ class _EveryAlias(frozenset[str]):
     def __contains__(self, alias: object) -> bool:
         return True
 
+
+#: The name other views imported before it was public (the dashboard).
+_EveryAlias = EveryAlias
 
 AsyncView = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]
 
@@ -59,7 +62,7 @@ def _health_view(view: AsyncView) -> AsyncView:
     wrapper.__qualname__ = view.__qualname__
     wrapper.__doc__ = view.__doc__
     wrapper.__module__ = view.__module__
-    wrapper._non_atomic_requests = _EveryAlias()  # type: ignore[attr-defined]
+    wrapper._non_atomic_requests = EveryAlias()  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -80,7 +83,7 @@ async def ready(request: HttpRequest) -> HttpResponse:
     replica policy is met. 200 for healthy and degraded, 503 for unhealthy."""
     config = checker.config()
     report = await checker.acheck()
-    details = await may_see_details(request, config)
+    details = await may_see_details(request, config, report)
     return _json_response(report.as_dict(details=details, databases=False), report.http_status)
 
 
@@ -90,5 +93,5 @@ async def db(request: HttpRequest) -> HttpResponse:
     details), from the same round of probes as :func:`ready`."""
     config = checker.config()
     report = await checker.acheck()
-    details = await may_see_details(request, config)
+    details = await may_see_details(request, config, report)
     return _json_response(report.as_dict(details=details), report.http_status)

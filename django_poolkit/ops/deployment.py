@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
-from sqlalchemy.engine import make_url
 
 from .._schema import Field, Report, fields, integer, names, number, read_fields
 from ..check_ids import E_DEPLOYMENT_BAD_VALUE, E_DEPLOYMENT_NOT_A_DICT, E_DEPLOYMENT_UNKNOWN_KEY
-from ..conf import PoolkitSettings, PoolSettings, get_settings
+from ..conf import PoolkitSettings, PoolSettings, get_settings, parse_url
 from ..engines.params import vendor_of
 from . import sizing
 
@@ -64,29 +63,39 @@ class Deployment:
 
 _HINT = "Describe the deployment as it runs in production."
 
+#: Ceilings of a deployment's counts (the commands' arguments share them).
+MOST = 1_000_000
+MOST_CORES = 4096
+FEWEST_QUERIES = 0.001
+MOST_QUERIES = 10_000
+
 #: Every ``POOLKIT["DEPLOYMENT"]`` key and what it accepts.
 FIELDS: dict[str, Field] = fields(
     Field("hosts", Deployment.hosts,
-          "an integer >= 1 (machines or containers running the app)", _HINT, integer(1)),
+          f"an integer >= 1 and <= {MOST} (machines or containers running the app)", _HINT,
+          integer(1, MOST)),
     Field("workers", Deployment.workers,
-          "an integer >= 1 (processes per host, e.g. gunicorn --workers)", _HINT, integer(1)),
+          f"an integer >= 1 and <= {MOST} (processes per host, e.g. gunicorn --workers)",
+          _HINT, integer(1, MOST)),
     Field("threads", Deployment.threads,
-          "an integer >= 1 (request threads per process, e.g. gunicorn --threads)", _HINT,
-          integer(1)),
+          f"an integer >= 1 and <= {MOST} (request threads per process, e.g. gunicorn "
+          "--threads)", _HINT, integer(1, MOST)),
     Field("async_concurrency", Deployment.async_concurrency,
-          "an integer >= 1 (concurrent async requests per process), or None", _HINT,
-          integer(1, none=True)),
+          f"an integer >= 1 and <= {MOST} (concurrent async requests per process), or None",
+          _HINT, integer(1, MOST, none=True)),
     Field("queries_per_request", Deployment.queries_per_request,
-          "a number > 0 (average queries per request, async formula)", _HINT,
-          number(above=0, as_float=True)),
+          f"a number >= {FEWEST_QUERIES} and <= {MOST_QUERIES} (average queries per request, "
+          "async formula)", _HINT,
+          number(at_least=FEWEST_QUERIES, at_most=MOST_QUERIES, as_float=True)),
     Field("cores", Deployment.cores,
-          "an integer >= 1 (CPU cores per host), or None for os.cpu_count()", _HINT,
-          integer(1, none=True)),
+          f"an integer >= 1 and <= {MOST_CORES} (CPU cores per host), or None for "
+          "os.cpu_count()", _HINT, integer(1, MOST_CORES, none=True)),
     Field("spindles", Deployment.spindles,
-          "an integer >= 0 (disks a query waits on; 0 for SSDs)", _HINT, integer(0)),
+          f"an integer >= 0 and <= {MOST} (disks a query waits on; 0 for SSDs)", _HINT,
+          integer(0, MOST)),
     Field("extra_connections", Deployment.extra_connections,
-          "an integer >= 0 (connections outside the pools: cron, shells, migrations, probes, "
-          "other apps)", _HINT, integer(0)),
+          f"an integer >= 0 and <= {MOST} (connections outside the pools: cron, shells, "
+          "migrations, probes, other apps)", _HINT, integer(0, MOST)),
     Field("databases", Deployment.databases,
           "a list of pool names the deployment uses, or None for every pool", _HINT,
           names(none=True)),
@@ -136,7 +145,7 @@ def server_of(alias: str, pool: PoolSettings) -> str | None:
     """``host:port`` of the PostgreSQL server a pool connects to, or None for SQLite (or a
     vendor poolkit does not pool). Pools on one server share its ``max_connections``."""
     if pool.url is not None:
-        url = make_url(pool.url)
+        url = parse_url(pool.url)
         if url.get_backend_name() != "postgresql":
             return None
         return f"{url.host or 'localhost'}:{url.port or 5432}"

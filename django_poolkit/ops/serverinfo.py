@@ -1,5 +1,7 @@
 """Everything poolkit asks a PostgreSQL server outside the pools: its role and replay lag,
 its connection limits and every client connection, each over one short-lived connection.
+:func:`measure` is the one rule for a replica's lag; the router's prober, the health probes
+and ``poolstatus`` all use it.
 
 Server queries never use an application pool: they open one connection of their own with a
 short ``connect_timeout``, named ``poolkit-ops:<alias>:<pid>``, ask in a read-only transaction
@@ -11,7 +13,9 @@ server cannot hang a command. Errors are reduced to fixed phrases
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,31 +25,28 @@ from .._threads import in_daemon_thread
 from ..conf import get_settings
 from ..engines.params import connection_spec, direct_connect_args
 from ..exceptions import ServerUnreachable, describe_error
+from ..pinning import parse_lsn
 
 __all__ = [
     "PRIMARY_POSITION_SQL",
     "ROLE_AND_LAG_SQL",
     "ApplicationConnections",
+    "Measurement",
     "ServerLimits",
     "ServerSnapshot",
+    "measure",
     "read_limits",
+    "read_position",
+    "read_server",
     "read_snapshot",
 ]
 
-#: The one measurement of a server's role and replay lag, for every reader: the health
-#: probes and ``poolstatus`` read the first two columns, the router's prober all of them.
-#: One round trip: ``pg_is_in_recovery()``; the replay lag in seconds (NULL on a primary);
-#: the replay and receive positions; the age of the last replayed transaction; whether
-#: replay is paused. Replay lag is the age of the last replayed transaction, which keeps
-#: growing while an idle primary sends nothing, so a standby that has replayed everything
-#: it received counts as 0 s behind. The router refines the lag against the primary's own
-#: position (:data:`PRIMARY_POSITION_SQL`), which only it reads.
+#: The one server query for a server's role and replay position, for every reader (health
+#: probes, ``poolstatus``, the router's prober); :func:`measure` turns its row into lag. One
+#: round trip: ``pg_is_in_recovery()``; the replay and receive positions; the age of the last
+#: replayed transaction; whether replay is paused.
 ROLE_AND_LAG_SQL = """
 SELECT pg_is_in_recovery(),
-       CASE WHEN NOT pg_is_in_recovery() THEN NULL
-            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
-            ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-       END,
        pg_last_wal_replay_lsn()::text,
        pg_last_wal_receive_lsn()::text,
        EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8,
@@ -54,6 +55,56 @@ SELECT pg_is_in_recovery(),
 
 #: The primary's WAL position now.
 PRIMARY_POSITION_SQL = "SELECT pg_current_wal_lsn()::text"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A server's role and, for a replica, its lag, as :func:`measure` read it at
+    ``measured_at`` (``time.time()`` seconds). ``caught_up_at`` is when the replica was last
+    seen caught up with the primary's own position (the next measurement's bound)."""
+
+    role: Literal["primary", "replica"]
+    lag_seconds: float | None
+    lag_bytes: int | None
+    replay_lsn: int | None
+    replay_paused: bool | None
+    measured_at: float
+    caught_up_at: float | None = None
+
+
+def measure(row: Sequence[Any], measured_at: float, *, primary_lsn: int | None = None,
+            primary_at: float | None = None,
+            caught_up_at: float | None = None) -> Measurement:
+    """The one rule for replica lag, from a :data:`ROLE_AND_LAG_SQL` row.
+
+    Bytes behind are counted against ``primary_lsn`` (the primary's position, read at
+    ``primary_at``) when known, else against what the replica has received. Caught up (0 bytes)
+    is 0 s, however old its last replayed commit: an idle primary sends nothing, so that age
+    keeps growing without any lag. Behind, the data is at most as old as its last replayed
+    commit and at most as old as the last measurement that found it caught up with the primary
+    (``caught_up_at``): after an idle spell the last commit is old but the gap is a moment.
+    """
+    in_recovery, replay_text, receive_text, replay_age, paused = row
+    if not in_recovery:
+        return Measurement("primary", None, None, None, None, measured_at, caught_up_at)
+    replay = parse_lsn(replay_text) if replay_text else None
+    receive = parse_lsn(receive_text) if receive_text else None
+    target = primary_lsn if primary_lsn is not None else receive
+    lag_seconds: float | None = None
+    lag_bytes: int | None = None
+    if replay is not None and target is not None:
+        lag_bytes = max(0, target - replay)
+        if lag_bytes == 0:
+            lag_seconds = 0.0
+            if primary_lsn is not None:
+                caught_up_at = primary_at if primary_at is not None else measured_at
+        else:
+            ages = [float(replay_age)] if replay_age is not None else []
+            if caught_up_at is not None:
+                ages.append(measured_at - caught_up_at)
+            lag_seconds = max(0.0, min(ages)) if ages else None
+    return Measurement("replica", lag_seconds, lag_bytes, replay,
+                       None if paused is None else bool(paused), measured_at, caught_up_at)
 
 
 def _bounded(work: Callable[[], Any], timeout: float) -> Any:
@@ -201,7 +252,16 @@ def _query_limits(params: dict[str, Any], timeout_ms: int) -> ServerLimits:
     return ServerLimits(int(row[0]), int(row[1]), int(row[2]), str(row[3]))
 
 
-def _query_snapshot(params: dict[str, Any], timeout_ms: int) -> ServerSnapshot:
+def _query_position(params: dict[str, Any], timeout_ms: int) -> int:
+    with psycopg.connect(autocommit=True, **params) as connection, connection.transaction():
+        _guard(connection, timeout_ms)
+        row = connection.execute(PRIMARY_POSITION_SQL).fetchone()
+    assert row is not None
+    return parse_lsn(str(row[0]))
+
+
+def _query_snapshot(params: dict[str, Any], timeout_ms: int,
+                    primary_lsn: int | None = None) -> ServerSnapshot:
     with psycopg.connect(autocommit=True, **params) as connection, connection.transaction():
         _guard(connection, timeout_ms)
         limits_row = connection.execute(_LIMITS_SQL).fetchone()
@@ -225,12 +285,13 @@ def _query_snapshot(params: dict[str, Any], timeout_ms: int) -> ServerSnapshot:
             name, alias, host, pid, active=states.get("active", 0), idle=states.get("idle", 0),
             idle_in_transaction=states.get("idle_in_transaction", 0),
             other=states.get("other", 0)))
-    standby = bool(role_row[0])
+    measured = measure(role_row, time.time(), primary_lsn=primary_lsn)
     return ServerSnapshot(
         limits=ServerLimits(int(limits_row[0]), int(limits_row[1]), int(limits_row[2]),
                             str(limits_row[3])),
-        role="replica" if standby else "primary",
-        replay_lag_s=None if role_row[1] is None else round(float(role_row[1]), 3),
+        role=measured.role,
+        replay_lag_s=(None if measured.lag_seconds is None
+                      else round(measured.lag_seconds, 3)),
         applications=tuple(applications), client_connections=clients)
 
 
@@ -262,11 +323,62 @@ def read_limits(alias: str, timeout: float = 2.0) -> ServerLimits:
     return limits
 
 
-def read_snapshot(alias: str, timeout: float = 2.0) -> ServerSnapshot:
-    """Limits, role, replay lag and every client connection of ``alias``'s server.
+def read_position(alias: str, timeout: float = 2.0) -> int:
+    """The WAL position of ``alias``'s server (a primary) now, as a byte position.
 
     Raises :class:`ServerUnreachable` (a fixed phrase) when the server cannot be asked.
     """
-    snapshot: ServerSnapshot = _ask(alias, timeout, _query_snapshot)
+    position: int = _ask(alias, timeout, _query_position)
+    return position
+
+
+def read_snapshot(alias: str, timeout: float = 2.0,
+                  primary_lsn: int | None = None) -> ServerSnapshot:
+    """Limits, role, replay lag and every client connection of ``alias``'s server; a
+    replica's lag is measured (:func:`measure`) against ``primary_lsn`` when given.
+
+    Raises :class:`ServerUnreachable` (a fixed phrase) when the server cannot be asked.
+    """
+    snapshot: ServerSnapshot = _ask(
+        alias, timeout, lambda params, timeout_ms: _query_snapshot(params, timeout_ms,
+                                                                   primary_lsn))
     return snapshot
 
+
+
+def _routed_primary(alias: str) -> str | None:
+    """The primary of the ``POOLKIT["ROUTING"]`` cluster that reads from ``alias``."""
+    from ..routing.settings import routing_settings
+
+    routing = routing_settings()
+    for cluster in routing.clusters.values() if routing is not None else ():
+        if any(replica.alias == alias for replica in cluster.replicas):
+            return cluster.primary
+    return None
+
+
+def read_server(alias: str, timeout: float = 2.0) -> ServerSnapshot:
+    """:func:`read_snapshot`, with one story for a replica of a ``ROUTING`` cluster: its lag
+    is the router's measurement when this process has one, else measured by the same rule
+    against its primary's position (against what it received when the primary cannot be
+    asked). What ``poolstatus`` and the dashboard show.
+
+    Raises :class:`ServerUnreachable` (a fixed phrase) when the server cannot be asked.
+    """
+    from ..routing.state import replica_state
+
+    primary = _routed_primary(alias)
+    if primary is None:
+        return read_snapshot(alias, timeout)
+    measured = replica_state.measurement(alias)
+    if measured is not None:
+        snapshot = read_snapshot(alias, timeout)
+        if snapshot.role != "replica":
+            return snapshot
+        lag = None if measured.lag_seconds is None else round(measured.lag_seconds, 3)
+        return dataclasses.replace(snapshot, replay_lag_s=lag)
+    try:
+        position: int | None = read_position(primary, timeout)
+    except ServerUnreachable:
+        position = None
+    return read_snapshot(alias, timeout, primary_lsn=position)

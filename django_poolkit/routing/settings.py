@@ -34,10 +34,11 @@ from .._schema import (
     choice,
     did_you_mean,
     fields,
+    http_token,
     integer,
     number,
+    optional,
     read_fields,
-    text,
 )
 from ..check_ids import (
     E_ROUTING_BAD_VALUE,
@@ -66,24 +67,31 @@ PinMode = Literal["lsn", "time", "off"]
 SameSite = Literal["Lax", "Strict", "None"]
 
 
+#: Ceilings of the routing numbers (seconds, bytes, a weight).
+HOUR = 3600
+DAY = 86_400
+WAL_MAX = 2**63 - 1  # pg_lsn differences are int8
+SHORTEST_PROBE = 0.05  # a probe thread looping faster than this only loads the replicas
+MOST_WEIGHT = 1_000_000
+
 #: Options a cluster may set for itself; at the ``ROUTING`` level they are every cluster's
 #: default.
 CLUSTER_OPTIONS: dict[str, Field] = fields(
     Field("strategy", "round_robin", '"round_robin", "random" or "weighted"',
           "How a read picks among the healthy replicas.",
           choice(("round_robin", "random", "weighted"))),
-    Field("max_lag", 5.0, "a number of seconds > 0",
+    Field("max_lag", 5.0, f"a number of seconds > 0 and <= {DAY}",
           "A replica further behind than this serves no reads.",
-          number(above=0, as_float=True)),
+          number(above=0, at_most=DAY, as_float=True)),
     Field("readmit_lag", None, "a number of seconds > 0 and <= max_lag, or None for "
           "max_lag / 2", "A lagging replica comes back only once below this (hysteresis).",
-          number(above=0, none=True, as_float=True)),
-    Field("max_lag_bytes", None, "an integer of bytes >= 0, or None to not check",
-          "A replica whose replay is more WAL bytes behind serves no reads.",
-          integer(0, none=True)),
+          number(above=0, at_most=DAY, none=True, as_float=True)),
+    Field("max_lag_bytes", None, f"an integer of bytes >= 0 and <= {WAL_MAX}, or None to not "
+          "check", "A replica whose replay is more WAL bytes behind serves no reads.",
+          integer(0, WAL_MAX, none=True)),
     Field("readmit_lag_bytes", None, "an integer of bytes >= 0 and <= max_lag_bytes, or None "
           "for max_lag_bytes / 2", "Byte lag below which a lagging replica comes back.",
-          integer(0, none=True)),
+          integer(0, WAL_MAX, none=True)),
     Field("fallback", "primary", '"primary" or "raise"',
           "What a read does when no replica qualifies: use the primary, or raise "
           "NoHealthyReplica.", choice(("primary", "raise"))),
@@ -93,33 +101,39 @@ CLUSTER_OPTIONS: dict[str, Field] = fields(
 ROUTING_OPTIONS: dict[str, Field] = fields(
     Field("sticky", True, "True or False",
           "Keep the replica chosen first for the rest of a request or task scope.", boolean),
-    Field("probe_interval", 1.0, "a number of seconds > 0, or None to probe only on demand",
+    Field("probe_interval", 1.0, f"a number of seconds >= {SHORTEST_PROBE} and <= {HOUR}, or "
+          "None to probe only on demand",
           "How often a background thread refreshes replica health and lag.",
-          number(above=0, none=True, as_float=True)),
-    Field("probe_timeout", 2.0, "a number of seconds > 0",
-          "statement_timeout of one probe query.", number(above=0, as_float=True)),
+          number(at_least=SHORTEST_PROBE, at_most=HOUR, none=True, as_float=True)),
+    Field("probe_timeout", 2.0, f"a number of seconds >= {SHORTEST_PROBE} and <= 60",
+          "statement_timeout of one probe query.",
+          number(at_least=SHORTEST_PROBE, at_most=60, as_float=True)),
     Field("pin_mode", "lsn", '"lsn", "time" or "off"',
           "Read-your-writes across requests: until a replica has replayed the write (lsn), "
           "for the whole window (time), or not at all (off).", choice(("lsn", "time", "off"))),
-    Field("pin_seconds", 15.0, "a number of seconds > 0",
+    Field("pin_seconds", 15.0, f"a number of seconds >= 1 and <= {DAY} (the signed token's "
+          "timestamp counts whole seconds)",
           "Read-your-writes window across requests (the cap in lsn mode).",
-          number(above=0, as_float=True)),
-    Field("cookie_name", "poolkit_pin", "a non-empty string",
-          "Name of the signed read-your-writes cookie.", text(nonblank=True)),
-    Field("cookie_secure", False, "True or False", "Send the cookie over HTTPS only.",
-          boolean),
+          number(at_least=1, at_most=DAY, as_float=True)),
+    Field("cookie_name", "poolkit_pin", "a cookie name: letters, digits and !#$%&'*+-.^_`|~ "
+          "only (no space, ';', '=', quote or CR/LF)",
+          "Name of the signed read-your-writes cookie.", http_token()),
+    Field("cookie_secure", None, "True, False, or None to follow SESSION_COOKIE_SECURE",
+          "Send the cookie over HTTPS only (None: as Django's session cookie).",
+          optional(boolean)),
     Field("cookie_samesite", "Lax", '"Lax", "Strict", "None" or None',
           "SameSite attribute of the cookie.", choice(("Lax", "Strict", "None"), none=True)),
-    Field("header_name", "X-Poolkit-Pin", "an HTTP header name, or None to use no header",
+    Field("header_name", "X-Poolkit-Pin", "an HTTP header name (letters, digits and "
+          "!#$%&'*+-.^_`|~ only: no space, ':' or CR/LF), or None to use no header",
           "Header that carries the same signed token for API clients.",
-          text(none=True, nonblank=True)),
+          http_token(none=True)),
 )
 
 #: A replica's own options (``"replicas": {"replica1": {"weight": 2}}``).
 _REPLICA_OPTIONS: dict[str, Field] = fields(
-    Field("weight", 1.0, "a number > 0",
+    Field("weight", 1.0, f"a number > 0 and <= {MOST_WEIGHT}",
           'The replica\'s share of reads under strategy "weighted".',
-          number(above=0, as_float=True)),
+          number(above=0, at_most=MOST_WEIGHT, as_float=True)),
 )
 
 _CLUSTER_ONLY = ("primary", "replicas", "apps")
@@ -165,7 +179,7 @@ class RoutingSettings:
     pin_mode: PinMode
     pin_seconds: float
     cookie_name: str
-    cookie_secure: bool
+    cookie_secure: bool | None
     cookie_samesite: SameSite | None
     header_name: str | None
     default_cluster: str | None = None

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from ..conf import on_reload
 from ..exceptions import NoHealthyReplica, describe_error
-from ..ops.serverinfo import PRIMARY_POSITION_SQL, ROLE_AND_LAG_SQL
+from ..ops.serverinfo import PRIMARY_POSITION_SQL, ROLE_AND_LAG_SQL, Measurement, measure
 from ..pinning import format_lsn, parse_lsn
 from ..signals import replica_state_changed
 from ..stats import counters_for
@@ -56,6 +56,8 @@ class _Replica:
     failures: int = 0
     reads: int = 0
     caught_up_at: float | None = None
+    # The last successful probe's measurement (None until one, and after a failed probe).
+    measured: Measurement | None = None
     # The pool's connect_errors when last probed; more since means a connection failed.
     errors_seen: int | None = None
 
@@ -238,6 +240,16 @@ class ReplicaState:
                     return replica
         return None
 
+    def measurement(self, alias: str) -> Measurement | None:
+        """The measurement of ``alias`` from the router's last probe, if it succeeded: the
+        lag the health report, ``poolstatus`` and metrics give for a routed replica. None
+        when no cluster has the alias or its last probe failed (no I/O)."""
+        for found in list(self._current().values()):
+            replica = found.replicas.get(alias)
+            if replica is not None:
+                return replica.measured
+        return None
+
     # Probing -----------------------------------------------------------------------------
 
     def after_fork_in_child(self) -> None:
@@ -293,15 +305,14 @@ class ReplicaState:
             try:
                 with get_engine(replica.alias).connect() as connection:
                     connection.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
-                    measured = connection.execute(_REPLICA_SQL).one()
-                # The role and the positions: the router measures lag against the primary.
-                row = (measured[0], *measured[2:])
+                    row = connection.execute(_REPLICA_SQL).one()
             except Exception as error:
                 with self._lock:
                     replica.errors_seen = _pool_errors(replica.alias)
                     replica.last_probe_at = now
                     replica.last_error = describe_error(error, quote=True)
                     replica.failures += 1
+                    replica.measured = None
                     self._mark(replica, "down", f"connection failed: {replica.last_error}")
                 continue
             with self._lock:
@@ -310,39 +321,25 @@ class ReplicaState:
         self._announce()
 
     def _judge(self, found: _Cluster, replica: _Replica, row: Any, now: float) -> None:
-        in_recovery, replay_text, receive_text, replay_age, paused = row
+        """Measure (:func:`~django_poolkit.ops.serverinfo.measure`, against the primary's
+        position) and decide: out when not in recovery, or lagging past the limits."""
+        measured = measure(row, now, primary_lsn=found.primary_lsn,
+                           primary_at=found.primary_probed_at,
+                           caught_up_at=replica.caught_up_at)
+        replica.measured = measured
         replica.last_probe_at = now
         replica.last_ok_at = now
         replica.failures = 0
-        replica.replay_paused = paused
-        if not in_recovery:
-            replica.replay_lsn = None
-            replica.lag_seconds = replica.lag_bytes = None
+        replica.replay_paused = measured.replay_paused
+        replica.replay_lsn = measured.replay_lsn
+        replica.lag_seconds = measured.lag_seconds
+        replica.lag_bytes = measured.lag_bytes
+        replica.caught_up_at = measured.caught_up_at
+        paused = measured.replay_paused
+        if measured.role == "primary":
             self._mark(replica, "not_replica", "not in recovery: the server accepts writes "
                        "(promoted, or the alias points at a primary)")
             return
-        replay = parse_lsn(replay_text) if replay_text else None
-        receive = parse_lsn(receive_text) if receive_text else None
-        replica.replay_lsn = replay
-        target = found.primary_lsn if found.primary_lsn is not None else receive
-        if replay is None or target is None:
-            replica.lag_bytes = None
-            replica.lag_seconds = None
-        else:
-            replica.lag_bytes = max(0, target - replay)
-            if replica.lag_bytes == 0:
-                # Caught up means no lag, however old the last replayed commit (idle primary).
-                replica.lag_seconds = 0.0
-                if found.primary_lsn is not None:
-                    replica.caught_up_at = found.primary_probed_at
-            else:
-                # Behind: its data is at most as old as its last replayed commit, and at most
-                # as old as the last probe that found it caught up. The second bound matters
-                # after an idle spell, when the last commit is old but the gap is a moment.
-                ages = [float(replay_age)] if replay_age is not None else []
-                if replica.caught_up_at is not None:
-                    ages.append(now - replica.caught_up_at)
-                replica.lag_seconds = max(0.0, min(ages)) if ages else None
         config = found.config
         lagging = replica.status == "lagging"
         seconds_limit = config.readmit_lag if lagging else config.max_lag

@@ -4,7 +4,13 @@ scenario.
 
 The lines are printed in pytest's terminal summary (so CI logs carry them even when every
 test passes) and written as JSON lines to ``$RELIABILITY_RESULTS`` when that is set, which is
-how ``docs/reliability.rst`` gets its figures. The fixtures the scenarios share are here too:
+how ``docs/reliability.rst`` gets its figures.
+
+A scenario's bar (its timing bands, throughput ratios, recovery delays) is a reported verdict,
+``met`` in its RESULT line and counted in the summary's last line: a loaded machine can miss a
+bar, and CI must not fail on noise. The tests themselves assert only what holds on any
+machine: an error surfaces, a hang is bounded generously, nothing is lost, connections are
+counted. The fixtures the scenarios share are here too:
 the scratch cluster to break, ORM access for aliases added at run time, a scratch table.
 """
 
@@ -39,6 +45,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("reliability results")
     for result in results:
         terminalreporter.write_line("RESULT " + json.dumps(result, sort_keys=False))
+    missed = [result for result in results if not result.get("met")]
+    terminalreporter.write_line(
+        f"reliability bars met: {len(results) - len(missed)} of {len(results)}"
+        + "".join(f"; MISSED {result['scenario']!r} ({result['bar']})" for result in missed))
     target = os.environ.get("RELIABILITY_RESULTS")
     if target:
         with open(target, "w", encoding="utf-8") as stream:
@@ -50,9 +60,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def scratch() -> Iterator[Scratch]:
+def scratch(scratch_clusters: set[int]) -> Iterator[Scratch]:
     """Part A's scratch cluster, running; healed (continued, started) after the module, and
-    left running (it is cheap and throwaway)."""
+    stopped when the test session ends (``scratch_clusters``)."""
+    scratch_clusters.add(SCRATCH_PORT)
     cluster = Scratch(SCRATCH_PORT)
     cluster.heal()
     yield cluster

@@ -60,8 +60,10 @@ def cluster(command: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def scratch_b() -> Iterator[int]:
-    """Part B's scratch cluster, running before and after (it is cheap and throwaway)."""
+def scratch_b(scratch_clusters: set[int]) -> Iterator[int]:
+    """Part B's scratch cluster, running before and after the module; stopped when the test
+    session ends (``scratch_clusters``)."""
+    scratch_clusters.add(PORT)
     cluster("start")
     yield PORT
     cluster("start")

@@ -16,9 +16,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import health
 from ...exceptions import PoolkitConfigurationError
+from ..arguments import UsageExit2, bounded
 
 
-class Command(BaseCommand):
+class Command(UsageExit2, BaseCommand):
     """Probe every configured database once and exit 0 (healthy) or 1 (not).
 
     Without ``--database`` the verdict is the readiness policy's (a secondary database down
@@ -36,7 +37,8 @@ class Command(BaseCommand):
         parser.add_argument("--database", action="append", dest="databases", metavar="ALIAS",
                             help="Probe only this alias (repeatable). Default: POOLKIT"
                             '["HEALTH"]["databases"], else every database.')
-        parser.add_argument("--timeout", type=float, default=None,
+        parser.add_argument("--timeout", type=bounded(0, 30, above=True, unit="seconds"),
+                            default=None,
                             help='Seconds each probe may take (default: POOLKIT["HEALTH"]'
                             '["timeout"]).')
         parser.add_argument("--strict", action="store_true",

@@ -27,9 +27,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ...conf import get_settings
 from ...exceptions import PoolkitConfigurationError
 from ...ops import sizing
-from ...ops.deployment import Deployment, check_pool_names, deployment_settings
+from ...ops.deployment import (
+    FIELDS,
+    MOST,
+    Deployment,
+    check_pool_names,
+    deployment_settings,
+)
 from ...ops.plan import PLAN_FORMULAS, Plan, build_plan
 from ...ops.serverinfo import ServerLimits, read_limits
+from ..arguments import UsageExit2, bounded, field_argument
 
 #: Option -> ``Deployment`` field, for the options that override ``POOLKIT["DEPLOYMENT"]``.
 _OVERRIDES = {
@@ -39,34 +46,19 @@ _OVERRIDES = {
 }
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
+#: Bounds of the numeric arguments: wide enough for any real deployment, narrow enough that
+#: a typo (or nan/inf) is a usage error instead of a traceback.
+_positive = bounded(1, MOST, integer=True)
+_non_negative = bounded(0, MOST, integer=True)
+_seconds = bounded(0, 30, above=True, unit="seconds")
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
+def _setting(name: str, *, integer: bool = True) -> Any:
+    """The type of an option overriding POOLKIT["DEPLOYMENT"][name]: the setting's bounds."""
+    return field_argument(FIELDS[name].check, integer=integer)
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
-
-
-# argparse names the type in its error message ("invalid _positive value").
-_positive.__name__ = "integer >= 1"
-_non_negative.__name__ = "integer >= 0"
-_positive_float.__name__ = "number > 0"
-
-
-class Command(BaseCommand):
+class Command(UsageExit2, BaseCommand):
     """Recommend pool sizes for a deployment and check them against max_connections."""
 
     help = ("Recommend pool_size/max_overflow per alias for a deployment (hosts x workers x "
@@ -77,18 +69,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         group = parser.add_argument_group(
             "deployment (defaults: POOLKIT[\"DEPLOYMENT\"], else 1 host, 1 worker, 1 thread)")
-        group.add_argument("--hosts", type=_positive, help="Machines or containers.")
-        group.add_argument("--workers", type=_positive, help="Processes per host.")
-        group.add_argument("--threads", type=_positive, help="Request threads per process.")
-        group.add_argument("--async-concurrency", type=_positive,
+        group.add_argument("--hosts", type=_setting("hosts"), help="Machines or containers.")
+        group.add_argument("--workers", type=_setting("workers"), help="Processes per host.")
+        group.add_argument("--threads", type=_setting("threads"),
+                           help="Request threads per process.")
+        group.add_argument("--async-concurrency", type=_setting("async_concurrency"),
                            help="Concurrent async requests per process (counts async pools).")
-        group.add_argument("--queries-per-request", type=_positive_float,
+        group.add_argument("--queries-per-request",
+                           type=_setting("queries_per_request", integer=False),
                            help="Average queries per request (async formula; default 1).")
-        group.add_argument("--cores", type=_positive,
+        group.add_argument("--cores", type=_setting("cores"),
                            help="CPU cores per host (default: this machine's).")
-        group.add_argument("--spindles", type=_non_negative,
+        group.add_argument("--spindles", type=_setting("spindles"),
                            help="Disk spindles (0 for SSDs; default 0).")
-        group.add_argument("--extra-connections", type=_non_negative,
+        group.add_argument("--extra-connections", type=_setting("extra_connections"),
                            help="Connections outside the pools (cron, shells, migrations).")
         parser.add_argument("--db-cores", type=_positive,
                             help="The database server's cores, for PgBouncer's "
@@ -108,7 +102,7 @@ class Command(BaseCommand):
                                  "PostgreSQL's superuser_reserved_connections).")
         parser.add_argument("--format", choices=("table", "json"), default="table",
                             help="table (default) or json (stable keys).")
-        parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+        parser.add_argument("--timeout", type=_seconds, default=2.0, metavar="SECONDS",
                             help="How long each server may take to answer (default 2).")
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -5,7 +5,8 @@ built no pool, so the command also asks PostgreSQL, which sees every process: th
 connections to each alias's database grouped by ``application_name`` (poolkit names its
 connections ``poolkit:{alias}:{host}:{pid}``, so a row is one pool of one process) and by
 state, ``max_connections``, the reserved slots and the headroom left, and for a server in
-recovery its role and replay lag. The server is asked over one short-lived connection of its
+recovery its role and replay lag (for a routed replica, the router's measurement or the same
+rule against its primary). The server is asked over one short-lived connection of its
 own (``poolkit-ops:<alias>:<pid>``) with a short ``connect_timeout`` and
 ``statement_timeout``, never through an application pool, and the wait is bounded.
 
@@ -34,7 +35,8 @@ from ...engines import engine_registry
 from ...engines.params import connection_target
 from ...exceptions import PoolkitConfigurationError, ServerUnreachable
 from ...ops.deployment import server_of
-from ...ops.serverinfo import ServerSnapshot, read_snapshot
+from ...ops.serverinfo import ServerSnapshot, read_server
+from ..arguments import UsageExit2, bounded
 
 #: Settings the table always shows; the others only when something other than the
 #: built-in default set them (JSON always has every one).
@@ -61,7 +63,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
         error: str | None = None
         if server_key is not None:
             try:
-                snapshot = read_snapshot(alias, timeout)
+                snapshot = read_server(alias, timeout)
             except ServerUnreachable as problem:
                 error = str(problem)
                 reachable = False
@@ -87,7 +89,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
     }
 
 
-class Command(BaseCommand):
+class Command(UsageExit2, BaseCommand):
     """Show each pool's settings (with origins), this process's figures and the server's."""
 
     help = ("Show every pool's effective settings and where each came from, this process's "
@@ -101,9 +103,11 @@ class Command(BaseCommand):
                             help="Only this alias or engine name (repeatable). Default: all.")
         parser.add_argument("--format", choices=("table", "json"), default="table",
                             help="table (default) or json (stable keys).")
-        parser.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+        parser.add_argument("--watch", type=bounded(0.5, 86_400, unit="seconds"), default=None,
+                            metavar="SECONDS",
                             help="Refresh every SECONDS until interrupted (Ctrl-C).")
-        parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+        parser.add_argument("--timeout", type=bounded(0, 30, above=True, unit="seconds"),
+                            default=2.0, metavar="SECONDS",
                             help="How long each server may take to answer (default 2).")
         # For tests and scripts: stop --watch after this many rounds.
         parser.add_argument("--iterations", type=int, default=None, help=argparse.SUPPRESS)

@@ -15,6 +15,8 @@ time zone, cursors and error wrapping. The differences:
   the role is then already the session default, sent in the startup ``options``.
 - Unfinished server-side cursors (an abandoned ``.iterator()``) are closed before the
   connection goes back, so they cannot outlive the request on someone else's checkout.
+- The first statement of a checkout is sent again on a new connection when the server
+  provably never ran it (it ended the session first: :mod:`~django_poolkit.engines.resend`).
 
 A wrapper whose ``settings_dict`` is not the alias's configured one (Django's
 ``_nodb_cursor()`` wrapper with ``NAME=None``, ``connection.copy()``) connects directly, as
@@ -36,12 +38,16 @@ from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from django.db.backends.signals import connection_created
+from django.db.backends.utils import CursorWrapper
+from django.db.utils import OperationalError
 from django.utils.asyncio import async_unsafe
+from django.views.decorators.debug import sensitive_variables
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ....conf import get_settings
 from ....engines import engine_registry, sharing
 from ....engines.hygiene import PRISTINE
+from ....engines.resend import answer_tracking, never_ran
 from ....exceptions import PoolkitConfigurationError
 from ...checks import backend_problems
 from .creation import DatabaseCreation
@@ -65,6 +71,44 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _FirstStatement:
+    """Cursor wrapper mixin for the cursors made while a checkout has sent nothing yet: the
+    first statement gets one resend when the server ended the connection before running it.
+    Later statements, and every cursor made after the first statement, pay nothing."""
+
+    db: DatabaseWrapper
+    cursor: Any
+
+    def _execute(self, *args: Any) -> Any:
+        return self._poolkit_first(super()._execute, args)  # type: ignore[misc]
+
+    def _executemany(self, *args: Any) -> Any:
+        return self._poolkit_first(super()._executemany, args)  # type: ignore[misc]
+
+    def _poolkit_first(self, execute: Any, args: tuple[Any, ...]) -> Any:
+        db = self.db
+        if not db._poolkit_fresh:
+            return execute(*args)
+        db._poolkit_fresh = False
+        idle = db.get_autocommit() and not db.in_atomic_block
+        try:
+            return execute(*args)
+        except OperationalError as error:
+            if not (idle and error.__cause__ is not None
+                    and never_ran(error.__cause__, self.cursor)):
+                raise
+            db._poolkit_replace(self, error.__cause__)
+        return execute(*args)
+
+
+class _FirstStatementCursor(_FirstStatement, CursorWrapper):
+    pass
+
+
+class _FirstStatementDebugCursor(_FirstStatement, base.CursorDebugWrapper):
+    pass
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     """Django's PostgreSQL ``DatabaseWrapper`` with pooled connections (psycopg 3 only)."""
 
@@ -78,6 +122,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pristine = False
         self._poolkit_pid = 0
         self._poolkit_server_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: True from a checkout until its first statement through a cursor wrapper.
+        self._poolkit_fresh = False
         self._poolkit_cursor_factory: Any = None
         #: The isolation level OPTIONS asks for (None: the pool's), for sharing decisions.
         self.poolkit_isolation_level: Any = None
@@ -131,6 +177,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if problems:
                 raise PoolkitConfigurationError(problems)
 
+    @sensitive_variables()
+    def _stock_connect(self) -> None:
+        """Django's ``connect``, with every variable of it and below it hidden from Django's
+        error reports (its ``conn_params`` holds the password: an admin e-mail about a failed
+        connection must not). A pooled checkout builds no connection parameters at all."""
+        super().connect()
+
     @async_unsafe
     def connect(self) -> None:
         """Django's ``connect()`` for a checkout of the alias's pool, minus the work a pooled
@@ -140,7 +193,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         ``connection_created``) is Django's, in Django's order; switching autocommit on skips
         ``set_autocommit()``'s checks, which a fresh checkout passes by construction."""
         if not self.poolkit_pooled:
-            super().connect()
+            self._stock_connect()
             return
         settings_dict = self.settings_dict
         checked = (settings.USE_TZ, settings_dict["TIME_ZONE"], settings_dict["CONN_MAX_AGE"],
@@ -161,8 +214,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         cursor_factory = (base.ServerBindingCursor
                           if settings_dict["OPTIONS"].get("server_side_binding") is True
                           else base.Cursor)
+        autocommit = settings_dict["AUTOCOMMIT"]
+        # The entry holds the password: no frame variable may, when the checkout below fails
+        # and Django's error report lists this frame's variables.
+        del settings_dict
         self.connection = self.get_new_connection({"cursor_factory": cursor_factory})
-        if settings_dict["AUTOCOMMIT"]:
+        if autocommit:
             # Django's set_autocommit(True) without its checks, which a fresh checkout
             # passes by construction (no atomic block, health check done, connected).
             # Joined to SQLAlchemy's open transaction: the mode stays until it ends, and
@@ -188,12 +245,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # As Django: the wrapper's isolation_level is the OPTIONS value or READ COMMITTED.
         options = self.settings_dict["OPTIONS"]
         set_isolation_level = "isolation_level" in options
+        level = options.get("isolation_level")
+        del options  # it may hold OPTIONS["password"]: not a frame variable of a failed checkout
         if set_isolation_level:
             try:
-                self.isolation_level = psycopg.IsolationLevel(options["isolation_level"])
+                self.isolation_level = psycopg.IsolationLevel(level)
             except ValueError:
                 raise ImproperlyConfigured(
-                    f"Invalid transaction isolation level {options['isolation_level']} "
+                    f"Invalid transaction isolation level {level} "
                     "specified. Use one of the psycopg.IsolationLevel values."
                 ) from None
         else:
@@ -201,12 +260,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.poolkit_isolation_level = self.isolation_level if set_isolation_level else None
         pool = engine_registry.get(self.alias, "sync").pool
         fairy = pool.poolkit_orm_connect(self)
-        self._poolkit_cursor_factory = conn_params["cursor_factory"]
+        self._poolkit_cursor_factory = answer_tracking(conn_params["cursor_factory"])
         connection = fairy.driver_connection
         if fairy._counter == 1:  # not shared with SQLAlchemy
             try:
                 # The pool hands out SQLAlchemy's cursor classes; the ORM uses Django's.
-                connection.cursor_factory = conn_params["cursor_factory"]
+                connection.cursor_factory = self._poolkit_cursor_factory
                 connection.server_cursor_factory = psycopg.ServerCursor
                 if set_isolation_level:
                     connection.isolation_level = self.isolation_level
@@ -218,7 +277,33 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pool = pool
         self._poolkit_pid = os.getpid()
         self._poolkit_pristine = bool(fairy.info.get(PRISTINE))
+        # A connection shared with SQLAlchemy's checkout in this thread may carry its
+        # transaction: only an unshared checkout's first statement may be resent.
+        self._poolkit_fresh = fairy._counter == 1
         return connection
+
+    def make_cursor(self, cursor: Any) -> Any:
+        if self._poolkit_fresh and not isinstance(cursor, psycopg.ServerCursor):
+            return _FirstStatementCursor(cursor, self)
+        return super().make_cursor(cursor)
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        if self._poolkit_fresh and not isinstance(cursor, psycopg.ServerCursor):
+            return _FirstStatementDebugCursor(cursor, self)
+        return super().make_debug_cursor(cursor)
+
+    def _poolkit_replace(self, wrapper: Any, error: BaseException) -> None:
+        """Swap the connection the server ended for a new one, and ``wrapper``'s driver
+        cursor for one on it: Django then sees one statement (one queries-log entry, one
+        execute-wrapper call) that succeeded on this wrapper's current connection."""
+        logger.warning("database %r: the server ended a pooled connection before its "
+                       "checkout's first statement ran (SQLSTATE %s); sending it again on a "
+                       "new connection", self.alias, getattr(error, "sqlstate", None))
+        self.close()  # broken: invalidated, and the pool's idle connections replaced
+        self.ensure_connection()
+        self._poolkit_fresh = False
+        with self.wrap_database_errors:
+            wrapper.cursor = self.create_cursor()
 
     def _poolkit_let_go_after_fork(self) -> None:
         """In a forked child: forget the parent's connection without touching its socket, so
