@@ -43,6 +43,11 @@ class RecordingResult(unittest.TextTestResult):
         """The id of the test a parallel worker started (see :class:`IdRemoteResult`)."""
         self.worker_test_id = test_id
 
+    def stopTest(self, test: Any) -> None:
+        super().stopTest(test)
+        # Events outside a test (class fixtures) keep Django's own mapping.
+        self.worker_test_id = None
+
     def _record(self, test: Any, outcome: str) -> None:
         key = self.worker_test_id or test.id()
         previous = self.outcomes.get(key)
