@@ -30,7 +30,7 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,7 @@ def machine_facts(server: Server) -> dict[str, Any]:
         lines = []
     wrk_version = lines[0].split(" Copyright")[0] if lines else "?"
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "loadavg_start": list(os.getloadavg()),

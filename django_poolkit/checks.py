@@ -159,9 +159,10 @@ def check_connection_budget(
 ) -> list[CheckMessage]:
     """W040/W041: every pool of every process against the server's ``max_connections``.
 
-    Reads the servers of the ``--database`` aliases only, each over one short-lived
-    connection outside the pools; without a ``POOLKIT["DEPLOYMENT"]`` there is nothing to add
-    up and nothing is read.
+    Reads the servers of the aliases Django passes (``check --database``; on Django 6.1
+    ``check --tag database`` passes every alias), each over one short-lived connection
+    outside the pools; a plain ``manage.py check`` runs no database check. Without a
+    ``POOLKIT["DEPLOYMENT"]`` there is nothing to add up and nothing is read.
     """
     from .exceptions import ServerUnreachable
     from .ops.deployment import server_of

@@ -150,6 +150,26 @@ def test_django_native_pool_option_is_rejected():
     assert [m.id for m in check_pooled_backend() if "native" in m.msg] == ["poolkit.E011"]
 
 
+def test_django_native_pool_options_are_translated_in_the_hint():
+    """Who moves from Django's pool reads the POOLKIT settings that do the same, from a plain
+    `manage.py check` (run_checks() without tags or databases), before any request."""
+    from django.core.checks import run_checks
+
+    from django_poolkit.db.checks import backend_problems
+
+    (problem,) = backend_problems("moved", {"OPTIONS": {"pool": {
+        "min_size": 4, "max_size": 10, "timeout": 5, "max_lifetime": 1800.0}}})
+    assert problem.message == (
+        "Django's own connection pool cannot be combined with "
+        "django_poolkit.db.backends.postgresql: two pools cannot both own the connections")
+    assert problem.hint == (
+        'Remove "pool" from OPTIONS and configure the pool in POOLKIT["DATABASES"]["moved"], '
+        'for these options: "pool_size": 4, "max_overflow": 6, "pool_timeout": 5, '
+        '"pool_recycle": 1800.')
+    assert [m.id for m in run_checks() if "native" in m.msg] == ["poolkit.E011"]
+    assert [m.id for m in run_checks() if "aged" in m.msg] == ["poolkit.E010"]
+
+
 def test_nodb_and_copied_wrappers_connect_directly():
     with connection._nodb_cursor() as cursor:
         cursor.execute("SELECT current_database()")
@@ -186,7 +206,7 @@ CREATE TABLE poolkit_typed (
 
 VALUES = {
     "doc": {"a": [1, 2, {"b": None}]},
-    "at": datetime.datetime(2026, 11, 24, 12, 30, 15, 123456, tzinfo=datetime.timezone.utc),
+    "at": datetime.datetime(2026, 11, 24, 12, 30, 15, 123456, tzinfo=datetime.UTC),
     "addr": "192.168.7.1",
     "amount": decimal.Decimal("1234.50"),
     "token": uuid.UUID("12345678-1234-5678-1234-567812345678"),
@@ -257,7 +277,7 @@ def test_types_round_trip_through_both_on_the_same_server_process(settings, type
     assert orm_pid == engine_pid
     assert orm_row == ORM_EXPECTED
     assert engine_row == ENGINE_EXPECTED
-    assert orm_row[1].tzinfo == datetime.timezone.utc
+    assert orm_row[1].tzinfo == datetime.UTC
 
 
 def test_the_orm_sees_what_the_stock_backend_sees(typed_table):

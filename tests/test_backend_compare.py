@@ -232,7 +232,7 @@ def test_time_zone_survives_a_request_that_changed_it(backend):
     # The default alias (USE_TZ, no TIME_ZONE): UTC, as Django's datetime.timezone.utc.
     import datetime
 
-    assert _fetch(alias_of(backend), "SELECT now()").tzinfo is datetime.timezone.utc
+    assert _fetch(alias_of(backend), "SELECT now()").tzinfo is datetime.UTC
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

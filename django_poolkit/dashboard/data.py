@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from django.db import connections
@@ -294,7 +294,7 @@ def _server(alias: str, state: _State) -> Refreshed[ServerSnapshot]:
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
 
 
 def _clusters(now: float) -> list[dict[str, Any]]:
@@ -393,7 +393,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
     with state.lock:
         points = list(state.series)
     return {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "health": {**health_reading.describe(),

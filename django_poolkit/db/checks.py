@@ -53,13 +53,42 @@ def backend_problems(alias: str, database: Mapping[str, Any]) -> list[Problem]:
             "open, and a connection Django kept would be held outside the pool's budget",
             'Set "CONN_MAX_AGE": 0. To keep connections warm, size the pool (pool_size) and '
             "set pool_recycle for their maximum age.", E_CONN_MAX_AGE))
-    if (database.get("OPTIONS") or {}).get("pool"):
+    native = (database.get("OPTIONS") or {}).get("pool")
+    if native:
         problems.append(Problem(
             f'{path}["OPTIONS"]["pool"]',
-            f"Django's own connection pool cannot be combined with {POOLED_BACKEND}",
+            f"Django's own connection pool cannot be combined with {POOLED_BACKEND}: two "
+            "pools cannot both own the connections",
             'Remove "pool" from OPTIONS and configure the pool in '
-            f'POOLKIT["DATABASES"]["{alias}"].', E_NATIVE_POOL))
+            f'POOLKIT["DATABASES"]["{alias}"]{_native_pool_translation(native)}.',
+            E_NATIVE_POOL))
     return problems
+
+
+# psycopg_pool.ConnectionPool's options (Django's OPTIONS["pool"]) and poolkit's knobs.
+_NATIVE_POOL_KNOBS = {"timeout": "pool_timeout", "max_lifetime": "pool_recycle"}
+
+
+def _native_pool_translation(native: Any) -> str:
+    """The POOLKIT equivalent of Django's pool options, for the E011 hint (empty when there
+    is nothing to translate, as for ``"pool": True``)."""
+    if not isinstance(native, Mapping):
+        return ""
+    knobs: dict[str, Any] = {}
+    min_size, max_size = native.get("min_size"), native.get("max_size")
+    if isinstance(min_size, int):
+        knobs["pool_size"] = min_size
+        if isinstance(max_size, int) and max_size >= min_size:
+            knobs["max_overflow"] = max_size - min_size
+    elif isinstance(max_size, int):
+        knobs["pool_size"] = max_size
+        knobs["max_overflow"] = 0
+    for option, knob in _NATIVE_POOL_KNOBS.items():
+        if isinstance(native.get(option), int | float):
+            knobs[knob] = int(native[option]) if knob == "pool_recycle" else native[option]
+    if not knobs:
+        return ""
+    return ", for these options: " + ", ".join(f'"{k}": {v!r}' for k, v in knobs.items())
 
 
 @register()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from django.db import connections
@@ -47,7 +47,7 @@ def _routing_view(alias: str) -> dict[str, Any] | None:
 
 
 def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
 
 
 
@@ -112,7 +112,7 @@ class HealthReport:
         data: dict[str, Any] = {
             "status": self.status,
             "reasons": list(self.reasons),
-            "checked_at": datetime.fromtimestamp(self.checked_at, timezone.utc).isoformat(
+            "checked_at": datetime.fromtimestamp(self.checked_at, UTC).isoformat(
                 timespec="milliseconds"),
             "age_s": round(max(0.0, time.time() - self.checked_at), 3),
             "duration_ms": self.duration_ms,

@@ -94,7 +94,7 @@ class HealthChecker:
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                           timeout + _GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return _late_report(timeout)
 
     def _probe(self, alias: str, timeout: float) -> tuple[

@@ -4,7 +4,7 @@ the health views, ``poolstatus`` and metrics read it (no I/O, no locks held)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 __all__ = ["ClusterStatus", "ReplicaStatus", "RotationStatus"]
@@ -78,6 +78,6 @@ class ClusterStatus:
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(value, tz=UTC).isoformat(timespec="milliseconds")
 
 

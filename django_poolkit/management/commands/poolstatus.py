@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -80,7 +80,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
             "error": error,
         })
     return {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "status": "ok" if reachable else "unreachable",

@@ -56,6 +56,20 @@ __all__ = ["DatabaseWrapper"]
 
 logger = logging.getLogger(__name__)
 
+# Every wrapper of this process, for the at-fork hook (wrappers are per thread and per alias).
+_wrappers: weakref.WeakSet[DatabaseWrapper] = weakref.WeakSet()
+# In a forked child: the psycopg connections it inherited and let go of.
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    """Let every wrapper forget the connection it inherited from the parent."""
+    for wrapper in list(_wrappers):
+        wrapper._poolkit_let_go_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class _FirstStatement:
     """Cursor wrapper mixin for the cursors made while a checkout has sent nothing yet: the
@@ -102,6 +116,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _wrappers.add(self)
         self._poolkit_fairy: PoolProxiedConnection | None = None
         self._poolkit_pool: Any = None
         self._poolkit_pristine = False
@@ -290,13 +305,31 @@ class DatabaseWrapper(base.DatabaseWrapper):
         with self.wrap_database_errors:
             wrapper.cursor = self.create_cursor()
 
-    def ensure_connection(self) -> None:
-        """As Django's, except in a forked child that still holds its parent's connection: that
-        socket belongs to the parent's session, so let go of it and check out a connection of
-        this process's own pool (the stock backend would share the parent's server process)."""
+    def _poolkit_let_go_after_fork(self) -> None:
+        """In a forked child: forget the parent's connection without touching its socket, so
+        Django's next ``ensure_connection()`` checks out of this process's own pool (the stock
+        backend would share the parent's server process). Runs from ``os.register_at_fork``."""
+        if self._poolkit_fairy is None or self._poolkit_pid == os.getpid():
+            return
+        self._poolkit_fairy = self._poolkit_pool = None
+        self._poolkit_cursor_factory = None
+        self._poolkit_server_cursors = weakref.WeakSet()
+        # Kept, never closed or collected here: psycopg would warn that an open connection
+        # was deleted, and closing would end the parent's session.
+        _inherited.append(self.connection)
+        self.run_on_commit = []
+        if self.in_atomic_block:
+            # As close() inside atomic(): the block must fail, not go on elsewhere.
+            self.closed_in_transaction = True
+            self.needs_rollback = True
+        self.connection = None
+
+    def close_if_health_check_failed(self) -> None:
+        """Django calls this before each cursor: besides its health check, let go of a
+        connection inherited through a fork the at-fork hook did not see (a fork from C)."""
         if self._poolkit_fairy is not None and self._poolkit_pid != os.getpid():
-            self.close()
-        super().ensure_connection()
+            self._poolkit_let_go_after_fork()
+        super().close_if_health_check_failed()
 
     def _set_autocommit(self, autocommit: bool) -> None:
         # A pooled connection often already is in the wanted mode; psycopg's setter takes
@@ -348,18 +381,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return (self._poolkit_fairy is not None and self._poolkit_pristine
                 and self._poolkit_pgbouncer() is None)
 
-    def _configure_role(self, connection: Any) -> bool:  # Django >= 5.1
+    def _configure_role(self, connection: Any) -> bool:
         # No role asked for (the common case): Django would send nothing either.
         if not self.settings_dict["OPTIONS"].get("assume_role") or \
                 self._poolkit_role_is_default():
             return False
         result: bool = super()._configure_role(connection)  # type: ignore[misc]
-        return result
-
-    def ensure_role(self) -> bool:  # Django 4.2 and 5.0
-        if self._poolkit_role_is_default():
-            return False
-        result: bool = super().ensure_role()  # type: ignore[misc]
         return result
 
     def create_cursor(self, name: str | None = None) -> Any:
@@ -387,15 +414,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return
         pool, self._poolkit_fairy, self._poolkit_pool = self._poolkit_pool, None, None
         self._poolkit_cursor_factory = None
+        connection = self.connection
         if self._poolkit_pid != os.getpid():
             # Inherited through fork: the socket is the parent's. Closing it would end the
             # parent's session; just let go (psycopg never closes it from another process).
+            _inherited.append(connection)
+            self.connection = None
             return
-        connection = self.connection
         share = pool.poolkit_orm_release(fairy)
         if share is not None:
             # SQLAlchemy still uses it in this thread: it goes back when SQLAlchemy is done.
             self._poolkit_leave_shared(fairy, share, connection)
+            if not self.in_atomic_block:
+                self.connection = None  # no longer the ORM's: is_usable() is False
             return
         with self.wrap_database_errors:
             if connection.broken:
@@ -425,8 +456,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 # The pool was disposed while we held this connection: nobody would use it.
                 fairy.detach()
                 fairy.close()
-                return
-            fairy.close()
+            else:
+                fairy.close()
+            # As Django's own pool does: the connection is no longer ours, so is_usable() and
+            # any other use must not reach a session another checkout may hold now.
+            self.connection = None
 
     def _poolkit_leave_shared(self, fairy: Any, share: Any, connection: Any) -> None:
         """Let go of a connection SQLAlchemy still holds: close this side's server cursors,
