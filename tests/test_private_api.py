@@ -34,7 +34,8 @@ def test_the_installed_releases_are_the_checked_ones() -> None:
     assert _series(psycopg.__version__) in CHECKED["psycopg"], (
         f"psycopg {psycopg.__version__} is not a checked release: re-check "
         "Connection.wait(gen, interval, timeout) and errors._WaitTimeout "
-        "(django_poolkit/engines/deadline.py), then add it to CHECKED")
+        "(django_poolkit/engines/deadline.py) and Cursor._check_results "
+        "(django_poolkit/engines/resend.py), then add it to CHECKED")
     assert _series(sqlalchemy.__version__) in CHECKED["sqlalchemy"], (
         f"SQLAlchemy {sqlalchemy.__version__} is not a checked release: re-check the uses "
         "below (engines/deadline.py, hygiene.py, pool.py, recycle.py), then add it to CHECKED")
@@ -71,3 +72,10 @@ def test_sqlalchemy_pool_internals_poolkit_extends() -> None:
     pool = QueuePool(lambda: None, recycle=7)
     assert pool._recycle == 7
     assert "_sqla_logger_namespace" in inspect.getsource(sqlalchemy.log)
+
+
+def test_psycopg_cursor_result_check_poolkit_observes() -> None:
+    # engines/resend.py: answer_tracking() overrides Cursor._check_results(results) to note
+    # whether the server's first answer to a statement was an error (proof it never ran).
+    for cls in (psycopg.Cursor, psycopg.AsyncCursor, psycopg.ClientCursor):
+        assert list(inspect.signature(cls._check_results).parameters) == ["self", "results"]
