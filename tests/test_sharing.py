@@ -281,7 +281,8 @@ def test_sqlalchemy_savepoints_inside_atomic():
             nested.rollback()
             with sa.begin_nested():
                 sa.execute(INSERT, {"t": "nested"})
-        sid = transaction.savepoint()
+        # Django 6.1 renamed savepoint() to savepoint_create() (the old name warns).
+        sid = getattr(transaction, "savepoint_create", transaction.savepoint)()
         with get_engine().begin() as sa:
             sa.execute(INSERT, {"t": "after orm savepoint"})
         transaction.savepoint_rollback(sid)
