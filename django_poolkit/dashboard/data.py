@@ -151,28 +151,27 @@ def after_fork_in_child() -> None:
     _state = _State()
 
 
+def _observe(state: _State, histograms: dict[tuple[str, str], _Histogram],
+             key: tuple[str, str], bounds: tuple[float, ...], value_ms: float) -> None:
+    with state.lock:
+        found = histograms.get(key)
+        if found is None:
+            found = histograms[key] = _Histogram(bounds)
+        found.observe(value_ms)
+
+
 def _on_checkout(sender: Any, *, alias: str, kind: str, wait_ms: float | None = None,
                  **kwargs: Any) -> None:
-    if wait_ms is None:
-        return
-    state = _state
-    with state.lock:
-        found = state.waits.get((alias, kind))
-        if found is None:
-            found = state.waits[(alias, kind)] = _Histogram(WAIT_BUCKETS_MS)
-        found.observe(wait_ms)
+    if wait_ms is not None:
+        state = _state
+        _observe(state, state.waits, (alias, kind), WAIT_BUCKETS_MS, wait_ms)
 
 
 def _on_checkin(sender: Any, *, alias: str, kind: str, hold_ms: float | None = None,
                 **kwargs: Any) -> None:
-    if hold_ms is None:
-        return
-    state = _state
-    with state.lock:
-        found = state.holds.get((alias, kind))
-        if found is None:
-            found = state.holds[(alias, kind)] = _Histogram(HOLD_BUCKETS_MS)
-        found.observe(hold_ms)
+    if hold_ms is not None:
+        state = _state
+        _observe(state, state.holds, (alias, kind), HOLD_BUCKETS_MS, hold_ms)
 
 
 def install() -> None:
