@@ -52,6 +52,8 @@ class PoolEvents:
         self.alias = alias
         self.kind = kind
         self.counters = counters
+        #: A caller entered a checkout: the counters' own method, one call on the hot path.
+        self.waiting: Callable[[], None] = counters.waiting
 
     def __repr__(self) -> str:
         return f"<PoolEvents {self.alias!r} ({self.kind})>"
@@ -63,10 +65,6 @@ class PoolEvents:
                                if record is not None else None, **extra)
 
     # Reported by the pool class (the hot path: no extra frames when nobody listens) ---------
-
-    def waiting(self) -> None:
-        """A caller entered a checkout."""
-        self.counters.waiting()
 
     def gave_up(self, key: str | None) -> None:
         """A caller left a checkout without a connection (``timeouts``, ``connect_errors``,
@@ -87,9 +85,8 @@ class PoolEvents:
             started = record.info.pop(CHECKOUT_AT, None)
             hold = time.perf_counter() - started if started is not None else None
             self.counters.checked_in(hold)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("pool %r (%s) checked in connection #%s", self.alias, self.kind,
-                             record.info.get(CONNECTION_ID))
+            # No log line: SQLAlchemy's pool logger ("sqlalchemy.pool") logs every checkin
+            # at DEBUG, and a level check here would cost a call on every request.
             if signals.pool_checkin.receivers:
                 self._send(signals.pool_checkin, record,
                            hold_ms=hold * 1000.0 if hold is not None else None)

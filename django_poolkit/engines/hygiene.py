@@ -11,6 +11,7 @@ import logging
 import select
 from typing import Any
 
+from psycopg.pq import ConnStatus
 from sqlalchemy import event
 
 from ..exceptions import UnusableConnection
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_BAD = ConnStatus.BAD
 
 
 #: Key in a record's ``info``: True while the server session is known to hold nothing a user
@@ -147,7 +150,8 @@ def install_pre_ping(engine: Any, mode: str, *, bound: float | None = None) -> N
     """
 
     def do_ping(dbapi_connection: Any) -> bool:
-        if mode == "socket" and not dbapi_connection.broken and not dbapi_connection.closed:
+        # psycopg's ``closed`` and ``broken`` are both this status (one attribute read).
+        if mode == "socket" and dbapi_connection.pgconn.status != _BAD:
             try:
                 if not _readable(dbapi_connection):
                     return True
@@ -203,7 +207,7 @@ def install_session_hygiene(engine: Any, alias: str, policy: str, *, shared: boo
         events.reset(record)  # the events leave resets to this listener
         if state.terminate_only or record is None:
             return
-        if dbapi_connection.closed or dbapi_connection.broken:
+        if dbapi_connection.pgconn.status == _BAD:  # psycopg's ``closed`` (or ``broken``)
             raise UnusableConnection("the connection is closed or broken")
         # The libpq status as a plain int: psycopg's enum wrapper costs more than the check.
         status = dbapi_connection.pgconn.transaction_status

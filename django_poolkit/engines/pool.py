@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection, QueuePool
 from sqlalchemy.pool.base import _ConnectionFairy
+from sqlalchemy.util.queue import Queue
 
 from ..exceptions import PoolTimeout
 from . import sharing
@@ -29,6 +30,33 @@ ISOLATION_LEVEL = "poolkit_isolation_level"
 #: Key in a checked-out connection's ``info`` dict: set at checkout, popped by the checkout's
 #: first statement, the only one that may be resent (:mod:`.resend`).
 FRESH = "poolkit_fresh"
+
+
+class _FastQueue(Queue[Any]):
+    """SQLAlchemy's queue of idle connections with a short path for the common case: a
+    checkout that finds an idle connection and a checkin with room for it. Both take the
+    queue's lock once and notify a condition only when a thread waits on it, where
+    SQLAlchemy's ``get``/``put`` go through ``threading.Condition``'s Python methods and
+    five helper calls every time. Anything else (waiting, full) is SQLAlchemy's own code."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        with self.mutex:
+            queue = self.queue
+            if queue:
+                item = queue.pop() if self.use_lifo else queue.popleft()
+                if self.not_full._waiters:  # type: ignore[attr-defined]
+                    self.not_full.notify()
+                return item
+        return super().get(block, timeout)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        with self.mutex:
+            if self.maxsize <= 0 or len(self.queue) < self.maxsize:
+                self.queue.append(item)
+                if self.not_empty._waiters:  # type: ignore[attr-defined]
+                    self.not_empty.notify()
+                return
+        super().put(item, block, timeout)
 
 
 class _TimedCheckout:
@@ -97,7 +125,8 @@ class _TimedCheckout:
         local = self.poolkit_local
         if local is None:
             return self._poolkit_checkout()
-        share = sharing.current(self)
+        # (The slot is empty in the common case: no call to find that out.)
+        share = sharing.current(self) if local.share is not None else None
         if share is not None and share.orm is None and _as_pooled(share.fairy, orm):
             fairy: PoolProxiedConnection = _ConnectionFairy._checkout(
                 self, fairy=share.fairy)  # type: ignore[arg-type]
@@ -193,6 +222,7 @@ def _as_pooled(fairy: Any, orm: Any) -> bool:
 class PoolkitQueuePool(_TimedCheckout, QueuePool):
     """The sync pool of every poolkit engine."""
 
+    _queue_class = _FastQueue
     # SQLAlchemy names a pool's logger after its class's module; keep its own messages in
     # its own namespace, where users configure them, not under django_poolkit.
     _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"

@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 _wrappers: weakref.WeakSet[DatabaseWrapper] = weakref.WeakSet()
 # In a forked child: the psycopg connections it inherited and let go of.
 _inherited: list[Any] = []
+# Django's two cursor classes as the ORM's checkouts use them (resend's answer tracking).
+_TRACKED = {cls: answer_tracking(cls) for cls in (base.Cursor, base.ServerBindingCursor)}
+_BAD = psycopg.pq.ConnStatus.BAD
 
 
 def _after_fork_in_child() -> None:
@@ -122,6 +125,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_pristine = False
         self._poolkit_pid = 0
         self._poolkit_server_cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Whether this checkout made a named cursor (a bool test is cheaper than the set's).
+        self._poolkit_named = False
         #: True from a checkout until its first statement through a cursor wrapper.
         self._poolkit_fresh = False
         self._poolkit_cursor_factory: Any = None
@@ -211,14 +216,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.closed_in_transaction = False
         self.errors_occurred = False
         self.health_check_done = True
-        cursor_factory = (base.ServerBindingCursor
-                          if settings_dict["OPTIONS"].get("server_side_binding") is True
-                          else base.Cursor)
+        cursor_factory = _TRACKED[base.ServerBindingCursor
+                                  if settings_dict["OPTIONS"].get("server_side_binding") is True
+                                  else base.Cursor]
         autocommit = settings_dict["AUTOCOMMIT"]
         # The entry holds the password: no frame variable may, when the checkout below fails
         # and Django's error report lists this frame's variables.
         del settings_dict
-        self.connection = self.get_new_connection({"cursor_factory": cursor_factory})
+        self.connection = self._poolkit_checkout(cursor_factory)
         if autocommit:
             # Django's set_autocommit(True) without its checks, which a fresh checkout
             # passes by construction (no atomic block, health check done, connected).
@@ -242,6 +247,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not self.poolkit_pooled:
             return super().get_new_connection(conn_params)
+        return self._poolkit_checkout(answer_tracking(conn_params["cursor_factory"]))
+
+    def _poolkit_checkout(self, cursor_factory: Any) -> Any:
+        """``get_new_connection()`` of a pooled wrapper: a checkout whose ORM cursors are
+        ``cursor_factory`` (a class :func:`~django_poolkit.engines.resend.answer_tracking`
+        made)."""
         # As Django: the wrapper's isolation_level is the OPTIONS value or READ COMMITTED.
         options = self.settings_dict["OPTIONS"]
         set_isolation_level = "isolation_level" in options
@@ -260,7 +271,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.poolkit_isolation_level = self.isolation_level if set_isolation_level else None
         pool = engine_registry.get(self.alias, "sync").pool
         fairy = pool.poolkit_orm_connect(self)
-        self._poolkit_cursor_factory = answer_tracking(conn_params["cursor_factory"])
+        self._poolkit_cursor_factory = cursor_factory
         connection = fairy.driver_connection
         if fairy._counter == 1:  # not shared with SQLAlchemy
             try:
@@ -314,6 +325,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._poolkit_fairy = self._poolkit_pool = None
         self._poolkit_cursor_factory = None
         self._poolkit_server_cursors = weakref.WeakSet()
+        self._poolkit_named = False
         # Kept, never closed or collected here: psycopg would warn that an open connection
         # was deleted, and closing would end the parent's session.
         _inherited.append(self.connection)
@@ -329,6 +341,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
         connection inherited through a fork the at-fork hook did not see (a fork from C)."""
         if self._poolkit_fairy is not None and self._poolkit_pid != os.getpid():
             self._poolkit_let_go_after_fork()
+        # Django's own early return (a checkout counts as health-checked: connect()), before
+        # the calls its PostgreSQL version makes to get there.
+        if self.connection is None or not self.health_check_enabled or self.health_check_done:
+            return
         super().close_if_health_check_failed()
 
     def _set_autocommit(self, autocommit: bool) -> None:
@@ -405,6 +421,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             cursor = super().create_cursor(name)
         if name is not None and self._poolkit_fairy is not None:
             self._poolkit_server_cursors.add(cursor)
+            self._poolkit_named = True
         return cursor
 
     def _close(self) -> None:
@@ -429,7 +446,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 self.connection = None  # no longer the ORM's: is_usable() is False
             return
         with self.wrap_database_errors:
-            if connection.broken:
+            # psycopg's ``closed`` and ``broken`` are both this status (one attribute read).
+            if connection.pgconn.status == _BAD and connection.broken:
                 # The server went away (killed, restarted, network): the pool's idle
                 # connections are most likely gone too, so replace them all, as SQLAlchemy
                 # does on a disconnect. Without pre-ping, only this use failed.
@@ -440,12 +458,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
                                    "connections", self.alias)
                     current.dispose()
                 return
-            if self.in_atomic_block or connection.closed:
+            if self.in_atomic_block or connection.pgconn.status == _BAD:  # closed
                 # Closed mid-transaction (the stock backend closes the socket, so the
                 # server rolls back) or closed under us: never hand it out again.
                 fairy.invalidate()
                 return
-            if self._poolkit_server_cursors:
+            if self._poolkit_named:
                 try:
                     self._close_server_cursors()
                 except BaseException:
@@ -468,7 +486,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         close the socket, so the server rolls back), and hand the mode back to SQLAlchemy."""
         try:
             with self.wrap_database_errors:
-                if self._poolkit_server_cursors:
+                if self._poolkit_named:
                     self._close_server_cursors()
                 if not connection.closed and not connection.broken:
                     if self.in_atomic_block and not share.sqlalchemy_transaction:
@@ -484,5 +502,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
         transaction), while the connection is still ours."""
         cursors = [cursor for cursor in self._poolkit_server_cursors if not cursor.closed]
         self._poolkit_server_cursors.clear()
+        self._poolkit_named = False
         for cursor in cursors:
             cursor.close()
