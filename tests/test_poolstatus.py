@@ -209,9 +209,13 @@ def test_watch_refreshes_until_interrupted():
     environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings_test",
                    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/"
                                    + connections.settings["default"]["NAME"]}
+    # SIGINT back to its default in the child: a test run started in the background (nohup,
+    # `cmd &` in a script) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt, so Ctrl-C could not be tested.
     process = subprocess.Popen(
         [sys.executable, "manage.py", "poolstatus", "--watch", "0.5", "--database", "default"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
