@@ -75,6 +75,8 @@ ASYNC_CONFIGS: dict[str, tuple[str, str, str]] = {
     "E async engine": ("E", "/apk-engine/",
                        "poolkit's async engine (get_async_engine(), no thread hop)"),
 }
+#: The pools whose bare checkout + checkin the benchmark counts.
+CHECKOUT_TARGETS = ("sqlalchemy", "poolkit", "psycopg_pool")
 #: Functions whose inclusive time the breakdown shows (file fragment, function name).
 BREAKDOWN_FUNCTIONS = (
     ("django/db/backends/base/base.py", "connect"),
@@ -180,11 +182,23 @@ def _asgi_loop(path: str) -> Callable[[int], None]:
 
 def _checkout_loop(target: str) -> Callable[[int], None]:
     """Checkout + checkin of one pool: SQLAlchemy's ``QueuePool`` unchecked (no pre-ping,
-    its default rollback reset) or poolkit's pool of the ORM's alias with its defaults."""
+    its default rollback reset), poolkit's pool of the ORM's alias with its defaults, or
+    psycopg_pool's ``ConnectionPool`` as Django's own pool (C) uses it (no check)."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
     import django
 
     django.setup()
+    if target == "psycopg_pool":
+        import psycopg_pool
+
+        dsn = os.environ["BENCH_DATABASE_URL"]
+        connections = psycopg_pool.ConnectionPool(dsn, min_size=1, max_size=1, open=True)
+
+        def get_put(n: int) -> None:
+            for _ in range(n):
+                connections.putconn(connections.getconn())
+
+        return get_put
     if target == "sqlalchemy":
         import sqlalchemy
 
@@ -358,9 +372,10 @@ def _instructions(name: str, path: str, asgi: bool, options: argparse.Namespace,
 
 def _checkout(options: argparse.Namespace, helper: Path | None, build: Path
               ) -> dict[str, Any]:
-    """Checkout + checkin: poolkit's pool (defaults) against SQLAlchemy's unchecked."""
+    """Checkout + checkin: poolkit's pool (defaults) against SQLAlchemy's unchecked, and
+    psycopg_pool's (what Django's own pool pays for the same)."""
     found: dict[str, Any] = {}
-    for target in ("sqlalchemy", "poolkit"):
+    for target in CHECKOUT_TARGETS:
         command = _worker_command("/", 2000, 200, "instructions" if helper else "process",
                                   asgi=False, extra=("--checkout", target))
         env = _environment("E", options.database_url)
@@ -669,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--asgi", action="store_true")
     one.add_argument("--profile-out")
     one.add_argument("--long-run", type=int, default=0)
-    one.add_argument("--checkout", choices=("sqlalchemy", "poolkit"),
+    one.add_argument("--checkout", choices=CHECKOUT_TARGETS,
                      help="time checkout+checkin of this pool instead of requests")
     render = sub.add_parser("render", help="render results.json again (with memory.json "
                             "beside it, from bench/run --memory)")

@@ -159,6 +159,37 @@ def _breakdown_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def decomposition_rows(results: dict[str, Any]) -> list[list[str]]:
+    """E's and C's instructions over B's, split with the bare pool checkouts counted in the
+    same run: the pool itself, and Django's ``connect()``/``close()`` around it (with the
+    backend's hooks). The last row is the floor of any backend on SQLAlchemy's pool that
+    runs Django's protocol as C does: B + C's protocol + SQLAlchemy's bare checkout."""
+    instructions, checkout = results.get("instructions", {}), results.get("checkout", {})
+    if checkout.get("unit") != "instructions" or not all(
+            name in instructions for name in ("B", "C", "E")):
+        return []
+    b, c, e = (instructions[name]["median"] for name in ("B", "C", "E"))
+    sqlalchemy, poolkit = checkout["sqlalchemy"], checkout["poolkit"]
+    bare = checkout.get("psycopg_pool")
+
+    def row(label: str, value: float) -> list[str]:
+        return [label, f"{value / 1000:+.1f}k", f"{value / b:+.3f}"]
+
+    rows = [row("E - B", e - b),
+            row("  SQLAlchemy's QueuePool checkout + checkin, unchecked", sqlalchemy),
+            row("  poolkit's pool on top of it (accounting, sharing slot, socket pre-ping, "
+                "reset, recycle)", poolkit - sqlalchemy),
+            row("  Django's connect()/close() around the checkout, and the backend's hooks",
+                e - b - poolkit),
+            row("C - B", c - b)]
+    if bare is not None:
+        rows += [row("  psycopg_pool getconn + putconn", bare),
+                 row("  Django's connect()/close() around it", c - b - bare),
+                 row("floor on SQLAlchemy's pool: C's protocol + SQLAlchemy's bare checkout",
+                     c - b - bare + sqlalchemy)]
+    return rows
+
+
 def text(results: dict[str, Any]) -> str:
     """The report as Markdown (printed by the command, ``results.md``)."""
     meta, setup = results["meta"], results["setup"]
@@ -184,6 +215,12 @@ def text(results: dict[str, Any]) -> str:
         out += ["", "## Async view (ASGI handler), ratios to B async ORM", ""]
         out += _table(header, _config_rows(results, "async_process_us", "async_rows",
                                            "B async ORM", setup["async_configs"]))
+    decomposition = decomposition_rows(results)
+    if decomposition:
+        out += ["", "## Where E's extra instructions go (callgrind, per request over B)", "",
+                "The bare checkouts are counted in the same run (one pool, 2000 checkouts); "
+                "the rest of E - B and C - B is Django's connection protocol around them.", ""]
+        out += _table(["part", "instructions", "/ B"], decomposition)
     breakdown = _breakdown_rows(results)
     if breakdown:
         out += ["", "## Where E's extra time goes: cProfile, us per request (profiled)", "",

@@ -99,13 +99,13 @@ def main() -> None:
 
     # Counting wrappers around the two kinds of server reads the page can cause.
     reads = {"server_snapshots": 0}
-    original = data.read_snapshot
+    original = data.read_server
 
     def counted(alias: str, timeout: float = 2.0) -> Any:
         reads["server_snapshots"] += 1
         return original(alias, timeout)
 
-    data.read_snapshot = counted  # type: ignore[assignment]
+    data.read_server = counted  # type: ignore[assignment]
 
     for alias in connections:
         with get_engine(alias).connect() as connection:

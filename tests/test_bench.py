@@ -359,8 +359,8 @@ def _cpu_results() -> dict[str, Any]:
                                 "requests": 500, "connections_opened": 0}
                        for config in configs},
         "profiles": {}, "memory": {},
-        "checkout": {"sqlalchemy": 40_000.0, "poolkit": 56_000.0, "unit": "instructions",
-                     "ratio": 1.4},
+        "checkout": {"sqlalchemy": 40_000.0, "poolkit": 56_000.0, "psycopg_pool": 30_000.0,
+                     "unit": "instructions", "ratio": 1.4},
     }
     results["statements"]["H"] = {"statements_per_request": 2.0,
                                   "per_request": {"SELECT": 1.0, "ping": 1.0},
@@ -391,6 +391,24 @@ def test_cpu_targets_use_instructions_and_say_what_is_met():
     assert verdicts["E's instructions per request <= B with health checks (H)"] is True
     assert verdicts["E's statements per request == B's"] is True
     assert verdicts["poolkit checkout+checkin <= 1.5 x SQLAlchemy unchecked"] is True
+
+
+def test_cpu_decomposition_splits_the_overhead_with_the_bare_checkouts():
+    from bench import cpu_report
+
+    rows = {row[0].strip(): row[1:] for row in
+            cpu_report.decomposition_rows(_cpu_results())}
+    assert rows["E - B"] == ["+50.0k", "+0.050"]
+    assert rows["SQLAlchemy's QueuePool checkout + checkin, unchecked"] == ["+40.0k", "+0.040"]
+    assert rows["C - B"] == ["+80.0k", "+0.080"]
+    assert rows["Django's connect()/close() around it"] == ["+50.0k", "+0.050"]
+    # The floor: C's protocol (80k - 30k of psycopg_pool) plus SQLAlchemy's checkout (40k).
+    assert rows["floor on SQLAlchemy's pool: C's protocol + SQLAlchemy's bare checkout"] == [
+        "+90.0k", "+0.090"]
+    # Counted in CPU time only: no decomposition (the parts would not add up).
+    results = _cpu_results()
+    results["checkout"]["unit"] = "CPU us"
+    assert cpu_report.decomposition_rows(results) == []
 
 
 def test_cpu_report_renders_tables_and_valid_rst():
