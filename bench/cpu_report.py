@@ -201,7 +201,7 @@ def text(results: dict[str, Any]) -> str:
            f"{' '.join(f'{x:.2f}' for x in meta.get('loadavg_end', []))} at end. "
            f"Python {meta['python']}, PostgreSQL {meta['postgresql']}, "
            f"{meta.get('valgrind') or 'no valgrind'}. Versions: "
-           + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+           + ", ".join(f"{k} {v}" for k, v in sorted(meta["versions"].items()))
            + f". Commit {meta['commit']}{' (uncommitted changes)' if meta['tree_dirty'] else ''}"
            f", django_poolkit sources sha256 {meta['django_poolkit_sha256']}. "
            f"{setup['rounds']} rounds; {setup['callgrind_requests']} requests per callgrind "
@@ -334,6 +334,9 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     figure.savefig(path, dpi=90)
     plt.close(figure)
     written.append(path)
+    path = _plot_decomposition(results, out_dir, plt)
+    if path is not None:
+        written.append(path)
     breakdown = [row for row in _breakdown_rows(results) if not row[0].startswith("(")]
     if breakdown:
         figure, axis = plt.subplots(figsize=(10, 0.32 * len(breakdown) + 1.2))
@@ -350,6 +353,51 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         plt.close(figure)
         written.append(path)
     return written
+
+
+def _plot_decomposition(results: dict[str, Any], out_dir: Path, plt: Any) -> Path | None:
+    """``decomposition.png``: E's and C's instructions over B's, stacked by part (the
+    callgrind decomposition), with the floor of a backend on SQLAlchemy's pool marked."""
+    instructions, checkout = results.get("instructions", {}), results.get("checkout", {})
+    if not decomposition_rows(results) or "psycopg_pool" not in checkout:
+        return None
+    b, c, e = (instructions[name]["median"] for name in ("B", "C", "E"))
+    protocol_c = c - b - checkout["psycopg_pool"]
+    bars = {
+        "C: Django's pool": [("Django's connect()/close() (E: with poolkit's hooks)",
+                              protocol_c, "tab:gray"),
+                             ("psycopg_pool getconn+putconn", checkout["psycopg_pool"],
+                              "tab:blue")],
+        "E: poolkit": [("Django's connect()/close() (E: with poolkit's hooks)",
+                        e - b - checkout["poolkit"], "tab:gray"),
+                       ("SQLAlchemy QueuePool checkout+checkin", checkout["sqlalchemy"],
+                        "tab:orange"),
+                       ("poolkit's pool features", checkout["poolkit"] - checkout["sqlalchemy"],
+                        "tab:green")],
+    }
+    figure, axis = plt.subplots(figsize=(10, 3.8))
+    labelled: set[str] = set()
+    for row, (name, parts) in enumerate(bars.items()):
+        left = 0.0
+        for label, value, colour in parts:
+            share = value / b * 100
+            axis.barh(row, share, left=left, color=colour,
+                      label=None if label in labelled else label)
+            labelled.add(label)
+            left += share
+    floor = (protocol_c + checkout["sqlalchemy"]) / b * 100
+    axis.axvline(floor, color="black", linestyle="--", linewidth=1,
+                 label=f"floor on SQLAlchemy's pool ({floor:.1f} %)")
+    axis.axvline(3.0, color="tab:red", linestyle=":", linewidth=1, label="target: 3 % over B")
+    axis.set_yticks(range(len(bars)), list(bars))
+    axis.set_xlabel("instructions per request over B's, % of B (callgrind)")
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    path = out_dir / "decomposition.png"
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
 
 
 def write(results: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -442,7 +442,7 @@ def test_the_published_cpu_results_are_one_run_of_the_command():
     section = cpu_report.rst(results)
     assert (CPU_PUBLISHED / "results.rst").read_text() == section
     assert section in (ROOT / "docs" / "bench.rst").read_text()
-    for plot in ("cpu.png", "breakdown.png"):
+    for plot in ("cpu.png", "decomposition.png", "breakdown.png"):
         assert (CPU_PUBLISHED / plot).read_bytes().startswith(b"\x89PNG")
 
 
