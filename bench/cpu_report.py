@@ -377,7 +377,7 @@ def _plot_decomposition(results: dict[str, Any], out_dir: Path, plt: Any) -> Pat
     }
     figure, axis = plt.subplots(figsize=(10, 3.8))
     labelled: set[str] = set()
-    for row, (name, parts) in enumerate(bars.items()):
+    for row, parts in enumerate(bars.values()):
         left = 0.0
         for label, value, colour in parts:
             share = value / b * 100
