@@ -67,7 +67,7 @@ def test_pgbouncer_settings_split_the_server_and_admit_every_client():
 
 def test_budget_arithmetic_against_the_real_max_connections(available):
     document = _json("--hosts", "2", "--workers", "4", "--threads", "8", "--cores", "2")
-    assert list(document) == ["deployment", "pools", "servers", "skipped", "fits"]
+    assert list(document) == ["deployment", "pools", "servers", "skipped", "warnings", "fits"]
     assert document["deployment"] == {
         "hosts": 2, "workers": 4, "threads": 8, "processes": 8, "async_concurrency": None,
         "queries_per_request": 1.0, "cores": 2, "spindles": 0, "extra_connections": 0}
@@ -294,7 +294,19 @@ def test_a_pool_smaller_than_the_threads_is_a_warning_with_the_numbers(settings)
     assert ("warning: default (sync) opens at most 3 connection(s) per process (pool_size 2 "
             "+ max_overflow 1) for 4 threads: under load the others wait pool_timeout and "
             "fail with PoolTimeout") in output
+    # The same warning in the JSON document, for scripts and deploy checks.
+    output, code = _plan("--workers", "2", "--threads", "4", "--cores", "2",
+                         "--max-connections", "100", "--format", "json")
+    assert code == 0
+    assert json.loads(output)["warnings"] == [{
+        "alias": "default", "kind": "sync", "check": "pool_smaller_than_threads",
+        "message": "default (sync) opens at most 3 connection(s) per process (pool_size 2 "
+                   "+ max_overflow 1) for 4 threads: under load the others wait pool_timeout "
+                   "and fail with PoolTimeout"}]
     settings.POOLKIT = {"DATABASES": {"default": {"pool_size": 4, "max_overflow": 0}}}
     output, _ = _plan("--workers", "2", "--threads", "4", "--cores", "2",
                       "--max-connections", "100")
     assert "warning" not in output
+    output, _ = _plan("--workers", "2", "--threads", "4", "--cores", "2",
+                      "--max-connections", "100", "--format", "json")
+    assert json.loads(output)["warnings"] == []

@@ -126,6 +126,27 @@ class Plan:
             return False
         return None if None in verdicts else True
 
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        """Pools that would make threads wait: a bounded sync pool opening fewer connections
+        per process than it has threads. One connection per thread serves a request (the
+        ORM and SQLAlchemy share it), so the other threads wait ``pool_timeout`` under load,
+        then fail with ``PoolTimeout`` (a 503)."""
+        threads = self.deployment.threads
+        found = []
+        for pool in self.pools:
+            configured = pool.configured
+            capacity = configured.pool_size + configured.max_overflow
+            if pool.kind != "sync" or configured.max_overflow < 0 or capacity >= threads:
+                continue
+            found.append({
+                "alias": pool.alias, "kind": pool.kind, "check": "pool_smaller_than_threads",
+                "message": f"{pool.alias} (sync) opens at most {capacity} connection(s) per "
+                           f"process (pool_size {configured.pool_size} + max_overflow "
+                           f"{configured.max_overflow}) for {threads} threads: under load the "
+                           "others wait pool_timeout and fail with PoolTimeout"})
+        return found
+
     def as_dict(self) -> dict[str, Any]:
         """Stable keys: see docs/operations.rst."""
         deployment = self.deployment
@@ -141,6 +162,7 @@ class Plan:
             "pools": [pool.as_dict() for pool in self.pools],
             "servers": [server.as_dict() for server in self.servers],
             "skipped": list(self.skipped),
+            "warnings": self.warnings,
             "fits": self.fits,
         }
 

@@ -177,18 +177,8 @@ class Command(UsageExit2, BaseCommand):
                          f"{pool.recommended.pool_size} + {pool.recommended.max_overflow}",
                          pool.rule))
         self._rows(rows)
-        for pool in plan.pools:
-            configured = pool.configured
-            if (pool.kind == "sync" and configured.max_overflow >= 0
-                    and sum(configured) < deployment.threads):
-                # One connection per thread (the ORM and SQLAlchemy share it): fewer make
-                # threads wait for each other, up to pool_timeout, then PoolTimeout (503).
-                self.stdout.write(self.style.WARNING(
-                    f"  warning: {pool.alias} (sync) opens at most {sum(configured)} "
-                    f"connection(s) per process (pool_size {configured.pool_size} + "
-                    f"max_overflow {configured.max_overflow}) for {deployment.threads} "
-                    "threads: under load the others wait pool_timeout and fail with "
-                    "PoolTimeout"))
+        for warning in plan.warnings:
+            self.stdout.write(self.style.WARNING(f"  warning: {warning['message']}"))
         if plan.skipped:
             self.stdout.write("  not counted (SQLite, or behind PgBouncer, whose max_client_conn "
                               f"they use): {', '.join(plan.skipped)}")
