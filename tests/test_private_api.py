@@ -13,6 +13,7 @@ the series to ``CHECKED``. (The checkin reset itself uses SQLAlchemy's documente
 from __future__ import annotations
 
 import inspect
+import time
 
 import psycopg
 import sqlalchemy
@@ -72,6 +73,42 @@ def test_sqlalchemy_pool_internals_poolkit_extends() -> None:
     pool = QueuePool(lambda: None, recycle=7)
     assert pool._recycle == 7
     assert "_sqla_logger_namespace" in inspect.getsource(sqlalchemy.log)
+
+
+def test_sqlalchemy_queue_internals_the_short_path_uses() -> None:
+    # engines/pool.py: PoolkitQueuePool sets QueuePool._queue_class to a Queue subclass whose
+    # get/put take Queue.mutex, read Queue.queue/use_lifo/maxsize and notify not_empty or
+    # not_full only when the Condition's _waiters deque is not empty.
+    import threading
+
+    from sqlalchemy.util.queue import Queue
+
+    from django_poolkit.engines.pool import PoolkitQueuePool, _FastQueue
+
+    assert "_queue_class" in inspect.getsource(QueuePool.__init__)
+    pool = PoolkitQueuePool(lambda: None, pool_size=2)
+    assert isinstance(pool._pool, _FastQueue)
+    queue: Queue[int] = _FastQueue(2, use_lifo=True)
+    assert isinstance(queue.mutex, type(threading.RLock()))
+    assert queue.not_empty._lock is queue.mutex  # type: ignore[attr-defined]
+    assert not queue.not_empty._waiters  # type: ignore[attr-defined]
+    queue.put(1)
+    queue.put(2)
+    assert list(queue.queue) == [1, 2]
+    assert queue.maxsize == 2
+    assert queue.get() == 2  # LIFO, as SQLAlchemy's own queue with use_lifo
+    assert QueuePool(lambda: None, pool_size=2)._pool.use_lifo is False
+    # A thread waiting on the empty queue (SQLAlchemy's path) is woken by the short put.
+    assert queue.get() == 1
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(queue.get(timeout=30)))
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while not queue.not_empty._waiters and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    queue.put(3)
+    waiter.join(30)
+    assert got == [3]
 
 
 def test_psycopg_cursor_result_check_poolkit_observes() -> None:
