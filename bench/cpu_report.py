@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .ratios import ratio_text
+
 __all__ = ["paired", "plot", "rst", "targets", "text", "write"]
 
 
@@ -35,11 +37,7 @@ def _figure(results: dict[str, Any]) -> str:
 
 
 def _ratio_text(ratio: dict[str, Any] | None) -> str:
-    if ratio is None:
-        return "-"
-    if ratio["n"] == 1:
-        return f"{ratio['median']:.3f}"
-    return f"{ratio['median']:.3f} ({ratio['low']:.3f}-{ratio['high']:.3f})"
+    return ratio_text(ratio, 3, "-")
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:

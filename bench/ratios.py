@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["RatioSummary", "paired_ratios", "summarise"]
+__all__ = ["RatioSummary", "paired_ratios", "ratio_text", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,17 @@ class RatioSummary:
 
     def render(self) -> str:
         """``0.97 (0.91-1.02)``; a single round has no range to show."""
-        if self.n == 1:
-            return f"{self.median:.2f}"
-        return f"{self.median:.2f} ({self.low:.2f}-{self.high:.2f})"
+        return ratio_text(vars(self))
+
+
+def ratio_text(ratio: Mapping[str, float] | None, digits: int = 2, missing: str = "n/a") -> str:
+    """A summary (``median``, ``low``, ``high``, ``n``, as stored in results.json) as
+    ``0.97 (0.91-1.02)``; one round shows no range, none shows ``missing``."""
+    if ratio is None:
+        return missing
+    if ratio["n"] == 1:
+        return f"{ratio['median']:.{digits}f}"
+    return f"{ratio['median']:.{digits}f} ({ratio['low']:.{digits}f}-{ratio['high']:.{digits}f})"
 
 
 def paired_ratios(rounds: Sequence[Mapping[str, float | None]], config: str,

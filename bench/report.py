@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .ratios import paired_ratios, summarise
+from .ratios import paired_ratios, ratio_text, summarise
 
 __all__ = ["headline_rst", "markdown", "plot", "results_rst", "summarise_inproc",
            "summarise_load", "summarise_scaling", "targets", "write"]
@@ -109,14 +109,6 @@ def summarise_inproc(rows: Sequence[dict[str, Any]], configs: Iterable[str]) -> 
     return summary
 
 
-def _ratio_text(ratio: dict[str, Any] | None) -> str:
-    if ratio is None:
-        return "n/a"
-    if ratio["n"] == 1:
-        return f"{ratio['median']:.2f}"
-    return f"{ratio['median']:.2f} ({ratio['low']:.2f}-{ratio['high']:.2f})"
-
-
 def _micro_us(micro: dict[str, Any], key: str) -> float | None:
     entry = micro.get("results", {}).get(key)
     if isinstance(entry, dict) and entry.get("us") is not None:
@@ -138,7 +130,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             found.append({"target": target, "value": failures.get("E", "not measured"),
                           "met": None})
         else:
-            found.append({"target": target, "value": _ratio_text(ratio),
+            found.append({"target": target, "value": ratio_text(ratio),
                           "met": ratio["median"] >= 0.97})
     for other, label in (("H", "B with health checks (H)"), ("C", "Django's pool (C)")):
         for view in VIEW_NAMES:
@@ -245,8 +237,8 @@ def markdown(results: dict[str, Any]) -> str:
             rows.append([config, VIEW_NAMES[view], f"{entry['rps']:.0f}",
                          f"{entry['p50_ms']:.2f}", f"{entry['p99_ms']:.2f}",
                          str(entry["errors"]), str(entry["peak_server_connections"]),
-                         _ratio_text(entry["rps_ratio"]), _ratio_text(entry["p50_ms_ratio"]),
-                         _ratio_text(entry["p99_ms_ratio"])])
+                         ratio_text(entry["rps_ratio"]), ratio_text(entry["p50_ms_ratio"]),
+                         ratio_text(entry["p99_ms_ratio"])])
     out.append(_table(["config", "view", "req/s", "p50 ms", "p99 ms", "errors",
                        "peak server conns", "req/s / B", "p50 / B", "p99 / B"], rows))
     out.append("")
@@ -315,7 +307,7 @@ def markdown(results: dict[str, Any]) -> str:
         for config, views in inproc.items():
             for view, entry in views.items():
                 rows.append([config, VIEW_NAMES[view], f"{entry['us']:.0f}",
-                             _ratio_text(entry["speed_ratio"])])
+                             ratio_text(entry["speed_ratio"])])
         out.append(_table(["config", "view", "us per request", "speed / B"], rows))
         out.append("")
     micro = results.get("micro", {})
@@ -350,7 +342,7 @@ def markdown(results: dict[str, Any]) -> str:
                  f"{by[c]['peak_server_connections']}") if c in by else "-" for c in points])
             if config != "B" and any(by[c].get("rps_ratio") for c in by):
                 rows.append([f"{config}/B req/s"] + [
-                    _ratio_text(by[c].get("rps_ratio")) if c in by else "-" for c in points])
+                    ratio_text(by[c].get("rps_ratio")) if c in by else "-" for c in points])
         out.append(_table(["config"] + [f"c={c}" for c in points], rows))
         out.append("")
     out.append("## Targets")
@@ -398,7 +390,7 @@ def headline_rst(results: dict[str, Any]) -> str:
             if view in work.get(config, {}) else "?" for view in VIEW_NAMES)
         peak = max(entry["peak_server_connections"] for entry in views.values())
         ratios = ["1 (baseline)"] * 2 if config == "B" else [
-            _ratio_text(views.get(view, {}).get("rps_ratio")) for view in VIEW_NAMES]
+            ratio_text(views.get(view, {}).get("rps_ratio")) for view in VIEW_NAMES]
         lines += [
             f"   * - {config}: {SHORT_NAMES.get(config, config)}",
             f"     - {ratios[0]}",
@@ -447,7 +439,7 @@ def results_rst(results: dict[str, Any]) -> str:
         for view, entry in views.items():
             rows.append([config, VIEW_NAMES[view], f"{entry['rps']:.0f}",
                          f"{entry['p50_ms']:.1f}", f"{entry['p99_ms']:.1f}",
-                         _ratio_text(entry["p99_ms_ratio"]), str(entry["errors"])])
+                         ratio_text(entry["p99_ms_ratio"]), str(entry["errors"])])
     out += ["Medians of the absolute figures (they drift between runs; the ratios above do "
             "not):", ""]
     out += _rst_table(["config", "view", "req/s", "p50 ms", "p99 ms", "p99 / B", "errors"],
@@ -478,7 +470,7 @@ def results_rst(results: dict[str, Any]) -> str:
     inproc = results.get("inproc", {}).get("summary", {})
     if inproc:
         rows = [[config] + [
-            f"{views[view]['us']:.0f} us, {_ratio_text(views[view]['speed_ratio'])}"
+            f"{views[view]['us']:.0f} us, {ratio_text(views[view]['speed_ratio'])}"
             if view in views else "?" for view in VIEW_NAMES]
             for config, views in inproc.items() if views]
         out += ["One request in-process (the WSGI application called directly, one "
@@ -505,7 +497,7 @@ def results_rst(results: dict[str, Any]) -> str:
                 f"{by[c]['peak_server_connections']}" if c in by else "-" for c in points])
             if config != "B" and any(by[c].get("rps_ratio") for c in by):
                 rows.append([f"{config}/B req/s"] + [
-                    _ratio_text(by[c].get("rps_ratio")) if c in by else "-" for c in points])
+                    ratio_text(by[c].get("rps_ratio")) if c in by else "-" for c in points])
         out += ["Scaling on the primary-key view: req/s / p99 ms / peak server connections "
                 "by client connections (medians over the passes), and req/s relative to B "
                 "in the same pass:", ""]
