@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connections
+from django.db import connection, connections
 from psycopg.rows import namedtuple_row
 
 from django_poolkit import conf, pinning
@@ -56,6 +56,14 @@ def _fresh_pools() -> Iterator[None]:
     yield
     engine_registry.dispose()
     conf.reload()
+
+
+@pytest.fixture
+def orm_connection_returned() -> Iterator[None]:
+    """Start and end with this thread's ORM connection back in its pool."""
+    connection.close()
+    yield
+    connection.close()
 
 
 @pytest.fixture

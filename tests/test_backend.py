@@ -32,7 +32,8 @@ EXTRA = {
     "native": {"OPTIONS": {"pool": True}},
 }
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", *EXTRA])
+pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", *EXTRA]),
+              pytest.mark.usefixtures("orm_connection_returned")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,14 +44,6 @@ def _extra_aliases(django_db_setup, django_db_blocker):
         for name, overrides in EXTRA.items():
             stack.enter_context(extra_alias(name, **overrides))
         yield
-
-
-@pytest.fixture(autouse=True)
-def _orm_connection_returned():
-    """Start and end with the ORM connection of this thread back in its pool."""
-    connection.close()
-    yield
-    connection.close()
 
 
 def test_orm_connection_comes_from_the_alias_pool_and_goes_back():

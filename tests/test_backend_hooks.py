@@ -25,7 +25,8 @@ from testproject.demo.models import Note
 
 from .helpers.backend import backend_pid, extra_alias
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "serialized"])
+pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "serialized"]),
+              pytest.mark.usefixtures("orm_connection_returned")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,13 +37,6 @@ def _serialized_alias(django_db_setup, django_db_blocker):
     test = {**default["TEST"], "NAME": f"{default['NAME']}_serialized"}
     with extra_alias("serialized", TEST=test):
         yield
-
-
-@pytest.fixture(autouse=True)
-def _orm_connection_returned():
-    connection.close()
-    yield
-    connection.close()
 
 
 def test_is_usable_is_false_once_the_connection_went_back_to_the_pool():
