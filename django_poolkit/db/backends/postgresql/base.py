@@ -446,8 +446,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 self.connection = None  # no longer the ORM's: is_usable() is False
             return
         with self.wrap_database_errors:
-            # psycopg's ``closed`` and ``broken`` are both this status (one attribute read).
-            if connection.pgconn.status == _BAD and connection.broken:
+            # psycopg's ``closed`` and ``broken`` are both this status (read once).
+            bad = connection.pgconn.status == _BAD
+            if bad and connection.broken:
                 # The server went away (killed, restarted, network): the pool's idle
                 # connections are most likely gone too, so replace them all, as SQLAlchemy
                 # does on a disconnect. Without pre-ping, only this use failed.
@@ -458,7 +459,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                                    "connections", self.alias)
                     current.dispose()
                 return
-            if self.in_atomic_block or connection.pgconn.status == _BAD:  # closed
+            if self.in_atomic_block or bad:  # closed
                 # Closed mid-transaction (the stock backend closes the socket, so the
                 # server rolls back) or closed under us: never hand it out again.
                 fairy.invalidate()
