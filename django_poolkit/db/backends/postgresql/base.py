@@ -47,7 +47,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from ....conf import get_settings
 from ....engines import engine_registry, sharing
 from ....engines.hygiene import PRISTINE
-from ....engines.resend import answer_tracking, never_ran
+from ....engines.resend import answer_tracking, may_resend
 from ....exceptions import PoolkitConfigurationError
 from ...checks import backend_problems
 from .creation import DatabaseCreation
@@ -76,32 +76,33 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 class _FirstStatement:
     """Cursor wrapper mixin for the cursors made while a checkout has sent nothing yet: the
-    first statement gets one resend when the server ended the connection before running it.
+    first statement gets one resend when the server ended the connection before running it
+    (:func:`~django_poolkit.engines.resend.may_resend`); an ``executemany`` never does.
     Later statements, and every cursor made after the first statement, pay nothing."""
 
     db: DatabaseWrapper
     cursor: Any
 
     def _execute(self, *args: Any) -> Any:
-        return self._poolkit_first(super()._execute, args)  # type: ignore[misc]
-
-    def _executemany(self, *args: Any) -> Any:
-        return self._poolkit_first(super()._executemany, args)  # type: ignore[misc]
-
-    def _poolkit_first(self, execute: Any, args: tuple[Any, ...]) -> Any:
+        execute = super()._execute  # type: ignore[misc]
         db = self.db
         if not db._poolkit_fresh:
             return execute(*args)
         db._poolkit_fresh = False
         idle = db.get_autocommit() and not db.in_atomic_block
+        started = time.perf_counter()
         try:
             return execute(*args)
         except OperationalError as error:
             if not (idle and error.__cause__ is not None
-                    and never_ran(error.__cause__, self.cursor)):
+                    and may_resend(error.__cause__, self.cursor, args[0], started)):
                 raise
             db._poolkit_replace(self, error.__cause__)
         return execute(*args)
+
+    def _executemany(self, *args: Any) -> Any:
+        self.db._poolkit_fresh = False
+        return super()._executemany(*args)  # type: ignore[misc]
 
 
 class _FirstStatementCursor(_FirstStatement, CursorWrapper):
