@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 
 from django.apps import AppConfig
 
@@ -56,3 +57,9 @@ class PoolkitConfig(AppConfig):
         from .db import checks as backend_checks  # noqa: F401  (the pooled backend's checks)
 
         _install_process_hooks()
+        # A Celery worker imports Celery before it sets Django up; a process that has not
+        # loaded Celery by now runs no worker.
+        if "celery" in sys.modules:
+            from .contrib.celery import connect_signals
+
+            connect_signals()
