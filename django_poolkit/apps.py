@@ -4,7 +4,9 @@ it never reads ``POOLKIT`` or opens a connection.
 Fork safety is this one hook: a forked child (gunicorn's workers, even with ``--preload``)
 starts with none of its parent's per-process state. Each holder's ``after_fork_in_child``
 drops what the parent's threads and sockets left behind; no module registers a hook of its
-own at import time."""
+own at import time. The parent's side of a fork is Celery's alone (``contrib.celery``, whose
+receivers ``ready()`` connects when Celery is loaded): its prefork main process runs no task,
+so nothing else would return what it checked out."""
 
 from __future__ import annotations
 

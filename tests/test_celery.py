@@ -22,10 +22,12 @@ from typing import Any
 
 import pytest
 from django.core.checks import Error
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 
+from django_poolkit.contrib.celery import release_before_fork
 from django_poolkit.db.checks import check_celery_reuse
+from django_poolkit.engines import engine_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = os.environ.get("CELERY_TEST_BROKER", "redis://127.0.0.1:6379/11")
@@ -231,3 +233,24 @@ def test_the_check_is_silent_without_a_pooled_alias(settings, monkeypatch):
         monkeypatch.setitem(database, "ENGINE", "django.db.backends.postgresql")
     with override_settings(CELERY_DB_REUSE_MAX=100):
         assert check_celery_reuse() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_release_before_fork_returns_the_orm_connection_and_closes_the_pools():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    assert engine_registry.built("default", "sync").pool.checkedout() == 1
+    release_before_fork()
+    assert connection.connection is None
+    assert engine_registry.built("default", "sync") is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_release_before_fork_leaves_an_open_transaction_alone():
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        release_before_fork()
+        assert connection.connection is not None
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
