@@ -163,9 +163,9 @@ def test_invalidate_pool_error_from_a_checkout_listener_is_logged_as_such(caplog
         event.remove(engine, "checkout", refuse_once)
     [line] = _invalidation_lines(caplog)
     assert re.fullmatch(
-        r"pool 'default' \(sync\) invalidated connection #\d+: a checkout listener raised "
-        r"InvalidatePoolError; replacing it, and the pool's older connections at their next "
-        r"checkout", line), line
+        r"pool 'default' \(sync\) invalidated connection #\d+: the pre-ping or a checkout "
+        r"listener found it disconnected at checkout; replacing it, and the pool's older "
+        r"connections at their next checkout", line), line
 
 
 def test_soft_invalidation_is_counted(received):

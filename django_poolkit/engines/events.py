@@ -129,7 +129,8 @@ class PoolEvents:
             ping_error = getattr(dbapi_connection, PING_ERROR, None)
             cause = (f"the pre-ping found it dead at checkout "
                      f"({describe_error(ping_error, quote=True)})" if ping_error is not None
-                     else "a checkout listener raised InvalidatePoolError")
+                     else "the pre-ping or a checkout listener found it disconnected at "
+                          "checkout")  # SQLAlchemy's own ping (async, SQLite) keeps no error
             logger.warning("pool %r (%s) invalidated connection #%s: %s; replacing it, and the "
                            "pool's older connections at their next checkout", self.alias,
                            self.kind, record.info.get(CONNECTION_ID), cause)
