@@ -123,3 +123,13 @@ def test_the_metadata_links_and_the_readme_work_on_an_index_page(
         assert target.startswith(f"{REPOSITORY}/"), target
         path = re.sub(r"^(blob|tree)/main/", "", target.removeprefix(f"{REPOSITORY}/"))
         assert (ROOT / path).exists(), target
+
+
+def test_the_version_is_one_in_the_package_metadata_and_changelog() -> None:
+    import django_poolkit
+
+    assert django_poolkit.__version__ == VERSION
+    changelog = (ROOT / "CHANGELOG.rst").read_text()
+    releases = re.findall(r"^(\S.*)\n=+\n", changelog, re.M)[1:]  # after the page's title
+    assert releases[0].split()[0] == VERSION, releases
+    assert len([release for release in releases if release.startswith(VERSION)]) == 1
