@@ -26,10 +26,15 @@ NOT_SHIPPED = {".ci/run", ".gitignore"}
 
 
 def _repository_files() -> set[str]:
-    """The files git tracks, or would (untracked but not ignored)."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\n")
-    return {name for name in listed if name and (ROOT / name).is_file()}
+    """The files git tracks, or would (untracked but not ignored); run from an unpacked sdist,
+    which has no git, the files its own manifest lists (SOURCES.txt)."""
+    if (ROOT / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.split("\n")
+    else:
+        listed = (ROOT / "django_poolkit.egg-info" / "SOURCES.txt").read_text().split("\n")
+    return {name for name in listed if name and (ROOT / name).is_file()
+            and not name.startswith("django_poolkit.egg-info/")}
 
 
 @pytest.fixture(scope="module")
