@@ -77,7 +77,7 @@ def test_health_settings_are_validated_with_paths_and_ids() -> None:
         "Accepted keys: " + ", ".join(f'"{key}"' for key in health.SETTING_RULES) + ".",
         "poolkit.E031")]
     assert problems_for({"timeout": 0}) == [Problem(
-        'POOLKIT["HEALTH"]["timeout"]', "must be a number of seconds > 0 and <= 30, got 0",
+        'POOLKIT["HEALTH"]["timeout"]', "must be a number of seconds >= 0.001 and <= 30, got 0",
         "Keep it below your probe's timeout (Kubernetes: 1 s), e.g. 0.5.", "poolkit.E032")]
     assert problems_for({"saturation": 1.5})[0].check_id == "poolkit.E032"
     assert problems_for({"saturated_status": "broken"})[0].check_id == "poolkit.E032"
