@@ -49,6 +49,9 @@ class PoolkitConfig(AppConfig):
 
     name = "django_poolkit"
     verbose_name = "Connection pools"
+    # The app's own key type, whatever DEFAULT_AUTO_FIELD says, so its one migration
+    # (models.Dashboard, which has no table) never changes with the project.
+    default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)

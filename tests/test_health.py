@@ -29,6 +29,7 @@ from django_poolkit.exceptions import Problem
 from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit, timed, with_token
 from .helpers.tcpproxy import free_port, proxy_to
 from .helpers.threads import fan_out
+from .helpers.users import pool_viewer
 
 #: A bound on a hang, generous so that a loaded 2-core machine cannot fail it: the tests
 #: prove what answered (the probe's deadline, a status, a counter), not how fast.
@@ -175,11 +176,17 @@ def test_debug_shows_details(client: Client) -> None:
 )
 def test_staff_see_details_other_users_do_not(client: Client,
                                               django_user_model: Any) -> None:
+    """Details need staff with ``view_dashboard`` (or a superuser): ``is_staff`` alone shows
+    host names and errors to every staff user."""
     user = django_user_model.objects.create_user("plain", password="x")
     client.force_login(user)
     assert client.get("/health/db/").json() == {"status": "healthy"}
     staff = django_user_model.objects.create_user("staff", password="x", is_staff=True)
     client.force_login(staff)
+    assert client.get("/health/db/").json() == {"status": "healthy"}
+    client.force_login(pool_viewer())
+    assert "databases" in client.get("/health/db/").json()
+    client.force_login(django_user_model.objects.create_superuser("root", password="x"))
     assert "databases" in client.get("/health/db/").json()
 
 
