@@ -323,7 +323,10 @@ COMMAND_ROWS: list[Row] = [
           ("poolplan", "--async-concurrency", "0"), ("poolplan", "--timeout", "inf"),
           ("poolplan", "--formula", "magic"), ("poolplan", "--preset", "huge"),
           ("poolcheck", "--timeout", "nan"), ("poolcheck", "--timeout", "inf"),
-          ("poolcheck", "--timeout", "0"), ("poolcheck", "--format", "yaml"))],
+          ("poolcheck", "--timeout", "0"), ("poolcheck", "--format", "yaml"),
+          # The settings' 1 ms floor: poolcheck's --timeout overrides HEALTH["timeout"].
+          ("poolcheck", "--timeout", "1e-300"), ("poolstatus", "--timeout", "1e-300"),
+          ("poolplan", "--timeout", "0.0009"))],
 ]
 
 # -- HTTP headers and cookies -------------------------------------------------------------------
