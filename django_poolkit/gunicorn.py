@@ -20,10 +20,6 @@ What the hooks do, and why:
   hold server slots. Without ``--preload`` the master never imports the app (nor the
   ``wsgi.py`` that sets ``DJANGO_SETTINGS_MODULE``), has no pools, and the hook does
   nothing.
-
-Without these hooks, a preloading master lets go all the same: poolkit's at-fork hook
-(``apps.py``) calls :func:`release_in_master` before each fork of gunicorn's master, which
-is recognised by its ``SIGCHLD`` handler (a method of gunicorn's ``Arbiter``).
 - ``post_worker_init`` (each worker, app loaded): checks the configuration
   (:func:`~django_poolkit.lifecycle.validate_configuration`); a broken one stops the server
   with one log line, exit status 4 ("App failed to load"), instead of every worker
@@ -34,6 +30,10 @@ is recognised by its ``SIGCHLD`` handler (a method of gunicorn's ``Arbiter``).
   then closes every pool; one log line per worker says what it closed.
 - ``child_exit`` (master): with ``PROMETHEUS_MULTIPROC_DIR``, drops the dead worker's live
   gauges.
+
+Without these hooks, a preloading master lets go all the same: poolkit's at-fork hook
+(``apps.py``) calls :func:`release_in_master` before each fork of gunicorn's master, which
+is recognised by its ``SIGCHLD`` handler (a method of gunicorn's ``Arbiter``).
 
 ``DJANGO_SETTINGS_MODULE`` comes from where gunicorn users set it: the app's ``wsgi.py``
 (``os.environ.setdefault``), ``--env DJANGO_SETTINGS_MODULE=...`` or ``raw_env`` in a config
