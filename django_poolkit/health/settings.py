@@ -141,7 +141,8 @@ FIELDS: dict[str, Field] = fields(
           '"degraded" keeps /ready/ at 200 while the pool is saturated.',
           choice((UNHEALTHY, DEGRADED))),
     Field("staff_details", HealthSettings.staff_details, "True or False",
-          "Whether logged-in staff users see the detailed report.", boolean),
+          "Whether logged-in staff users with the django_poolkit.view_dashboard permission "
+          "(or superusers) see the detailed report.", boolean),
 )
 
 #: What each ``POOLKIT["HEALTH"]`` key accepts (for the messages and the docs).
