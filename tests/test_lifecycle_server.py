@@ -364,8 +364,9 @@ def test_a_preloading_gunicorn_master_keeps_no_server_connection(tmp_path, admin
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stopper.append(master)
     _wait_until_serving(master, port, "/")
+    # The first worker may serve before the second is forked.
+    assert _wait_for(lambda: len(_children(master.pid)) == 2, 30)
     workers = _children(master.pid)
-    assert len(workers) == 2
     answers: list[dict] = []
     with ThreadPoolExecutor(max_workers=4) as pool:
         deadline = time.monotonic() + 60
