@@ -275,8 +275,9 @@ def test_gunicorn_workers_close_their_connections_on_sigterm(tmp_path, admin, st
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stopper.append(master)
     _wait_until_serving(master, port, "/whoami")
+    # The first worker may serve before the second is forked.
+    assert _wait_for(lambda: len(_children(master.pid)) == 2, 30)
     workers = _children(master.pid)
-    assert len(workers) == 2
 
     # Concurrent requests until both workers have answered.
     answers: list[dict] = []
