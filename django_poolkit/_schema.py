@@ -21,6 +21,7 @@ from .exceptions import Problem
 
 __all__ = [
     "FALSE_TEXT",
+    "SHORTEST_WAIT",
     "TRUE_TEXT",
     "Collector",
     "Field",
@@ -55,6 +56,13 @@ class Invalid(ValueError):
 
 #: A rule: returns the checked value, or raises :class:`Invalid`.
 Rule = Callable[[Any], Any]
+
+
+#: The floor of every timeout and wait, in seconds (1 ms): a positive value below it passes
+#: "> 0" and then fails every checkout, query or probe (``pool_timeout=1e-300`` times out
+#: before the queue is looked at; ``client_timeout=1e-9`` closes the connection at the first
+#: read). No real deployment waits less.
+SHORTEST_WAIT = 0.001
 
 
 #: Spellings of a boolean accepted in environment variables and URL query parameters.

@@ -15,10 +15,11 @@ What the hooks do, and why:
 
 - ``when_ready`` (master): with ``--preload`` (the master imported the app, so Django is set
   up), checks the configuration (fail fast) and closes every pool the master opened while
-  importing: the workers would never use those connections (the fork hook drops them in
-  each child without touching their sockets), so they would only hold server slots.
-  Without ``--preload`` the master never imports the app (nor the ``wsgi.py`` that sets
-  ``DJANGO_SETTINGS_MODULE``), has no pools, and the hook does nothing.
+  importing, and the ORM's connections: the workers would never use those connections (the
+  fork hook drops them in each child without touching their sockets), so they would only
+  hold server slots. Without ``--preload`` the master never imports the app (nor the
+  ``wsgi.py`` that sets ``DJANGO_SETTINGS_MODULE``), has no pools, and the hook does
+  nothing.
 - ``post_worker_init`` (each worker, app loaded): checks the configuration
   (:func:`~django_poolkit.lifecycle.validate_configuration`); a broken one stops the server
   with one log line, exit status 4 ("App failed to load"), instead of every worker
@@ -30,6 +31,10 @@ What the hooks do, and why:
 - ``child_exit`` (master): with ``PROMETHEUS_MULTIPROC_DIR``, drops the dead worker's live
   gauges.
 
+Without these hooks, a preloading master lets go all the same: poolkit's at-fork hook
+(``apps.py``) calls :func:`release_in_master` before each fork of gunicorn's master, which
+is recognised by its ``SIGCHLD`` handler (a method of gunicorn's ``Arbiter``).
+
 ``DJANGO_SETTINGS_MODULE`` comes from where gunicorn users set it: the app's ``wsgi.py``
 (``os.environ.setdefault``), ``--env DJANGO_SETTINGS_MODULE=...`` or ``raw_env`` in a config
 file (gunicorn puts both in the environment before any hook runs).
@@ -38,12 +43,17 @@ file (gunicorn puts both in the environment before any hook runs).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["child_exit", "hooks", "post_worker_init", "when_ready", "worker_exit"]
+__all__ = ["child_exit", "hooks", "in_arbiter", "post_worker_init", "release_in_master",
+           "when_ready", "worker_exit"]
+
+logger = logging.getLogger(__name__)
 
 
 #: gunicorn's exit status for "App failed to load": the master stops instead of respawning.
@@ -55,6 +65,49 @@ def _django_ready() -> bool:
     from django.apps import apps
 
     return apps.ready
+
+
+def in_arbiter() -> bool:
+    """Whether this process is gunicorn's master: its ``SIGCHLD`` handler is a method of
+    gunicorn's ``Arbiter`` (installed before it forks any worker; a worker resets it)."""
+    arbiter = sys.modules.get("gunicorn.arbiter")
+    if arbiter is None:
+        return False
+    handler = signal.getsignal(signal.SIGCHLD)
+    return isinstance(getattr(handler, "__self__", None), arbiter.Arbiter)
+
+
+def _close_everything() -> list[str]:
+    """Close this thread's ORM connections (a query at import leaves one checked out: the
+    master has no request boundary) and then every pool; returns the pools closed."""
+    from django.db import connections
+
+    from .lifecycle import shutdown
+
+    connections.close_all()
+    return list(shutdown(timeout=0).pools)
+
+
+def release_in_master() -> None:
+    """Before gunicorn's master forks (``--preload``, with or without these hooks): close the
+    connections it opened while loading the app, which no worker uses. Called by poolkit's
+    at-fork hook; elsewhere, and in a master that has nothing open, it does nothing."""
+    if not (in_arbiter() and _django_ready()):
+        return
+    from django.db import connections
+
+    from .conf import get_settings
+    from .engines import engine_registry
+
+    pools = get_settings().pools
+    if not any(engine_registry.built(alias, kind) is not None
+               for alias in pools for kind in ("sync", "async")) and not any(
+            wrapper.connection is not None for wrapper in connections.all(
+                initialized_only=True)):
+        return  # nothing open (every fork after the first)
+    closed = _close_everything()
+    logger.info("gunicorn master %s closed the pools it opened while loading the app (%s)",
+                os.getpid(), ", ".join(closed))
 
 
 def _fail_fast(log: Any) -> None:
@@ -87,14 +140,12 @@ def hooks(*, warm_up: bool | Sequence[str] = False, shutdown_timeout: float = 10
     def when_ready(server: Any) -> None:
         if not _django_ready():
             return  # no --preload: the master has not loaded the app, so it has no pools
-        from .lifecycle import shutdown
-
         if validate:
             _fail_fast(server.log)
-        report = shutdown(timeout=0)
-        if report.pools:
+        closed = _close_everything()
+        if closed:
             server.log.info("poolkit: master closed the pools it opened while loading "
-                            "the app (%s)", ", ".join(report.pools))
+                            "the app (%s)", ", ".join(closed))
 
     def post_worker_init(worker: Any) -> None:
         from . import lifecycle

@@ -146,7 +146,8 @@ SETTINGS_ROWS: list[tuple[Row, dict[str, Any]]] = [
       for v in (math.inf, math.nan, 0, -1, 1e300, "2")],
     # HEALTH
     *[(refused(f"timeout={v!r}", v, "poolkit.E032", f'{H}["timeout"]'), health(timeout=v))
-      for v in (math.inf, math.nan, 0, 31, -1, "1")],
+      for v in (math.inf, math.nan, 0, 31, -1, "1", 1e-300, 0.0009)],
+    (accepted("timeout=0.001", 0.001, "the 1 ms floor of every wait"), health(timeout=0.001)),
     *[(refused(f"cache_ttl={v!r}", v, "poolkit.E032", f'{H}["cache_ttl"]'), health(cache_ttl=v))
       for v in (1e300, math.inf, math.nan, -1, 86_401)],
     (accepted("cache_ttl=0", 0, "documented: no cache, every request probes"),
@@ -190,6 +191,9 @@ SETTINGS_ROWS: list[tuple[Row, dict[str, Any]]] = [
           ("application_name", "{0}"), ("application_name", ""),
           ("leak_detection_threshold", math.inf), ("leak_detection_threshold", 0),
           ("client_timeout", math.nan), ("client_timeout", 1e12),
+          # Below the 1 ms floor: "> 0" passed them, then every checkout or query failed.
+          ("pool_timeout", 1e-300), ("pool_timeout", 0.0009), ("client_timeout", 1e-9),
+          ("leak_detection_threshold", 1e-320), ("leak_detection_threshold", 0.0001),
           ("queries_per_request", 1e-320), ("queries_per_request", math.inf),
           ("cores", 0), ("cores", 10**7), ("spindles", -1), ("concurrency", 0),
           ("async_pool_size", 0), ("reset_on_return", "commit"), ("pre_ping_mode", "tcp"),
@@ -202,6 +206,9 @@ SETTINGS_ROWS: list[tuple[Row, dict[str, Any]]] = [
     (accepted("max_overflow=-1", -1, "documented: no limit on overflow"),
      defaults(max_overflow=-1)),
     (accepted("pool_recycle=-1", -1, "documented: never recycle"), defaults(pool_recycle=-1)),
+    *[(accepted(f"{knob}=0.001", 0.001, "the 1 ms floor of every wait"),
+       defaults(**{knob: 0.001}))
+      for knob in ("pool_timeout", "client_timeout", "leak_detection_threshold")],
     # DEPLOYMENT
     *[(refused(f"{key}={v!r}", v, "poolkit.E042", f'{DEP}["{key}"]'), deployment(**{key: v}))
       for key, v in (("hosts", 0), ("workers", -1), ("threads", 1.5), ("hosts", 10**7),
@@ -229,7 +236,9 @@ ENVIRONMENT_ROWS: list[Row] = [
           ("POOLKIT_PRE_PING_MODE", "tcp"), ("POOLKIT_POOL_PRE_PING", "sometimes"),
           ("POOLKIT_APPLICATION_NAME", "billing{v2}"), ("POOLKIT_DEFAULT__POOL_SIZE", "0"),
           ("POOLKIT_POOL_SIZ", "5"), ("POOLKIT_NOPE__POOL_SIZE", "5"),
-          ("POOLKIT_DEFAULT__URL", "postgresql://h/db"))],
+          ("POOLKIT_DEFAULT__URL", "postgresql://h/db"), ("POOLKIT_POOL_TIMEOUT", "1e-300"),
+          ("POOLKIT_CLIENT_TIMEOUT", "1e-9"), ("POOLKIT_LEAK_DETECTION_THRESHOLD", "1e-320"),
+          ("POOLKIT_DEFAULT__POOL_TIMEOUT", "0.0001"))],
     accepted("POOLKIT_STATEMENT_TIMEOUT=none", "none",
              "documented: none (or null) is an explicit None, distinct from an empty value"),
     accepted("POOLKIT_POOL_SIZE= 5 ", " 5 ", "surrounding spaces are stripped, as in a shell"),
@@ -265,7 +274,14 @@ URL_ROWS: list[tuple[Row, str]] = [
           ("pool_pre_ping=maybe", "maybe", "poolkit.E003", f'{OPT}["pool_pre_ping"]', "'maybe'"),
           ("pgbouncer=statement", "statement", "poolkit.E003", f'{OPT}["pgbouncer"]',
            "'statement'"),
+          ("pool_timeout=1e-300", "1e-300", "poolkit.E003", f'{OPT}["pool_timeout"]',
+           "1e-300"),
+          ("client_timeout=1e-9", "1e-9", "poolkit.E003", f'{OPT}["client_timeout"]', "1e-09"),
+          ("leak_detection_threshold=1e-320", "1e-320", "poolkit.E003",
+           f'{OPT}["leak_detection_threshold"]', "1e-320"),
       )],
+    (accepted("DATABASE_URL ?pool_timeout=0.001", 0.001, "the 1 ms floor of every wait"),
+     "?pool_timeout=0.001"),
     *[(refused(f"ENGINES url {label}", url, "poolkit.E007", E_URL, None), url)
       for label, url in (
           ("mysql", "mysql://u:pw@h/db"), ("garbage", "not a url"),
@@ -307,7 +323,10 @@ COMMAND_ROWS: list[Row] = [
           ("poolplan", "--async-concurrency", "0"), ("poolplan", "--timeout", "inf"),
           ("poolplan", "--formula", "magic"), ("poolplan", "--preset", "huge"),
           ("poolcheck", "--timeout", "nan"), ("poolcheck", "--timeout", "inf"),
-          ("poolcheck", "--timeout", "0"), ("poolcheck", "--format", "yaml"))],
+          ("poolcheck", "--timeout", "0"), ("poolcheck", "--format", "yaml"),
+          # The settings' 1 ms floor: poolcheck's --timeout overrides HEALTH["timeout"].
+          ("poolcheck", "--timeout", "1e-300"), ("poolstatus", "--timeout", "1e-300"),
+          ("poolplan", "--timeout", "0.0009"))],
 ]
 
 # -- HTTP headers and cookies -------------------------------------------------------------------
@@ -403,6 +422,33 @@ def test_a_token_equal_to_secret_key_is_refused_without_showing_it() -> None:
     problems = _problems(health(token=settings.SECRET_KEY))
     assert [(p.check_id, p.path) for p in problems] == [("poolkit.E032", f'{H}["token"]')]
     assert settings.SECRET_KEY not in problems[0].message
+
+
+def _url_problems(query: str) -> list[Any]:
+    entry = environ.Env.db_url_config("postgres://app@127.0.0.1:5432/app" + query)
+    entry["ENGINE"] = PG
+    return _problems({}, databases={"default": entry})
+
+
+@pytest.mark.parametrize(("problems", "check_id", "path", "shown", "accepts"), [
+    (lambda: _problems(defaults(client_timeout=1e-9)), "poolkit.E003",
+     f'{D}["client_timeout"]', "1e-09", ">= 0.001 and <= 86400"),
+    (lambda: _problems({}, {"POOLKIT_POOL_TIMEOUT": "1e-300"}), "poolkit.E006",
+     "environment variable POOLKIT_POOL_TIMEOUT", "1e-300", ">= 0.001 and <= 3600"),
+    (lambda: _url_problems("?leak_detection_threshold=1e-320"), "poolkit.E003",
+     f'{OPT}["leak_detection_threshold"]', "1e-320", ">= 0.001 and <= 86400"),
+    (lambda: _problems(health(timeout=1e-300)), "poolkit.E032", f'{H}["timeout"]', "1e-300",
+     ">= 0.001 and <= 30"),
+], ids=["settings", "environment", "url", "health"])
+def test_a_wait_below_its_1_ms_floor_is_one_clear_error(problems: Any, check_id: str,
+                                                          path: str, shown: str,
+                                                          accepts: str) -> None:
+    """Each form of a too-short wait is one problem naming the key path, the value as given
+    and the accepted range (on main, each passed "> 0" and failed every query later)."""
+    [problem] = problems()
+    assert (problem.check_id, problem.path) == (check_id, path)
+    assert shown in problem.message
+    assert f"a number of seconds {accepts}" in problem.message
 
 
 @pytest.mark.parametrize("row", ENVIRONMENT_ROWS, ids=[r.id for r in ENVIRONMENT_ROWS])

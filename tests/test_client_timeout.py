@@ -123,7 +123,7 @@ def test_bad_values_name_the_key_and_the_rule(value: Any) -> None:
     assert settings_ is None
     assert [(p.path, p.message, p.check_id) for p in problems] == [
         ('POOLKIT["DATABASES"]["default"]["client_timeout"]',
-         f"must be a number of seconds > 0 and <= 86400, or None (off), got {value!r}",
+         f"must be a number of seconds >= 0.001 and <= 86400, or None (off), got {value!r}",
          "poolkit.E003")]
 
 
@@ -131,11 +131,12 @@ def test_text_sources_are_checked_too() -> None:
     problems = build(environ={"POOLKIT_DEFAULT__CLIENT_TIMEOUT": "5s"})[1]
     assert [(p.path, p.message, p.check_id) for p in problems] == [
         ("environment variable POOLKIT_DEFAULT__CLIENT_TIMEOUT",
-         "must be a number of seconds > 0 and <= 86400, or None (off), got '5s'", "poolkit.E006")]
+         "must be a number of seconds >= 0.001 and <= 86400, or None (off), got '5s'",
+         "poolkit.E006")]
     problems = build(options={"client_timeout": "-2"})[1]
     assert [(p.path, p.message) for p in problems] == [
         ('DATABASES["default"]["OPTIONS"]["client_timeout"]',
-         "must be a number of seconds > 0 and <= 86400, or None (off), got -2.0")]
+         "must be a number of seconds >= 0.001 and <= 86400, or None (off), got -2.0")]
     problems = build({"DEFAULTS": {"client_timeout": "2"}})[1]
     assert "write 2.0 without quotes" in problems[0].hint
 

@@ -394,7 +394,7 @@ OTHER_SECTIONS = "".join(f", {key}" for key in OTHER_KEYS)
             "variable POOLKIT_POOL_SIZE=10 (environment variables and DATABASE_URL parameters "
             "are converted).", "poolkit.E003"), id="quoted-int"),
         pytest.param({"DEFAULTS": {"pool_timeout": "2.5"}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0 and <= "
+            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds >= 0.001 and <= "
                                                    "3600, got '2.5'",
             "Got the text '2.5': write 2.5 without quotes, or, when settings.py reads it from "
             "the environment, wrap it in float(...), or drop the key and set the environment "
@@ -439,12 +439,12 @@ OTHER_SECTIONS = "".join(f", {key}" for key in OTHER_KEYS)
             "Extra connections opened when the pool is exhausted, closed again on checkin.",
             "poolkit.E003"), id="overflow-negative"),
         pytest.param({"DEFAULTS": {"pool_timeout": 0}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0 and <= "
+            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds >= 0.001 and <= "
                                                    "3600, got 0",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E003"), id="timeout-0"),
         pytest.param({"DEFAULTS": {"pool_timeout": float("inf")}}, Problem(
-            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds > 0 and <= "
+            'POOLKIT["DEFAULTS"]["pool_timeout"]', "must be a number of seconds >= 0.001 and <= "
                                                    "3600, got inf",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E003"), id="timeout-inf"),
@@ -534,7 +534,8 @@ def test_the_exception_lists_every_problem() -> None:
 def test_a_single_problem_is_the_whole_message() -> None:
     error = PoolkitConfigurationError(problems_of({"DEFAULTS": {"pool_timeout": 0}}))
     assert str(error) == (
-        'POOLKIT["DEFAULTS"]["pool_timeout"]: must be a number of seconds > 0 and <= 3600, got 0. '
+        'POOLKIT["DEFAULTS"]["pool_timeout"]: must be a number of seconds >= 0.001 and <= 3600, '
+        "got 0. "
         "How long a checkout waits for a free connection before PoolTimeout.")
 
 

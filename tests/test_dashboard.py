@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import threading
+from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.core.management import call_command
 from django.db import connections
-from django.test import RequestFactory, override_settings
+from django.test import Client, RequestFactory, override_settings
 from django.urls import reverse
 
 from django_poolkit import conf, get_engine
@@ -20,6 +23,7 @@ from django_poolkit.testing import wait_for_replicas
 
 from .helpers.backend import extra_alias
 from .helpers.tcpproxy import proxy_to
+from .helpers.users import pool_viewer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -35,14 +39,15 @@ def _fresh_dashboard():
 
 @pytest.fixture
 def staff_client(client):
-    user = get_user_model().objects.create_user("ops", password="x", is_staff=True)
-    client.force_login(user)
+    client.force_login(pool_viewer())
     return client
 
 
 def _staff_request(path: str = "/poolkit/"):
+    """A request of a superuser (who has every permission without a query)."""
     request = RequestFactory().get(path)
-    request.user = get_user_model()(username="ops", is_staff=True, is_active=True)
+    request.user = get_user_model()(username="ops", is_staff=True, is_superuser=True,
+                                    is_active=True)
     return request
 
 
@@ -55,7 +60,67 @@ def test_anonymous_and_non_staff_are_sent_to_the_admin_login(client):
     user = get_user_model().objects.create_user("plain", password="x")
     client.force_login(user)
     assert client.get(reverse("poolkit_dashboard:index")).status_code == 302
-    assert client.get(reverse("poolkit_dashboard:data")).json() == {"error": "staff only"}
+    assert client.get(reverse("poolkit_dashboard:data")).json() == {
+        "error": "staff only", "permission": "django_poolkit.view_dashboard"}
+
+
+def test_staff_without_view_dashboard_are_refused(client):
+    """is_staff alone opens nothing: the page holds host names, pids, every application_name
+    on the server, database users and hosts."""
+    staff = get_user_model().objects.create_user("staff", password="x", is_staff=True)
+    client.force_login(staff)
+    page = client.get(reverse("poolkit_dashboard:index"))
+    assert page.status_code == 302
+    assert page["Location"].startswith(reverse("admin:login") + "?next=/poolkit/")
+    answer = client.get(reverse("poolkit_dashboard:data"))
+    assert answer.status_code == 403
+    assert "pk-pools" not in answer.content.decode()
+
+
+@pytest.mark.parametrize("who", ["permission", "group", "superuser"])
+def test_view_dashboard_or_superuser_opens_the_page(client, who):
+    if who == "superuser":
+        user = get_user_model().objects.create_superuser("root", password="x")
+    else:
+        user = pool_viewer(through_group=who == "group")
+    client.force_login(user)
+    assert client.get(reverse("poolkit_dashboard:index")).status_code == 200
+    assert client.get(reverse("poolkit_dashboard:data")).status_code == 200
+    user.is_active = False
+    user.save()
+    client.force_login(user)
+    assert client.get(reverse("poolkit_dashboard:data")).status_code == 403
+
+
+def test_the_permission_needs_no_migration_of_the_project():
+    """The app ships its one migration (a model without a table): nothing to make, no SQL."""
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+    out = StringIO()
+    call_command("sqlmigrate", "django_poolkit", "0001", stdout=out)
+    assert "(no-op)" in out.getvalue()
+    assert "CREATE TABLE" not in out.getvalue()
+
+
+_XFRAME = "django.middleware.clickjacking.XFrameOptionsMiddleware"
+
+
+@pytest.mark.parametrize("middleware", ["without", "sameorigin"])
+def test_every_answer_refuses_to_be_framed(staff_client, middleware):
+    """X-Frame-Options: DENY and CSP frame-ancestors 'none' on the page, the JSON, a denial
+    and a 405, without XFrameOptionsMiddleware or with it set to SAMEORIGIN."""
+    others = [name for name in settings.MIDDLEWARE if name != _XFRAME]
+    changes = ({"MIDDLEWARE": others} if middleware == "without"
+               else {"MIDDLEWARE": [*others, _XFRAME], "X_FRAME_OPTIONS": "SAMEORIGIN"})
+    with override_settings(**changes):
+        answers = [staff_client.get(reverse("poolkit_dashboard:index")),
+                   staff_client.get(reverse("poolkit_dashboard:data")),
+                   staff_client.post(reverse("poolkit_dashboard:data")),
+                   Client().get(reverse("poolkit_dashboard:index")),
+                   Client().get(reverse("poolkit_dashboard:data"))]
+    assert [answer.status_code for answer in answers] == [200, 200, 405, 302, 403]
+    for answer in answers:
+        assert answer["X-Frame-Options"] == "DENY"
+        assert answer["Content-Security-Policy"] == "frame-ancestors 'none'"
 
 
 @override_settings(ROOT_URLCONF="tests.urls_no_admin")

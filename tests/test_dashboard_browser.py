@@ -24,6 +24,7 @@ from django_poolkit.dashboard import data
 from testproject.demo.models import Note
 
 from .helpers.routing import replica_paused
+from .helpers.users import view_dashboard
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -129,7 +130,9 @@ def test_staff_watches_pools_and_replicas_change(browser: Any, live_server: Any,
     # paused replica cannot log the operator out.
     route(probe_interval=0.5, max_lag=2, readmit_lag=1, cluster={"apps": ["demo"]})
     data.reset()
-    get_user_model().objects.create_user("operator", password=PASSWORD, is_staff=True)
+    operator = get_user_model().objects.create_user("operator", password=PASSWORD,
+                                                    is_staff=True)
+    operator.user_permissions.add(view_dashboard())
     _log_in(browser, live_server.url)
     browser.get(f"{live_server.url}/poolkit/?refresh=2")
 

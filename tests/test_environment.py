@@ -170,12 +170,12 @@ def test_engine_variables_include_the_url() -> None:
             "poolkit.E006"), id="out-of-range"),
         pytest.param({"POOLKIT_POOL_TIMEOUT": "5s"}, Problem(
             "environment variable POOLKIT_POOL_TIMEOUT",
-            "must be a number of seconds > 0 and <= 3600, got '5s'",
+            "must be a number of seconds >= 0.001 and <= 3600, got '5s'",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E006"), id="unit-suffix"),
         pytest.param({"POOLKIT_POOL_TIMEOUT": "nan"}, Problem(
             "environment variable POOLKIT_POOL_TIMEOUT",
-            "must be a number of seconds > 0 and <= 3600, got 'nan'",
+            "must be a number of seconds >= 0.001 and <= 3600, got 'nan'",
             "How long a checkout waits for a free connection before PoolTimeout.",
             "poolkit.E006"), id="nan"),
         pytest.param({"POOLKIT_POOL_PRE_PING": "maybe"}, Problem(

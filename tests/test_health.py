@@ -29,6 +29,7 @@ from django_poolkit.exceptions import Problem
 from .helpers.health import HEALTHY_TIMEOUT, TOKEN, TOKEN_HEADER, poolkit, timed, with_token
 from .helpers.tcpproxy import free_port, proxy_to
 from .helpers.threads import fan_out
+from .helpers.users import pool_viewer
 
 #: A bound on a hang, generous so that a loaded 2-core machine cannot fail it: the tests
 #: prove what answered (the probe's deadline, a status, a counter), not how fast.
@@ -77,7 +78,7 @@ def test_health_settings_are_validated_with_paths_and_ids() -> None:
         "Accepted keys: " + ", ".join(f'"{key}"' for key in health.SETTING_RULES) + ".",
         "poolkit.E031")]
     assert problems_for({"timeout": 0}) == [Problem(
-        'POOLKIT["HEALTH"]["timeout"]', "must be a number of seconds > 0 and <= 30, got 0",
+        'POOLKIT["HEALTH"]["timeout"]', "must be a number of seconds >= 0.001 and <= 30, got 0",
         "Keep it below your probe's timeout (Kubernetes: 1 s), e.g. 0.5.", "poolkit.E032")]
     assert problems_for({"saturation": 1.5})[0].check_id == "poolkit.E032"
     assert problems_for({"saturated_status": "broken"})[0].check_id == "poolkit.E032"
@@ -175,11 +176,17 @@ def test_debug_shows_details(client: Client) -> None:
 )
 def test_staff_see_details_other_users_do_not(client: Client,
                                               django_user_model: Any) -> None:
+    """Details need staff with ``view_dashboard`` (or a superuser): ``is_staff`` alone shows
+    host names and errors to every staff user."""
     user = django_user_model.objects.create_user("plain", password="x")
     client.force_login(user)
     assert client.get("/health/db/").json() == {"status": "healthy"}
     staff = django_user_model.objects.create_user("staff", password="x", is_staff=True)
     client.force_login(staff)
+    assert client.get("/health/db/").json() == {"status": "healthy"}
+    client.force_login(pool_viewer())
+    assert "databases" in client.get("/health/db/").json()
+    client.force_login(django_user_model.objects.create_superuser("root", password="x"))
     assert "databases" in client.get("/health/db/").json()
 
 

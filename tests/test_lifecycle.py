@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -51,6 +52,30 @@ def test_forked_child_never_uses_the_parents_connections():
     assert child_opened == 1
     # The parent's pooled connection survived the child (no Terminate sent on its socket).
     assert _backend_pid(engine) == parent_pid
+
+
+def test_only_gunicorns_master_lets_go_of_its_connections_at_fork(monkeypatch):
+    """The before-fork hook acts in gunicorn's master only (its SIGCHLD handler is the
+    Arbiter's, as gunicorn's init_signals installs it): any other parent keeps its pool
+    (the fork tests above), the master closes the ORM's connection and every pool."""
+    from gunicorn.arbiter import Arbiter
+
+    from django_poolkit import gunicorn as hooks
+
+    engine = get_engine()
+    parent_pid = _backend_pid(engine)
+    assert hooks.in_arbiter() is False
+    hooks.release_in_master()
+    assert _backend_pid(engine) == parent_pid
+    assert "signal.signal(signal.SIGCHLD, self." in inspect.getsource(Arbiter.init_signals)
+
+    arbiter = Arbiter.__new__(Arbiter)  # no __init__: it would load an app
+    monkeypatch.setattr(hooks.signal, "getsignal", lambda signum: arbiter.signal_chld)
+    assert hooks.in_arbiter() is True
+    connections["default"].ensure_connection()
+    hooks.release_in_master()
+    assert connections["default"].connection is None
+    assert pool_stats().built is False
 
 
 def test_dispose_all_closes_every_pooled_connection(admin):

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connections
@@ -274,8 +275,9 @@ def test_gunicorn_workers_close_their_connections_on_sigterm(tmp_path, admin, st
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stopper.append(master)
     _wait_until_serving(master, port, "/whoami")
+    # The first worker may serve before the second is forked.
+    assert _wait_for(lambda: len(_children(master.pid)) == 2, 30)
     workers = _children(master.pid)
-    assert len(workers) == 2
 
     # Concurrent requests until both workers have answered.
     answers: list[dict] = []
@@ -314,6 +316,85 @@ def test_gunicorn_workers_close_their_connections_on_sigterm(tmp_path, admin, st
             admin, f"poolkit:default:%:{pid}") == [])
     if preload:
         assert "poolkit: master closed the pools it opened while loading the app" in log
+
+
+# A WSGI module that queries at import through the ORM (its connection stays checked out: the
+# master has no request boundary) and through SQLAlchemy (which joins the ORM's connection).
+PRELOADED_APP = '''
+import json, os
+from testproject.wsgi import application as django_application
+from django.db import connection
+from django_poolkit import get_engine
+from sqlalchemy import text
+
+with connection.cursor() as cursor:
+    cursor.execute("SELECT pg_backend_pid()")
+    LOADED_BACKEND = cursor.fetchone()[0]
+with get_engine().connect() as joined:
+    joined.execute(text("SELECT 1"))
+LOADED_IN = os.getpid()
+
+
+def application(environ, start_response):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    connection.close()
+    body = json.dumps({"pid": os.getpid(), "backend": backend, "loaded_in": LOADED_IN,
+                       "loaded_backend": LOADED_BACKEND}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+'''
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["without-hooks", "with-hooks"])
+def test_a_preloading_gunicorn_master_keeps_no_server_connection(tmp_path, admin, stopper,
+                                                                 hooks):
+    """``--preload``: the master imports the app, which queries; once it has forked its
+    workers it holds no server connection (pg_stat_activity, by the master's pid in its
+    application_name, on this test's database only), with or without poolkit's hooks, and
+    the workers serve from connections of their own."""
+    (tmp_path / "preloaded_app.py").write_text(PRELOADED_APP)
+    port = _free_port()
+    command = [sys.executable, "-m", "gunicorn",
+               *(["-c", "python:django_poolkit.gunicorn"] if hooks else []),
+               "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2",
+               "--worker-class", "gthread", "--log-level", "info", "--no-control-socket",
+               "--preload", "preloaded_app:application"]
+    master = subprocess.Popen(command, cwd=tmp_path, env=_environment(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopper.append(master)
+    _wait_until_serving(master, port, "/")
+    # The first worker may serve before the second is forked.
+    assert _wait_for(lambda: len(_children(master.pid)) == 2, 30)
+    workers = _children(master.pid)
+    answers: list[dict] = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        deadline = time.monotonic() + 60
+        while {answer["pid"] for answer in answers} != workers:
+            assert time.monotonic() < deadline, answers
+            answers += [json.loads(body) for body in pool.map(lambda _: _get(port, "/"),
+                                                              range(8))]
+    assert {answer["loaded_in"] for answer in answers} == {master.pid}
+    loaded_backend = answers[0]["loaded_backend"]
+    assert all(answer["backend"] != loaded_backend for answer in answers)
+
+    database = connections.settings["default"]["NAME"]
+
+    def held_by_master() -> list[Any]:
+        return [row for row in server_connections(admin, f"poolkit:default:%:{master.pid}")
+                if row.datname == database]
+
+    assert _wait_for(lambda: held_by_master() == []), held_by_master()
+    # The loaded backend itself is gone from the server, not only renamed.
+    assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                         (loaded_backend,)).fetchone()[0] == 0
+    # The workers still serve after the master let go.
+    assert json.loads(_get(port, "/"))["pid"] in workers
+
+    master.send_signal(signal.SIGTERM)
+    _, log = master.communicate(timeout=60)
+    assert master.returncode == 0, log
 
 
 def test_uvicorn_lifespan_warms_up_and_closes_on_sigterm(tmp_path, admin, stopper):

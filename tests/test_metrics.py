@@ -14,6 +14,8 @@ from sqlalchemy import text
 from django_poolkit import get_engine
 from django_poolkit.metrics import COUNTERS, GAUGES, metrics_view
 
+from .helpers.users import pool_viewer
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TOKEN = "metrics-token-0123456789"
@@ -95,11 +97,15 @@ def test_the_view_is_protected(side, settings):
     factory = RequestFactory()
     settings.POOLKIT = {**settings.POOLKIT,
                         "HEALTH": {**settings.POOLKIT["HEALTH"], "staff_details": True}}
-    staff = User(username="ops", is_staff=True, is_active=True)
     request = factory.get("/metrics/")
     request.COOKIES[settings.SESSION_COOKIE_NAME] = "session"
-    request.user = staff
+    request.user = User(username="root", is_staff=True, is_superuser=True, is_active=True)
     assert metrics_view(request).status_code == 200
+    request.user = pool_viewer()
+    assert metrics_view(request).status_code == 200
+    # is_staff alone is not enough: details need view_dashboard.
+    request.user = User.objects.create_user("staff", is_staff=True)
+    assert metrics_view(request).status_code == 403
     request.user = User(username="someone", is_staff=False, is_active=True)
     assert metrics_view(request).status_code == 403
     assert metrics_view(factory.post("/metrics/")).status_code == 405

@@ -250,7 +250,7 @@ def test_an_empty_or_loose_variable_is_an_error_naming_it(variable: str, value: 
     ("poolplan", "--queries-per-request", "1e-320", "a number >= 0.001 and <= 10000"),
     ("poolplan", "--queries-per-request", "inf", "a number >= 0.001 and <= 10000"),
     ("poolplan", "--threads", "\u0661\u0660", "an integer >= 1 and <= 1000000"),
-    ("poolcheck", "--timeout", "nan", "a number of seconds > 0 and <= 30"),
+    ("poolcheck", "--timeout", "nan", "a number of seconds >= 0.001 and <= 30"),
 ])
 def test_a_bad_number_argument_is_a_usage_error(command: str, argument: str, value: str,
                                                 accepted: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._schema import (
+    SHORTEST_WAIT,
     Field,
     boolean,
     choice,
@@ -61,9 +62,9 @@ KNOBS: dict[str, Field] = fields(
     Field("max_overflow", 10, f"an integer >= 0 and <= {MOST_CONNECTIONS}, or -1 for no limit",
          "Extra connections opened when the pool is exhausted, closed again on checkin.",
          integer(0, MOST_CONNECTIONS, minus_one=True), int),
-    Field("pool_timeout", 30, f"a number of seconds > 0 and <= {HOUR}",
+    Field("pool_timeout", 30, f"a number of seconds >= {SHORTEST_WAIT} and <= {HOUR}",
          "How long a checkout waits for a free connection before PoolTimeout.",
-         number(above=0, at_most=HOUR), float),
+         number(at_least=SHORTEST_WAIT, at_most=HOUR), float),
     Field("pool_recycle", 3600,
          f"an integer of seconds >= 1 and <= {YEAR}, or -1 to never recycle",
          "Connections older than this are replaced at their next checkout.",
@@ -127,13 +128,16 @@ KNOBS: dict[str, Field] = fields(
          "The pool connects through a PgBouncer in this pooling mode: no startup options; "
          "in transaction mode also no prepared statements and no server-side cursors.",
          choice(("transaction", "session"), none=True), str),
-    Field("leak_detection_threshold", None, f"a number of seconds > 0 and <= {DAY}, or None "
-         "(off)", "Log once, with the checkout's stack, a connection held longer than this.",
-         optional(number(above=0, at_most=DAY)), float),
-    Field("client_timeout", None, f"a number of seconds > 0 and <= {DAY}, or None (off)",
+    Field("leak_detection_threshold", None, f"a number of seconds >= {SHORTEST_WAIT} and <= "
+         f"{DAY}, or None (off)",
+         "Log once, with the checkout's stack, a connection held longer than this.",
+         optional(number(at_least=SHORTEST_WAIT, at_most=DAY)), float),
+    Field("client_timeout", None, f"a number of seconds >= {SHORTEST_WAIT} and <= {DAY}, or "
+         "None (off)",
          "The longest one wait for the server's answer (a query, a fetch, a commit) may "
          "take before poolkit closes the connection and raises OperationalError; set it "
-         "above statement_timeout.", optional(number(above=0, at_most=DAY)), float),
+         "above statement_timeout.", optional(number(at_least=SHORTEST_WAIT, at_most=DAY)),
+         float),
 )
 
 #: ``OPTIONS`` keys of a ``DATABASES`` entry that poolkit reads for its engines, besides the

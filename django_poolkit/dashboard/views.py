@@ -1,10 +1,13 @@
-"""The dashboard's page and its JSON twin, for active staff users only.
+"""The dashboard's page and its JSON twin, for active staff users with the
+``django_poolkit.view_dashboard`` permission (superusers have it).
 
 Others are sent to the admin's login page when the admin is installed and mounted, and get
-403 when it is not. Both views are GET/HEAD only, never cached (``Cache-Control: no-store``)
-and never wrapped in ``ATOMIC_REQUESTS``' transaction (which would take a pool slot). The
-JSON answer carries the same document as the page plus the page's rendered sections, which
-the page's small script swaps in; with JavaScript off, a reload shows fresh figures.
+403 when it is not (the JSON always answers 403). Both views are GET/HEAD only, never cached
+(``Cache-Control: no-store``), never framed (``X-Frame-Options: DENY`` and a CSP
+``frame-ancestors 'none'`` on every answer, whatever the project's middleware), and never
+wrapped in ``ATOMIC_REQUESTS``' transaction (which would take a pool slot). The JSON answer
+carries the same document as the page plus the page's rendered sections, which the page's
+small script swaps in; with JavaScript off, a reload shows fresh figures.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
+from ..health.access import VIEW_DASHBOARD, may_see_pools
 from ..health.views import _EveryAlias
 from . import data
 
@@ -39,9 +43,10 @@ _CHART_HEIGHT = 60.0
 _MIN_SPAN = 30
 
 
-def _staff(request: HttpRequest) -> bool:
-    user: Any = getattr(request, "user", None)
-    return bool(user is not None and user.is_active and user.is_staff)
+#: The anti-framing policy of every answer (a page of host names and pids must not be
+#: clickjacked), set here rather than left to ``XFrameOptionsMiddleware``, which a project
+#: may have removed or set to ``SAMEORIGIN``.
+FRAME_ANCESTORS = "frame-ancestors 'none'"
 
 
 def _admin_index() -> str | None:
@@ -58,22 +63,39 @@ def _deny(request: HttpRequest, *, json_answer: bool) -> HttpResponse:
     if not json_answer and _admin_index() is not None:
         return redirect_to_login(request.get_full_path(), reverse("admin:login"))
     if json_answer:
-        return JsonResponse({"error": "staff only"}, status=403)
-    return HttpResponse("Staff only.\n", status=403, content_type="text/plain")
+        return JsonResponse({"error": "staff only", "permission": VIEW_DASHBOARD}, status=403)
+    return HttpResponse(f"Staff with the {VIEW_DASHBOARD} permission only.\n", status=403,
+                        content_type="text/plain")
+
+
+def _unframed(view: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpRequest],
+                                                                        HttpResponse]:
+    """Every answer of ``view`` (its 302, 403 and 405 too) refuses to be framed."""
+
+    def unframed(request: HttpRequest) -> HttpResponse:
+        response = view(request)
+        response["X-Frame-Options"] = "DENY"  # XFrameOptionsMiddleware keeps a view's own
+        response["Content-Security-Policy"] = FRAME_ANCESTORS
+        return response
+
+    return unframed
 
 
 def _dashboard_view(view: Callable[[HttpRequest], HttpResponse], name: str, *,
                     json_answer: bool) -> Callable[[HttpRequest], HttpResponse]:
-    """Staff only, GET/HEAD only, never cached, outside ``ATOMIC_REQUESTS``."""
+    """Staff with ``view_dashboard`` only, GET/HEAD only, never cached, never framed,
+    outside ``ATOMIC_REQUESTS``."""
 
     def wrapper(request: HttpRequest) -> HttpResponse:
-        if not _staff(request):
+        if not may_see_pools(getattr(request, "user", None)):
             return _deny(request, json_answer=json_answer)
         return view(request)
 
     wrapper.__name__ = name
     wrapper.__doc__ = view.__doc__
-    guarded: Any = never_cache(require_safe(wrapper))
+    guarded: Any = _unframed(never_cache(require_safe(wrapper)))
+    guarded.__name__ = name
+    guarded.__doc__ = view.__doc__
     guarded._non_atomic_requests = _EveryAlias()
     return guarded  # type: ignore[no-any-return]
 

@@ -3,8 +3,10 @@ metrics view.
 
 A caller sees details when ``DEBUG`` is on, when it sends ``POOLKIT["HEALTH"]["token"]`` in
 the ``token_header`` header or as ``Authorization: Bearer <token>`` (what Prometheus'
-``authorization`` setting sends), or when it is an active staff user and ``staff_details`` is
-on (off by default). Tokens are compared in constant time.
+``authorization`` setting sends), or when ``staff_details`` is on (off by default) and it is
+an active staff user with the ``django_poolkit.view_dashboard`` permission (a superuser has
+it), the rule of the dashboard too (:func:`may_see_pools`). Tokens are compared in constant
+time.
 
 The staff check is the only part of an answer that reads the application's database (the
 session and the user): a liveness or readiness answer must depend on nothing but its cached
@@ -24,12 +26,37 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest
 
+from ..pinning import use_primary
 from .report import HealthReport
 from .settings import UNHEALTHY, HealthSettings
 
-__all__ = ["may_see_details", "may_see_details_sync"]
+__all__ = ["VIEW_DASHBOARD", "amay_see_pools", "may_see_details", "may_see_details_sync",
+           "may_see_pools"]
 
 logger = logging.getLogger(__name__)
+
+#: The permission that shows host names, pids, every ``application_name`` on the server,
+#: database users and hosts: the dashboard, and health's and the metrics' details for staff.
+VIEW_DASHBOARD = "django_poolkit.view_dashboard"
+
+
+def may_see_pools(user: Any) -> bool:
+    """Whether ``user`` may see the dashboard: active, staff, and ``view_dashboard`` (a
+    superuser has every permission without a query; a staff user's are read once per
+    request, from the primary: a user loaded from it would send the read to a replica of its
+    cluster, which may be the one that is down). ``is_staff`` alone is not enough."""
+    if user is None or not (user.is_active and user.is_staff):
+        return False
+    with use_primary():
+        return bool(user.has_perm(VIEW_DASHBOARD))
+
+
+async def amay_see_pools(user: Any) -> bool:
+    """:func:`may_see_pools` for async code (the permissions are read without blocking)."""
+    if user is None or not (user.is_active and user.is_staff):
+        return False
+    async with use_primary():
+        return bool(await user.ahas_perm(VIEW_DASHBOARD))
 
 
 def _presented_token(request: HttpRequest, config: HealthSettings) -> str | None:
@@ -56,8 +83,7 @@ def _decided(request: HttpRequest, config: HealthSettings) -> bool | None:
 
 def _is_staff(request: HttpRequest) -> bool:
     try:
-        user: Any = getattr(request, "user", None)
-        return bool(user is not None and user.is_active and user.is_staff)
+        return may_see_pools(getattr(request, "user", None))
     except Exception:  # any failure of the optional lookup means "not staff"
         logger.debug("details: the staff lookup failed; answering as anonymous", exc_info=True)
         return False
@@ -77,8 +103,7 @@ async def may_see_details(request: HttpRequest, config: HealthSettings,
     if auser is None:
         return hasattr(request, "user") and bool(await sync_to_async(_is_staff)(request))
     try:
-        user = await auser()
-        return bool(user.is_active and user.is_staff)
+        return await amay_see_pools(await auser())
     except Exception:  # any failure of the optional lookup means "not staff"
         logger.debug("details: the staff lookup failed; answering as anonymous", exc_info=True)
         return False

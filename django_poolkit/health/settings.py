@@ -13,6 +13,7 @@ from typing import Any, Literal
 from django.db import connections
 
 from .._schema import (
+    SHORTEST_WAIT,
     Field,
     Report,
     boolean,
@@ -104,9 +105,9 @@ class HealthSettings:
 
 #: Every ``POOLKIT["HEALTH"]`` key: what it accepts and the hint for a wrong value.
 FIELDS: dict[str, Field] = fields(
-    Field("timeout", HealthSettings.timeout, "a number of seconds > 0 and <= 30",
-          "Keep it below your probe's timeout (Kubernetes: 1 s), e.g. 0.5.",
-          number(above=0, at_most=30, as_float=True)),
+    Field("timeout", HealthSettings.timeout, f"a number of seconds >= {SHORTEST_WAIT} and "
+          "<= 30", "Keep it below your probe's timeout (Kubernetes: 1 s), e.g. 0.5.",
+          number(at_least=SHORTEST_WAIT, at_most=30, as_float=True)),
     Field("cache_ttl", HealthSettings.cache_ttl, "a number of seconds >= 0 and <= 3600",
           "A few seconds, e.g. 2; 0 probes on every request.",
           number(at_least=0, at_most=3600, as_float=True)),
@@ -140,7 +141,8 @@ FIELDS: dict[str, Field] = fields(
           '"degraded" keeps /ready/ at 200 while the pool is saturated.',
           choice((UNHEALTHY, DEGRADED))),
     Field("staff_details", HealthSettings.staff_details, "True or False",
-          "Whether logged-in staff users see the detailed report.", boolean),
+          "Whether logged-in staff users with the django_poolkit.view_dashboard permission "
+          "(or superusers) see the detailed report.", boolean),
 )
 
 #: What each ``POOLKIT["HEALTH"]`` key accepts (for the messages and the docs).

@@ -17,9 +17,13 @@ from typing import Any, NoReturn
 
 from django.core.management.base import CommandError, CommandParser
 
-from .._schema import Rule, bounds_of
+from .._schema import SHORTEST_WAIT, Rule, bounds_of
 
-__all__ = ["UsageExit2", "bounded", "field_argument"]
+__all__ = ["TIMEOUT_RANGE", "UsageExit2", "bounded", "field_argument", "timeout_seconds"]
+
+#: ``--timeout`` of every command, in seconds: the settings' 1 ms floor (below it every probe
+#: and server read times out before it starts) up to 30.
+TIMEOUT_RANGE = (SHORTEST_WAIT, 30.0)
 
 _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
@@ -83,3 +87,8 @@ def field_argument(rule: Rule, *, integer: bool = False, unit: str = "") -> Call
         raise TypeError("field_argument needs a number rule with bounds")
     low, high = found
     return bounded(low, high, integer=integer, unit=unit)
+
+
+def timeout_seconds() -> Callable[[str], float]:
+    """The argparse type of a command's ``--timeout`` (:data:`TIMEOUT_RANGE`)."""
+    return bounded(*TIMEOUT_RANGE, unit="seconds")

@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import health
 from ...exceptions import PoolkitConfigurationError
-from ..arguments import UsageExit2, bounded
+from ..arguments import TIMEOUT_RANGE, UsageExit2, timeout_seconds
 
 
 class Command(UsageExit2, BaseCommand):
@@ -37,7 +37,7 @@ class Command(UsageExit2, BaseCommand):
         parser.add_argument("--database", action="append", dest="databases", metavar="ALIAS",
                             help="Probe only this alias (repeatable). Default: POOLKIT"
                             '["HEALTH"]["databases"], else every database.')
-        parser.add_argument("--timeout", type=bounded(0, 30, above=True, unit="seconds"),
+        parser.add_argument("--timeout", type=timeout_seconds(),
                             default=None,
                             help='Seconds each probe may take (default: POOLKIT["HEALTH"]'
                             '["timeout"]).')
@@ -57,8 +57,8 @@ class Command(UsageExit2, BaseCommand):
                 raise CommandError(f"unknown database alias {unknown[0]!r}; known: "
                                    + ", ".join(_all_aliases()), returncode=2)
         timeout = options["timeout"]
-        if timeout is not None and not 0 < timeout <= 30:
-            raise CommandError("--timeout must be > 0 and <= 30 seconds", returncode=2)
+        if timeout is not None and not TIMEOUT_RANGE[0] <= timeout <= TIMEOUT_RANGE[1]:
+            raise CommandError("--timeout must be >= 0.001 and <= 30 seconds", returncode=2)
         config = health.with_overrides(
             config, cache_ttl=0.0, timeout=timeout,
             databases=tuple(aliases) if aliases else None)

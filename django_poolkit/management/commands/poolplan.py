@@ -36,7 +36,13 @@ from ...ops.deployment import (
 )
 from ...ops.plan import PLAN_FORMULAS, Plan, build_plan
 from ...ops.serverinfo import ServerLimits, read_limits
-from ..arguments import UsageExit2, bounded, field_argument
+from ..arguments import (
+    TIMEOUT_RANGE,
+    UsageExit2,
+    bounded,
+    field_argument,
+    timeout_seconds,
+)
 
 #: Option -> ``Deployment`` field, for the options that override ``POOLKIT["DEPLOYMENT"]``.
 _OVERRIDES = {
@@ -50,7 +56,7 @@ _OVERRIDES = {
 #: a typo (or nan/inf) is a usage error instead of a traceback.
 _positive = bounded(1, MOST, integer=True)
 _non_negative = bounded(0, MOST, integer=True)
-_seconds = bounded(0, 30, above=True, unit="seconds")
+_seconds = timeout_seconds()
 
 
 def _setting(name: str, *, integer: bool = True) -> Any:
@@ -120,8 +126,8 @@ class Command(UsageExit2, BaseCommand):
             raise CommandError(f"unknown database alias {name!r}"
                                + (f"; did you mean {suggestion!r}?" if suggestion else ""),
                                returncode=2)
-        if not 0 < options["timeout"] <= 30:
-            raise CommandError("--timeout must be > 0 and <= 30 seconds", returncode=2)
+        if not TIMEOUT_RANGE[0] <= options["timeout"] <= TIMEOUT_RANGE[1]:
+            raise CommandError("--timeout must be >= 0.001 and <= 30 seconds", returncode=2)
         source: Literal["server", "option"] = "server"
         if options["max_connections"] is not None:
             if options["reserved_connections"] >= options["max_connections"]:

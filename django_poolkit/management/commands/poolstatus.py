@@ -36,7 +36,7 @@ from ...engines.params import connection_target
 from ...exceptions import PoolkitConfigurationError, ServerUnreachable
 from ...ops.deployment import server_of
 from ...ops.serverinfo import ServerSnapshot, read_server
-from ..arguments import UsageExit2, bounded
+from ..arguments import TIMEOUT_RANGE, UsageExit2, bounded, timeout_seconds
 
 #: Settings the table always shows; the others only when something other than the
 #: built-in default set them (JSON always has every one).
@@ -105,7 +105,7 @@ class Command(UsageExit2, BaseCommand):
         parser.add_argument("--watch", type=bounded(0.5, 86_400, unit="seconds"), default=None,
                             metavar="SECONDS",
                             help="Refresh every SECONDS until interrupted (Ctrl-C).")
-        parser.add_argument("--timeout", type=bounded(0, 30, above=True, unit="seconds"),
+        parser.add_argument("--timeout", type=timeout_seconds(),
                             default=2.0, metavar="SECONDS",
                             help="How long each server may take to answer (default 2).")
         # For tests and scripts: stop --watch after this many rounds.
@@ -125,8 +125,8 @@ class Command(UsageExit2, BaseCommand):
         if watch is not None and watch <= 0:
             raise CommandError("--watch must be a number of seconds > 0", returncode=2)
         timeout = options["timeout"]
-        if not 0 < timeout <= 30:
-            raise CommandError("--timeout must be > 0 and <= 30 seconds", returncode=2)
+        if not TIMEOUT_RANGE[0] <= timeout <= TIMEOUT_RANGE[1]:
+            raise CommandError("--timeout must be >= 0.001 and <= 30 seconds", returncode=2)
         iterations = options["iterations"]
         render: Callable[[dict[str, Any]], None] = (
             self._json_line if watch is not None and options["format"] == "json"

@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.management.base import BaseCommand
 
 USERNAME = "demo-staff"
@@ -23,4 +24,7 @@ class Command(BaseCommand):
         user.is_active = True
         user.set_password(password)
         user.save()
+        # The dashboard needs view_dashboard besides is_staff.
+        user.user_permissions.add(Permission.objects.get(
+            content_type__app_label="django_poolkit", codename="view_dashboard"))
         self.stdout.write(f"demo staff user (demo only): {USERNAME} / {password}")
