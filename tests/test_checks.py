@@ -141,6 +141,17 @@ def test_manage_py_check_reports_errors_without_a_traceback() -> None:
     assert "System check identified 3 issues (0 silenced)." in lines
 
 
+def test_a_broken_configuration_with_the_metrics_mounted_prints_only_the_report() -> None:
+    """Importing the metrics URLconf registers its collector: that must read no state (it
+    printed a 14-line "collecting failed" traceback before the report)."""
+    result = _manage("tests.settings_broken_metrics", "check")
+    assert result.returncode == 1
+    output = result.stderr + result.stdout
+    assert "Traceback" not in output
+    assert "collecting failed" not in output
+    assert output.startswith("SystemCheckError: System check identified some issues:")
+
+
 def test_manage_py_check_passes_on_the_test_project() -> None:
     result = _manage("testproject.settings_test", "check")
     assert result.returncode == 0, result.stderr
