@@ -54,4 +54,5 @@ W_BUDGET_UNKNOWN = "poolkit.W041"  # max_connections could not be read
 W_THREADS_OVER_POOL = "poolkit.W042"  # more request threads than a pool has connections
 
 # The staff dashboard (django_poolkit.dashboard).
-W_DASHBOARD_ADMIN_ORDER = "poolkit.W050"  # admin before django_poolkit: no link to the dashboard
+# poolkit.W050 (retired): admin before django_poolkit hid the admin's link to the dashboard;
+# the link no longer depends on the order of INSTALLED_APPS.

@@ -9,6 +9,7 @@ import threading
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.core.checks import run_checks
 from django.db import connections
 from django.test import RequestFactory, override_settings
 from django.urls import reverse
@@ -244,16 +245,17 @@ def test_every_workers_pools_summed_from_the_multiprocess_directory(tmp_path, mo
             worker.communicate("", timeout=60)
 
 
-def test_admin_before_poolkit_is_warned_about(settings):
-    from django.apps import apps as registry
-
-    from django_poolkit.dashboard.checks import check_admin_link
-
-    assert check_admin_link() == []
-    order = [name for name in settings.INSTALLED_APPS if name != "django_poolkit"]
-    order.insert(order.index("django.contrib.admin") + 1, "django_poolkit")
-    settings.INSTALLED_APPS = order
-    try:
-        assert [message.id for message in check_admin_link()] == ["poolkit.W050"]
-    finally:
-        registry.clear_cache()
+@pytest.mark.parametrize("last", [False, True], ids=["poolkit-first", "poolkit-last"])
+def test_the_admin_link_does_not_depend_on_the_order_of_installed_apps(settings,
+                                                                        staff_client, last):
+    """The tutorial's INSTALLED_APPS += ["django_poolkit"] puts poolkit after the admin."""
+    user = get_user_model().objects.get(username="ops")
+    user.is_superuser = True
+    user.save()
+    if last:
+        settings.INSTALLED_APPS = [
+            *(name for name in settings.INSTALLED_APPS if name != "django_poolkit"),
+            "django_poolkit"]
+    index = staff_client.get(reverse("admin:index")).content.decode()
+    assert index.count(f'href="{reverse("poolkit_dashboard:index")}"') == 1
+    assert "poolkit." not in " ".join(message.id or "" for message in run_checks())

@@ -31,7 +31,7 @@ def test_sdist_and_wheel_contain_only_the_package(tmp_path):
     # The dashboard's templates and static files travel with the package.
     for name in ("django_poolkit/templates/django_poolkit/dashboard/index.html",
                  "django_poolkit/templates/django_poolkit/dashboard/body.html",
-                 "django_poolkit/templates/admin/index.html",
+                 "django_poolkit/templates/django_poolkit/admin/index.html",
                  "django_poolkit/static/django_poolkit/dashboard/dashboard.js",
                  "django_poolkit/static/django_poolkit/dashboard/dashboard.css"):
         assert name in wheel_names
