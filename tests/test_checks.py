@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core.checks import Error, run_checks
+from django.core.checks import Warning as CheckWarning
 from django.test import override_settings
 
 from django_poolkit import conf
@@ -178,4 +179,32 @@ def test_replicas_without_the_router_or_the_middleware_are_warned(
 def test_no_routing_no_wiring_warning() -> None:
     with override_settings(POOLKIT={}, DATABASE_ROUTERS=[], MIDDLEWARE=[]):
         assert [message.id for message in run_checks()
-                if message.id.startswith("poolkit.W02")] == []
+                if message.id in ("poolkit.W020", "poolkit.W021")] == []
+
+
+def _w022(**overrides: Any) -> list[Any]:
+    with override_settings(**overrides):
+        return [message for message in run_checks() if message.id == "poolkit.W022"]
+
+
+def test_pools_without_the_middleware_are_warned_a_timeout_is_a_500() -> None:
+    pooled = ", ".join(f'DATABASES["{alias}"]' for alias in DATABASES
+                       if settings.DATABASES[alias]["ENGINE"].startswith("django_poolkit"))
+    assert _w022(POOLKIT={"ENGINES": {"stats": {"url": "sqlite:///stats.db"}}},
+                 MIDDLEWARE=[]) == [CheckWarning(
+        f'{pooled}, POOLKIT["ENGINES"]["stats"] are pooled, but PoolkitMiddleware is not in '
+        "MIDDLEWARE: a request that waits pool_timeout for a connection fails with a 500 "
+        "instead of a 503 with Retry-After.",
+        hint='Add "django_poolkit.middleware.PoolkitMiddleware" near the top of MIDDLEWARE, '
+             "above the middleware that reads the database (or silence poolkit.W022 in a "
+             "project that serves no HTTP requests).", id="poolkit.W022")]
+    assert _w022(MIDDLEWARE=[_MIDDLEWARE]) == []
+    # Routed replicas: W021 already says it.
+    assert _w022(POOLKIT=_ROUTED, DATABASE_ROUTERS=[_ROUTER], MIDDLEWARE=[]) == []
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by checks only
+def test_no_pool_no_middleware_warning() -> None:
+    stock = {alias: {**database, "ENGINE": "django.db.backends.postgresql"}
+             for alias, database in settings.DATABASES.items()}
+    assert _w022(DATABASES=stock, POOLKIT={}, MIDDLEWARE=[]) == []
