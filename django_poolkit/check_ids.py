@@ -37,6 +37,7 @@ E_ROUTING_NOT_POSTGRES = "poolkit.E026"  # a cluster member is not a PostgreSQL 
 W_NO_ROUTER = "poolkit.W020"  # replicas declared, no PrimaryReplicaRouter installed
 W_NO_MIDDLEWARE = "poolkit.W021"  # replicas routed, PoolkitMiddleware not installed
 W_NO_MIDDLEWARE_TIMEOUT = "poolkit.W022"  # pools serve requests, no PoolkitMiddleware: a 500
+W_UNPOOLED_REPLICA = "poolkit.W023"  # a routed replica on Django's stock backend, not pooled
 
 # POOLKIT["HEALTH"].
 E_HEALTH_NOT_A_DICT = "poolkit.E030"  # POOLKIT["HEALTH"] is not a dict

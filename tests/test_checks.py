@@ -176,6 +176,22 @@ def test_replicas_without_the_router_or_the_middleware_are_warned(
     assert found == expected
 
 
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by checks only
+def test_a_routed_replica_on_the_stock_backend_is_warned() -> None:
+    stock = {**settings.DATABASES, "replica": {**settings.DATABASES["replica"],
+                                               "ENGINE": "django.db.backends.postgresql"}}
+    with override_settings(POOLKIT=_ROUTED, DATABASE_ROUTERS=[_ROUTER],
+                           MIDDLEWARE=[_MIDDLEWARE], DATABASES=stock):
+        found = [message for message in run_checks() if message.id == "poolkit.W023"]
+    assert found == [CheckWarning(
+        'DATABASES["replica"], a replica of cluster "main", uses ENGINE '
+        '"django.db.backends.postgresql", not the pooled backend: the reads routed to it '
+        "bypass its pool (with CONN_MAX_AGE 0, each request opens a new server connection), "
+        "and the dashboard shows that pool idle.",
+        hint='Set DATABASES["replica"]["ENGINE"] = "django_poolkit.db.backends.postgresql" '
+             'and "CONN_MAX_AGE": 0, as for the primary.', id="poolkit.W023")]
+
+
 def test_no_routing_no_wiring_warning() -> None:
     with override_settings(POOLKIT={}, DATABASE_ROUTERS=[], MIDDLEWARE=[]):
         assert [message.id for message in run_checks()
