@@ -25,6 +25,7 @@ W_PGBOUNCER_TIMEOUT = "poolkit.W011"  # pgbouncer set and statement_timeout not 
 W_PGBOUNCER_RESET = "poolkit.W012"  # pgbouncer="transaction" with a reset other than rollback
 W_PGBOUNCER_OVERRIDE = "poolkit.W013"  # pgbouncer="transaction" overrides an OPTIONS value
 W_PGBOUNCER_OPTIONS = "poolkit.W014"  # pgbouncer set and OPTIONS["options"] given
+W_APP_NOT_INSTALLED = "poolkit.W015"  # the pooled backend without django_poolkit installed
 
 # POOLKIT["ROUTING"] and its wiring.
 E_ROUTING_TYPE = "poolkit.E020"  # a routing section or entry has the wrong type

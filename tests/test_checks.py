@@ -224,3 +224,43 @@ def test_no_pool_no_middleware_warning() -> None:
     stock = {alias: {**database, "ENGINE": "django.db.backends.postgresql"}
              for alias, database in settings.DATABASES.items()}
     assert _w022(DATABASES=stock, POOLKIT={}, MIDDLEWARE=[]) == []
+
+
+def test_the_pooled_backend_without_the_app_is_warned(settings) -> None:
+    from django.apps import apps as registry
+
+    from django_poolkit.db.checks import check_app_installed
+
+    assert check_app_installed() == []
+    settings.INSTALLED_APPS = [name for name in settings.INSTALLED_APPS
+                               if name != "django_poolkit"]
+    try:
+        pooled = [f'DATABASES["{alias}"]' for alias in DATABASES
+                  if settings.DATABASES[alias]["ENGINE"].startswith("django_poolkit")]
+        assert check_app_installed() == [CheckWarning(
+            f"{', '.join(pooled)} use django_poolkit.db.backends.postgresql, but "
+            '"django_poolkit" is not in INSTALLED_APPS: POOLKIT is not checked, the pools '
+            "are not closed at exit, and a forked worker (gunicorn --preload, Celery prefork) "
+            "keeps its parent's pools.",
+            hint='Add "django_poolkit" to INSTALLED_APPS.', id="poolkit.W015")]
+    finally:
+        registry.clear_cache()
+
+
+@pytest.mark.parametrize("engine", ["django_poolkit", "django_poolkit.db.backends.postgres"])
+def test_a_wrong_engine_under_django_poolkit_names_the_backend(tmp_path: Path,
+                                                               engine: str) -> None:
+    (tmp_path / "wrong_engine_settings.py").write_text(
+        "from testproject.settings_test import *  # noqa: F403\n"
+        f'DATABASES["default"]["ENGINE"] = "{engine}"  # noqa: F405\n')
+    environ = {key: value for key, value in os.environ.items()
+               if not key.startswith("POOLKIT_")}
+    environ.update(DJANGO_SETTINGS_MODULE="wrong_engine_settings",
+                   PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f'django.core.exceptions.ImproperlyConfigured: DATABASES ENGINE "{engine}" is not a '
+        'database backend: the pooled backend is "django_poolkit.db.backends.postgresql" (and '
+        '"django_poolkit" belongs in INSTALLED_APPS).')
