@@ -32,7 +32,7 @@ def test_sdist_and_wheel_contain_only_the_package(tmp_path):
     for name in ("django_poolkit/templates/django_poolkit/dashboard/index.html",
                  "django_poolkit/templates/django_poolkit/dashboard/body.html",
                  "django_poolkit/templates/django_poolkit/admin/index.html",
-                 "django_poolkit/static/django_poolkit/dashboard/dashboard.js",
-                 "django_poolkit/static/django_poolkit/dashboard/dashboard.css"):
+                 "django_poolkit/templates/django_poolkit/dashboard/script.html",
+                 "django_poolkit/templates/django_poolkit/dashboard/style.html"):
         assert name in wheel_names
         assert name in sdist_names
