@@ -289,3 +289,22 @@ def test_the_admin_link_does_not_depend_on_the_order_of_installed_apps(settings,
     index = staff_client.get(reverse("admin:index")).content.decode()
     assert index.count(f'href="{reverse("poolkit_dashboard:index")}"') == 1
     assert "poolkit." not in " ".join(message.id or "" for message in run_checks())
+
+
+@pytest.mark.parametrize(("count", "caption", "first_x"), [
+    (1, "Last 0 s (one point every 2 s, 1 point)", "300.0"),
+    (16, "Last 30 s (one point every 2 s, 16 points)", "0.0"),
+    (180, "Last 6.0 min (one point every 2 s, 180 points)", "0.0"),
+])
+def test_the_time_series_axis_spans_the_data_it_has(count, caption, first_x):
+    """30 s of data was drawn on the right of a wider window, under "1 points"."""
+    document = data.collect(wait=0)
+    sample = {"checked_out": 1, "waiting": 0, "wait_ms": 0.0}
+    document["series"]["points"] = [{"t": "2026-01-01T00:00:00+00:00",
+                                     "aliases": {"default": sample}}] * count
+    html = views._body(document, _staff_request())
+    section = html[html.index('id="pk-alias-default"'):]
+    assert caption in " ".join(section.split())
+    line = section[section.index('class="pk-line-out" points="'):].split('"')[3]
+    assert line.split()[0].split(",")[0] == first_x
+    assert len(line.split()) == count
