@@ -31,6 +31,8 @@ __all__ = [
     "KNOBS",
     "OPTION_FIELDS",
     "ORIGINS",
+    "ORM_DEFAULTS",
+    "POOLED_BACKEND",
     "SECTION_PARSERS",
     "TOP_LEVEL_KEYS",
     "PoolSettings",
@@ -38,6 +40,9 @@ __all__ = [
 ]
 
 DEFAULT_ENV_PREFIX = "POOLKIT_"
+
+#: The ENGINE of poolkit's pooled ORM backend: its alias's sync pool is shared with the ORM.
+POOLED_BACKEND = "django_poolkit.db.backends.postgresql"
 
 
 #: The ceilings of the numbers below: generous for any real deployment, and each far from
@@ -135,6 +140,12 @@ KNOBS: dict[str, Field] = fields(
          "take before poolkit closes the connection and raises OperationalError; set it "
          "above statement_timeout.", optional(number(above=0, at_most=DAY)), float),
 )
+
+#: Defaults that differ for a pool that serves the ORM (a ``DATABASES`` alias on
+#: :data:`POOLED_BACKEND`): a drop-in backend changes nothing a query may do unless asked, so
+#: ``statement_timeout`` stays the server's (stock Django sends none). ENGINES and the pools
+#: only ``get_engine()`` uses keep KNOBS' defaults.
+ORM_DEFAULTS: dict[str, Any] = {"statement_timeout": None}
 
 #: ``OPTIONS`` keys of a ``DATABASES`` entry that poolkit reads for its engines, besides the
 #: knobs (a ``DATABASE_URL`` query parameter lands in ``OPTIONS``): checked like them.
