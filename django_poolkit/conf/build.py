@@ -239,7 +239,8 @@ def build_settings(
     for alias, database in databases.items():
         own = read_knobs(per_database.get(alias), ("DATABASES", alias), problems)
         serves_orm = database.get("ENGINE") == POOLED_BACKEND
-        layers = [orm_builtin if serves_orm else builtin, _Layer("setting", defaults), _Layer("setting", own),
+        layers = [orm_builtin if serves_orm else builtin, _Layer("setting", defaults),
+                  _Layer("setting", own),
                   _Layer("url", url_options(alias, database, problems)),
                   _Layer("environment", env_global),
                   _Layer("environment", env_alias.get(alias, {}))]
