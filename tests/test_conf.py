@@ -679,3 +679,27 @@ def test_pool_parameters_on_an_alias_of_the_stock_backend_are_an_error() -> None
         ('DATABASES["default"]["OPTIONS"]["pool_size"]', "poolkit.E005")]
     assert "uses ENGINE 'django.db.backends.postgresql'" in problems[0].message
     assert 'Set ENGINE to "django_poolkit.db.backends.postgresql"' in problems[0].hint
+
+
+def test_an_empty_url_parameter_is_an_error_as_an_empty_variable_is() -> None:
+    """django-environ drops ``?pool_size=`` before OPTIONS, where ``POOLKIT_POOL_SIZE=`` is
+    an error: the URL variable that points at the alias is read for it."""
+    _, from_env = build_settings({}, DATABASES, {"POOLKIT_DEFAULT__POOL_SIZE": ""})
+    assert [(problem.path, problem.check_id) for problem in from_env] == [
+        ("environment variable POOLKIT_DEFAULT__POOL_SIZE", "poolkit.E006")]
+    database = {**DATABASES["default"], "HOST": "db", "PORT": "6543"}
+    url = "postgres://u:s3cret@db:6543/app?pool_size=&sslmode=require&pool_timeout= "
+    _, from_url = build_settings({}, {"default": database}, {"DATABASE_URL": url})
+    assert from_url == [
+        Problem("environment variable DATABASE_URL: ?pool_size=",
+                'is empty (for DATABASES["default"])',
+                "Remove the parameter to keep the value configured elsewhere, or give one: "
+                f"{KNOBS['pool_size'].accepted}.", "poolkit.E003"),
+        Problem("environment variable DATABASE_URL: ?pool_timeout=",
+                'is empty (for DATABASES["default"])',
+                "Remove the parameter to keep the value configured elsewhere, or give one: "
+                f"{KNOBS['pool_timeout'].accepted}.", "poolkit.E003")]
+    assert "s3cret" not in repr(from_url)
+    # A URL of another database is not this alias's.
+    other = url.replace("/app?", "/other?")
+    assert build_settings({}, {"default": database}, {"OTHER_URL": other})[1] == []

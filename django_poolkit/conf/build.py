@@ -35,7 +35,7 @@ from .knobs import (
     PoolkitSettings,
     PoolSettings,
 )
-from .sources import read_environment, read_knobs, url_options
+from .sources import blank_url_knobs, read_environment, read_knobs, url_options
 
 __all__ = ["build_settings", "parse_url"]
 
@@ -239,6 +239,7 @@ def build_settings(
     for alias, database in databases.items():
         own = read_knobs(per_database.get(alias), ("DATABASES", alias), problems)
         serves_orm = database.get("ENGINE") == POOLED_BACKEND
+        blank_url_knobs(alias, database, environ_, problems)
         layers = [orm_builtin if serves_orm else builtin, _Layer("setting", defaults),
                   _Layer("setting", own),
                   _Layer("url", url_options(alias, database, problems)),
