@@ -265,6 +265,8 @@ URL_ROWS: list[tuple[Row, str]] = [
           ("pool_pre_ping=maybe", "maybe", "poolkit.E003", f'{OPT}["pool_pre_ping"]', "'maybe'"),
           ("pgbouncer=statement", "statement", "poolkit.E003", f'{OPT}["pgbouncer"]',
            "'statement'"),
+          ("sslmode=bogus", "bogus", "poolkit.E003", f'{OPT}["sslmode"]', "'bogus'"),
+          ("sslmode=requir", "requir", "poolkit.E003", f'{OPT}["sslmode"]', "'requir'"),
       )],
     *[(refused(f"ENGINES url {label}", url, "poolkit.E007", E_URL, None), url)
       for label, url in (

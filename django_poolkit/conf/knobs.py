@@ -147,6 +147,9 @@ KNOBS: dict[str, Field] = fields(
 #: only ``get_engine()`` uses keep KNOBS' defaults.
 ORM_DEFAULTS: dict[str, Any] = {"statement_timeout": None}
 
+#: The values libpq accepts for ``sslmode``.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
 #: ``OPTIONS`` keys of a ``DATABASES`` entry that poolkit reads for its engines, besides the
 #: knobs (a ``DATABASE_URL`` query parameter lands in ``OPTIONS``): checked like them.
 OPTION_FIELDS: dict[str, Field] = fields(
@@ -155,6 +158,9 @@ OPTION_FIELDS: dict[str, Field] = fields(
           "READ) or 4 (SERIALIZABLE)",
           "Django's OPTIONS['isolation_level'], e.g. psycopg.IsolationLevel.SERIALIZABLE "
           "(?isolation_level=4 in DATABASE_URL).", integer(1, 4), int),
+    Field("sslmode", None, "one of " + ", ".join(f'"{mode}"' for mode in SSL_MODES),
+          "libpq's sslmode (?sslmode=require in DATABASE_URL); libpq would refuse any other "
+          "value only at the first connection.", choice(SSL_MODES), str),
 )
 
 #: Keys an ``ENGINES`` entry accepts besides the knobs. ``password`` beside ``url`` is the
