@@ -264,3 +264,19 @@ def test_a_wrong_engine_under_django_poolkit_names_the_backend(tmp_path: Path,
         f'django.core.exceptions.ImproperlyConfigured: DATABASES ENGINE "{engine}" is not a '
         'database backend: the pooled backend is "django_poolkit.db.backends.postgresql" (and '
         '"django_poolkit" belongs in INSTALLED_APPS).')
+
+
+def test_a_missing_psycopg_says_how_to_install_it() -> None:
+    """pip install django-poolkit without [binary] on a host without libpq."""
+    code = ("import sys; sys.modules['psycopg'] = None\n"
+            "from django.core.management import execute_from_command_line\n"
+            "execute_from_command_line(['manage.py', 'check'])\n")
+    environ = {key: value for key, value in os.environ.items()
+               if not key.startswith("POOLKIT_")}
+    environ["DJANGO_SETTINGS_MODULE"] = "testproject.settings_test"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        "ImportError: django-poolkit needs psycopg 3 and a libpq, and importing psycopg failed")
+    assert "pip install 'django-poolkit[binary]'" in result.stderr
