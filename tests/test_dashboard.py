@@ -74,7 +74,8 @@ def test_the_breadcrumbs_are_the_markup_django_5_and_6_style(staff_client):
     assert ('<ol class="breadcrumbs pk-breadcrumbs"><li><a href="/admin/">Home</a></li>'
             '<li aria-current="page">Connection pools</li></ol>') in html
     assert "ol.pk-breadcrumbs {" in html
-    assert "#content .pk-toc a { text-decoration: none; }" in html
+    assert ("#content nav.pk-toc a:link, #content nav.pk-toc a:visited "
+            "{ text-decoration: none; }") in html
 
 
 def test_anonymous_and_non_staff_are_sent_to_the_admin_login(client):

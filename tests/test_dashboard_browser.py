@@ -147,6 +147,12 @@ def test_staff_watches_pools_and_replicas_change(browser: Any, live_server: Any,
                              ("pk-plan", "Connection budget"), ("pk-workers", "All workers")):
         assert heading in _text(browser, f"#{section} h2")
     assert browser.find_elements(By.CSS_SELECTOR, "#pk-pools table th[scope=col]")
+    # With the admin's stylesheet (Django 6 underlines content links; 5.2 styles only its
+    # div.breadcrumbs): the section links are not underlined, the breadcrumbs are a bar.
+    assert browser.execute_script(
+        "return [getComputedStyle(document.querySelector('.pk-toc a')).textDecorationLine,"
+        "        getComputedStyle(document.querySelector('ol.pk-breadcrumbs')).backgroundColor];"
+    ) == ["none", "rgb(38, 75, 93)"]
     assert "primary" in _text(browser, "#pk-server")
     assert "PROMETHEUS_MULTIPROC_DIR" in _text(browser, "#pk-workers")
     _until(lambda: "in rotation" in _text(browser, "tr[data-replica=replica]")
