@@ -27,7 +27,7 @@ from .pinning import use_primary
 from .routing.sessions import read_session, write_session
 from .stats import PoolStats
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 __all__ = [
     "ClientTimeout",

@@ -4,12 +4,15 @@ it never reads ``POOLKIT`` or opens a connection.
 Fork safety is this one hook: a forked child (gunicorn's workers, even with ``--preload``)
 starts with none of its parent's per-process state. Each holder's ``after_fork_in_child``
 drops what the parent's threads and sockets left behind; no module registers a hook of its
-own at import time."""
+own at import time. The parent's side of a fork is Celery's alone (``contrib.celery``, whose
+receivers ``ready()`` connects when Celery is loaded): its prefork main process runs no task,
+so nothing else would return what it checked out."""
 
 from __future__ import annotations
 
 import atexit
 import os
+import sys
 
 from django.apps import AppConfig
 
@@ -57,3 +60,9 @@ class PoolkitConfig(AppConfig):
 
         link_admin_index()
         _install_process_hooks()
+        # A Celery worker imports Celery before it sets Django up; a process that has not
+        # loaded Celery by now runs no worker.
+        if "celery" in sys.modules:
+            from .contrib.celery import connect_signals
+
+            connect_signals()

@@ -20,6 +20,7 @@ W_URL_SECRET = "poolkit.W001"  # noqa: S105 - a password in an ENGINES url, show
 # The pooled ORM backend (django_poolkit.db.checks).
 E_CONN_MAX_AGE = "poolkit.E010"  # CONN_MAX_AGE is not 0 on a pooled alias
 E_NATIVE_POOL = "poolkit.E011"  # OPTIONS["pool"] (Django's own pool) on a pooled alias
+E_CELERY_REUSE = "poolkit.E012"  # CELERY_DB_REUSE_MAX with a pooled alias
 W_PGBOUNCER_ROLE = "poolkit.W010"  # pgbouncer="transaction" with OPTIONS["assume_role"]
 W_PGBOUNCER_TIMEOUT = "poolkit.W011"  # pgbouncer set and statement_timeout not None
 W_PGBOUNCER_RESET = "poolkit.W012"  # pgbouncer="transaction" with a reset other than rollback

@@ -84,3 +84,41 @@ wake_and_wait() {
     for _ in $(seq 1 "${1:-30}"); do answers && return 0; sleep 1; done
     return 1
 }
+
+# -- lines of ours in someone else's configuration file (scripts/replica's pg_hba.conf lines) --
+# The block is "$MARK", the lines, "$MARK (end)": found, replaced and removed by its markers
+# only, so the file's own lines are never touched. The file keeps its owner and mode.
+
+# Insert the block before the file's first rule (so no earlier line shadows ours), unless the
+# file has it already. Prints each line it adds; returns 1 when it had the block (nothing done).
+# usage: marked_insert FILE MARK LINE...
+marked_insert() {
+    local file=$1 mark=$2 tmp
+    shift 2
+    grep -qxF "$mark" "$file" && return 1
+    tmp=$(mktemp)
+    awk -v mark="$mark" -v lines="$(printf '%s\n' "$@")" '
+        function block() { print mark; print lines; print mark " (end)"; done = 1 }
+        !done && $0 !~ /^[[:space:]]*(#|$)/ { block() }
+        { print }
+        END { if (!done) block() }
+    ' "$file" >"$tmp"
+    cat "$tmp" >"$file"
+    rm -f "$tmp"
+    printf '  + %s\n' "$@"
+}
+
+# Remove the block (markers included), leaving the rest of the file byte for byte; returns 1
+# when the file has none. usage: marked_remove FILE MARK
+marked_remove() {
+    local file=$1 mark=$2 tmp
+    grep -qxF "$mark" "$file" || return 1
+    tmp=$(mktemp)
+    awk -v mark="$mark" '
+        $0 == mark { skipping = 1; next }
+        skipping && $0 == mark " (end)" { skipping = 0; next }
+        !skipping { print }
+    ' "$file" >"$tmp"
+    cat "$tmp" >"$file"
+    rm -f "$tmp"
+}

@@ -5,6 +5,7 @@ README renders on PyPI. (scripts/docs builds the whole manual with warnings as e
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -58,3 +59,23 @@ def test_the_documents_render_without_a_warning(name):
         text, writer="html",
         settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5})
     assert warnings.getvalue() == ""
+
+
+def test_the_replica_snapshots_shown_are_what_replica_state_returns():
+    """docs/replicas.rst shows ``snapshot()`` (a ClusterStatus per cluster) and
+    ``replica(alias).as_dict()``: the attributes and keys it shows are those of the classes."""
+    from dataclasses import fields
+
+    from django_poolkit.routing.status import ClusterStatus, ReplicaStatus
+
+    text = (ROOT / "docs" / "replicas.rst").read_text()
+    session = text[text.index("    >>> [main] = replica_state.snapshot()"):]
+    session = session[: session.index("\n\n")]
+    cluster = {*(field.name for field in fields(ClusterStatus)), "degraded"}
+    replica = {field.name for field in fields(ReplicaStatus)}
+    assert set(re.findall(r"\bmain\.(\w+)", session)) - {"replicas"} <= cluster
+    assert "main.replicas[0]" in session
+    assert set(re.findall(r"\breplica1\.(\w+)", session)) <= replica
+    shown = text[text.index('``replica_state.replica("replica1").as_dict()``:'):]
+    shown = shown[shown.index("{"): shown.index("}") + 1]
+    assert list(json.loads(shown)) == [field.name for field in fields(ReplicaStatus)]

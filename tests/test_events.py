@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from django_poolkit import PoolTimeout, get_engine, pool_stats, signals
 from django_poolkit.stats import COUNTER_KEYS, GAUGE_KEYS
 
+from .helpers.backend import terminate
 from .helpers.threads import running
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -116,6 +118,54 @@ def test_invalidation_is_counted_signalled_and_logged(received, caplog):
     assert str(invalidations[0]["error"]) == "server said goodbye"
     assert "pool 'default' (sync) invalidated connection #" in caplog.text
     assert "RuntimeError: server said goodbye" in caplog.text
+
+
+def _invalidation_lines(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if " invalidated connection #" in record.getMessage()]
+
+
+def test_a_dead_idle_connection_found_at_checkout_is_logged_with_the_pings_error(admin,
+                                                                                 caplog):
+    engine = get_engine()
+    with engine.connect() as connection:
+        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+    terminate(admin, [pid])  # an idle kill, as idle_session_timeout or an operator does
+    with caplog.at_level(logging.WARNING, logger="django_poolkit"):
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    # Not SQLAlchemy's bare "InvalidatePoolError: ()": the pool, the cause, what happens next.
+    [line] = _invalidation_lines(caplog)
+    assert re.fullmatch(
+        r"pool 'default' \(sync\) invalidated connection #\d+: the pre-ping found it dead at "
+        r"checkout \(\w+: .*terminat.*\); replacing it, and the pool's older connections at "
+        r"their next checkout", line), line
+    assert pool_stats().invalidations == 1
+
+
+def test_invalidate_pool_error_from_a_checkout_listener_is_logged_as_such(caplog):
+    engine = get_engine()
+    with engine.connect():
+        pass  # a connection in the pool: the listener below sees its second checkout
+    raised = []
+
+    def refuse_once(dbapi_connection, record, proxy):
+        if not raised:
+            raised.append(True)
+            raise sqlalchemy.exc.InvalidatePoolError()
+
+    event.listen(engine, "checkout", refuse_once)
+    try:
+        with caplog.at_level(logging.WARNING, logger="django_poolkit"):
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+    finally:
+        event.remove(engine, "checkout", refuse_once)
+    [line] = _invalidation_lines(caplog)
+    assert re.fullmatch(
+        r"pool 'default' \(sync\) invalidated connection #\d+: the pre-ping or a checkout "
+        r"listener found it disconnected at checkout; replacing it, and the pool's older "
+        r"connections at their next checkout", line), line
 
 
 def test_soft_invalidation_is_counted(received):

@@ -1,12 +1,19 @@
 """A new project, built the way the manual's "A new project, step by step" tells a user.
 
 The steps are read out of docs/tutorial.rst (its console commands and file blocks), so the test
-and the documentation cannot drift apart: ``django-admin startproject``, the settings,
-views, URLs and ``asgi.py`` blocks, ``migrate``, ``poolplan``'s recommendation exported as
-``POOLKIT_DEFAULT__*``, then the documented gunicorn command (2 workers x 4 threads, with
-and without ``--preload``) and the documented uvicorn command. Nothing from the test project
-leaks in: no ``DJANGO_SETTINGS_MODULE`` in the environment, no repository on the path (the
-package comes from the virtualenv, as ``pip install`` would put it there).
+and the documentation cannot drift apart: ``pip install`` (run only when ``TEST_SITE_WHEEL``
+names the wheel to install), ``django-admin startproject``, the settings, views, URLs and
+``asgi.py`` blocks, the role and the database (``createuser``, ``createdb``: names unique to the
+test, dropped afterwards), ``migrate``, ``poolplan``'s recommendation exported as
+``POOLKIT_DEFAULT__*``, then the documented gunicorn command (2 workers x 4 threads, with and
+without ``--preload``) and the documented uvicorn command. The replicas page's quick start
+(docs/replicas.rst) is then followed on the same kind of site against the streaming replica
+(``TEST_REPLICA_URL``), its shell session run as a doctest. Nothing from the test project leaks
+in: no ``DJANGO_SETTINGS_MODULE`` or ``POOLKIT_*`` in the environment, no repository on the path
+(the package comes from the virtualenv, as ``pip install`` would put it there).
+``TEST_SITE_PYTHON`` names that virtualenv's interpreter (default: this one);
+``scripts/release-check`` points it at a fresh one where the tutorial's pip line installs the
+wheel.
 
 Every request uses the ORM and ``get_engine()`` in one ``atomic()`` with the pool
 ``poolplan`` recommends (one connection per thread) and ``pool_timeout`` 3 s: before the ORM
@@ -27,7 +34,9 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,32 +52,52 @@ REQUESTS = 60
 THREADS = 4
 
 
-def _section() -> str:
+SITE_PYTHON = Path(os.environ.get("TEST_SITE_PYTHON") or sys.executable)
+SITE_WHEEL = os.environ.get("TEST_SITE_WHEEL")
+REPLICA_URL = os.environ.get("TEST_REPLICA_URL", "postgres://postgres@127.0.0.1:5433/poolkit")
+# The role and database the tutorial creates, as its commands and URLs name them.
+DOC_ROLE, DOC_DATABASE = "app", "shop"
+
+
+def _tutorial() -> str:
     return (REPO / "docs" / "tutorial.rst").read_text()
+
+
+def _replicas_quick_start() -> str:
+    text = (REPO / "docs" / "replicas.rst").read_text()
+    return text[text.index(".. _replicas-quick-start:"):text.index("\nConfiguration\n---")]
 
 
 def _blocks(section: str) -> list[tuple[str, str]]:
     """(language, body) of every code block, in order, dedented."""
     found = []
-    for match in re.finditer(r"\.\. code-block:: (\w+)\n\n((?:   .*\n|\n)+)", section):
-        body = "\n".join(line[3:] for line in match.group(2).splitlines()).strip("\n") + "\n"
-        found.append((match.group(1), body))
+    for match in re.finditer(r"\.\. code-block:: (\w+)\n\n((?:( +).*\n|\n)(?:\3.*\n|\n)*)",
+                             section):
+        indent = len(match.group(3))
+        body = "\n".join(line[indent:] for line in match.group(2).splitlines()).strip("\n")
+        found.append((match.group(1), body + "\n"))
     return found
 
 
-def steps() -> tuple[list[str], list[tuple[str, str, str]]]:
-    """The tutorial's console commands, and its files as (path, mode, content)."""
-    commands: list[str] = []
-    files: list[tuple[str, str, str]] = []
-    for language, body in _blocks(_section()):
+def steps(section: str) -> list[tuple[str, ...]]:
+    """The section's steps in order: ("run", command), ("write", path, mode, content) for a
+    file block, ("session", text) for an interactive session (the shell before it runs it)."""
+    found: list[tuple[str, ...]] = []
+    for language, body in _blocks(section):
         if language == "console":
-            commands += [line[2:] for line in body.splitlines() if line.startswith("$ ")]
+            found += [("run", line[2:]) for line in body.splitlines() if line.startswith("$ ")]
+        elif language == "python" and body.startswith(">>> "):
+            found.append(("session", body))
         elif language == "python":
             first, rest = body.split("\n", 1)
             match = re.fullmatch(r"# (\S+): (add at the end|a new file|the whole file)", first)
             assert match, f"a file block must start with '# path: mode', got {first!r}"
-            files.append((match.group(1), match.group(2), rest))
-    return commands, files
+            found.append(("write", match.group(1), match.group(2), rest))
+    return found
+
+
+def commands(section: str) -> list[str]:
+    return [step[1] for step in steps(section) if step[0] == "run"]
 
 
 def _free_port() -> int:
@@ -78,52 +107,107 @@ def _free_port() -> int:
 
 
 def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
+    return str(SITE_PYTHON.parent / name)
 
 
 @pytest.fixture
-def database(server_dsn: str) -> Iterator[str]:
-    """An empty database of its own for the new project, dropped afterwards."""
-    name = connections.settings["default"]["NAME"] + "_fresh"
+def names(server_dsn: str) -> Iterator[tuple[str, str]]:
+    """A role and a database name of this test's own, for the tutorial's ``createuser`` and
+    ``createdb`` to create; both dropped afterwards."""
+    suffix = uuid.uuid4().hex[:8]
+    role, dbname = f"tutorial_{suffix}", connections.settings["default"]["NAME"] + f"_{suffix}"
+    yield role, dbname
     with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    settings = connections.settings["default"]
-    yield (f"postgres://{settings['USER'] or 'postgres'}@{settings['HOST'] or '127.0.0.1'}:"
-           f"{settings['PORT'] or 5432}/{name}")
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        admin.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 class Project:
     """The new project's folder and the environment a user's shell would have."""
 
-    def __init__(self, root: Path, database_url: str) -> None:
+    def __init__(self, root: Path, names: tuple[str, str]) -> None:
         self.root = root
         self.cwd = root
         self.env = {key: value for key, value in os.environ.items()
                     if key not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")
                     and not key.startswith("POOLKIT_")}
-        self.env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + self.env["PATH"]
-        self.database_url = database_url
+        self.env["PATH"] = str(SITE_PYTHON.parent) + os.pathsep + self.env["PATH"]
+        self.role, self.dbname = names
+        settings = connections.settings["default"]
+        self.host, self.port = settings["HOST"] or "127.0.0.1", str(settings["PORT"] or 5432)
+        self.database_url = f"postgres://{self.role}@{self.host}:{self.port}/{self.dbname}"
         self.recommended: tuple[int, int] | None = None
+        self.servers: list[str] = []
 
-    def run(self, command: str) -> str:
+    def follow(self, section: str, stop_at: str | None = None) -> None:
+        """Every step of a section, as a user would type it, up to the first command that
+        starts with ``stop_at``; servers are collected, not started."""
+        shell = False
+        for step in steps(section):
+            if stop_at and step[0] == "run" and step[1].startswith(stop_at):
+                break
+            if step[0] == "write":
+                self.write(*step[1:])
+            elif step[0] == "session":
+                assert shell, "a session block must follow `python manage.py shell`"
+                self.session(step[1])
+                shell = False
+            else:
+                command = step[1]
+                program = shlex.split(command)[0]
+                if program in ("gunicorn", "uvicorn"):
+                    self.servers.append(command)
+                elif command == "python manage.py shell":
+                    shell = True
+                else:
+                    self.step(command)
+        assert not shell, "`python manage.py shell` without a session block after it"
+
+    def step(self, command: str) -> None:
         words = shlex.split(command)
+        if words[0] == "pip":
+            if SITE_WHEEL:  # the release check: the wheel stands for the project's name
+                self.run([str(SITE_PYTHON), "-m", "pip", "install", "--quiet",
+                          *(re.sub(r"^django-poolkit(?=\[|$)", SITE_WHEEL, word)
+                            for word in words[2:])])
+            # Otherwise this virtualenv has the package (editable), gunicorn and uvicorn.
+        elif words[0] == "cd":
+            self.cwd = self.cwd / words[1]
+        elif words[0] == "export":
+            self.export(words[1:])
+        elif words[0] in ("createuser", "createdb"):
+            renamed = {DOC_ROLE: self.role, DOC_DATABASE: self.dbname, "127.0.0.1": self.host}
+            self.run([words[0], "-p", self.port, *(renamed.get(word, word) for word in words[1:])])
+        else:
+            output = self.run(words)
+            if "poolplan" in command:
+                self.recommended = _recommendation(output)
+            elif command == "python manage.py check":
+                # What the page promises: a site built as written has nothing to fix.
+                assert "System check identified no issues" in output, output
+
+    def run(self, words: list[str]) -> str:
         if words[0] == "python":
-            words[0] = sys.executable
+            words = [str(SITE_PYTHON), *words[1:]]
         elif words[0] == "django-admin":
-            words[0] = _bin("django-admin")
+            words = [_bin("django-admin"), *words[1:]]
         done = subprocess.run(words, cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                              timeout=120)
-        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+                              timeout=300)
+        assert done.returncode == 0, f"{shlex.join(words)}\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
-    def export(self, command: str) -> None:
-        for assignment in shlex.split(command)[1:]:
+    def export(self, assignments: list[str]) -> None:
+        for assignment in assignments:
             key, value = assignment.split("=", 1)
-            if key == "DATABASE_URL":
-                value = self.database_url
+            if key in ("DATABASE_URL", "REPLICA_URL"):
+                # The documented URL names the role and database the tutorial created; the
+                # test's own stand for them, on the test's servers.
+                shown = urllib.parse.urlsplit(value)
+                assert (shown.username, shown.path) == (DOC_ROLE, f"/{DOC_DATABASE}"), value
+                server = urllib.parse.urlsplit(REPLICA_URL) if key == "REPLICA_URL" else None
+                netloc = (f"{server.hostname}:{server.port or 5432}" if server
+                          else f"{self.host}:{self.port}")
+                value = f"postgres://{self.role}@{netloc}/{self.dbname}"
             elif key.startswith("POOLKIT_DEFAULT__"):
                 # poolplan's recommendation on this machine (the tutorial shows a 2-core one).
                 assert self.recommended is not None, "export before poolplan"
@@ -138,6 +222,16 @@ class Project:
         else:
             assert (mode == "a new file") != target.exists(), (path, mode)
             target.write_text(content)
+
+    def session(self, text: str) -> None:
+        """A documented ``manage.py shell`` session, run as a doctest in the project."""
+        script = (
+            "import doctest, sys\n"
+            f"test = doctest.DocTestParser().get_doctest({text!r}, {{}}, 'session', None, 0)\n"
+            "runner = doctest.DocTestRunner()\n"
+            "runner.run(test)\n"
+            "sys.exit(1 if runner.failures else 0)\n")
+        self.run(["python", "manage.py", "shell", "-c", script])
 
 
 def _recommendation(table: str) -> tuple[int, int]:
@@ -165,7 +259,7 @@ def _serve(project: Project, command: str, extra_env: dict[str, str], port: int,
            server_dsn: str, concurrency: int) -> dict[str, Any]:
     """Start the server with the documented command, load it, stop it; what was seen."""
     words = shlex.split(command)
-    words[0:1] = [sys.executable, "-m", words[0]]
+    words[0:1] = [str(SITE_PYTHON), "-m", words[0]]
     server = subprocess.Popen(words, cwd=project.cwd, env={**project.env, **extra_env},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peaks: Counter[int] = Counter()
@@ -210,34 +304,20 @@ def _serve(project: Project, command: str, extra_env: dict[str, str], port: int,
             "errors": [body[:300] for status, body in answers if status != 200]}
 
 
-def test_a_new_project_built_from_the_readme_serves_one_connection_per_thread(
-        tmp_path: Path, database: str, server_dsn: str) -> None:
-    commands, files = steps()
-    project = Project(tmp_path, database)
-    servers = []
-    files_written = False
-    for command in commands:
-        program = shlex.split(command)[0]
-        if program == "pip":
-            continue  # the test's virtualenv has the package (editable), gunicorn, uvicorn
-        if program == "cd":
-            project.cwd = project.cwd / shlex.split(command)[1]
-            for path, mode, content in files:
-                project.write(path, mode, content)
-            files_written = True
-        elif program == "export":
-            project.export(command)
-        elif program in ("gunicorn", "uvicorn"):
-            servers.append(command)
-        else:
-            output = project.run(command)
-            if "poolplan" in command:
-                project.recommended = _recommendation(output)
-    assert files_written
+def test_a_new_project_built_from_the_tutorial_serves_one_connection_per_thread(
+        tmp_path: Path, names: tuple[str, str], server_dsn: str) -> None:
+    project = Project(tmp_path, names)
+    project.follow(_tutorial())
+    servers = project.servers
+    assert (project.root / "shop" / "shop" / "views.py").exists()
     assert len(servers) == 2
     assert project.recommended is not None
     assert sum(project.recommended) == THREADS  # one connection per thread, no more
     project.env["POOLKIT_DEFAULT__POOL_TIMEOUT"] = "3"  # the issue's measurement
+    if SITE_WHEEL:  # the site runs the installed wheel, not this repository
+        where = project.run(["python", "-c",
+                             "import django_poolkit; print(django_poolkit.__file__)"])
+        assert not Path(where.strip()).is_relative_to(REPO), where
 
     gunicorn, uvicorn = servers
     assert "--workers 2 --threads 4" in gunicorn
@@ -262,21 +342,14 @@ def test_a_new_project_built_from_the_readme_serves_one_connection_per_thread(
 
 
 def test_a_broken_setting_stops_the_documented_server_with_one_line(
-        tmp_path: Path, database: str) -> None:
-    commands, files = steps()
-    project = Project(tmp_path, database)
-    for command in commands:
-        program = shlex.split(command)[0]
-        if program == "django-admin":
-            project.run(command)
-        elif program == "cd":
-            project.cwd = project.cwd / shlex.split(command)[1]
-            for path, mode, content in files:
-                project.write(path, mode, content)
-    project.env["DATABASE_URL"] = database + "?pool_sise=4"
-    gunicorn = next(command for command in commands if command.startswith("gunicorn"))
+        tmp_path: Path, names: tuple[str, str]) -> None:
+    project = Project(tmp_path, names)
+    project.follow(_tutorial(), stop_at="createuser")
+    project.env["DATABASE_URL"] = project.database_url + "?pool_sise=4"
+    gunicorn = next(command for command in commands(_tutorial())
+                    if command.startswith("gunicorn"))
     words = shlex.split(gunicorn)
-    words[0:1] = [sys.executable, "-m", "gunicorn"]
+    words[0:1] = [str(SITE_PYTHON), "-m", "gunicorn"]
     done = subprocess.run(words, cwd=project.cwd, capture_output=True, text=True, timeout=120,
                           env={**project.env,
                                "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{_free_port()}"})
@@ -285,3 +358,30 @@ def test_a_broken_setting_stops_the_documented_server_with_one_line(
     assert lines, done.stderr
     assert 'did you mean "pool_size"?' in lines[0]
     assert "App failed to load" in done.stderr
+
+
+def _replayed(project: Project, server_dsn: str) -> None:
+    """Wait until the replica has replayed the primary's current position (the tutorial's
+    tables): a user types slower than replication, a test does not."""
+    with psycopg.connect(server_dsn, autocommit=True) as primary:
+        position = primary.execute("SELECT pg_current_wal_lsn()").fetchone()
+    deadline = time.monotonic() + 30
+    with psycopg.connect(REPLICA_URL, autocommit=True, connect_timeout=10) as replica:
+        while replica.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                              position).fetchone() != (True,):
+            assert time.monotonic() < deadline, "the replica did not replay within 30 s"
+            time.sleep(0.05)
+
+
+def test_the_replicas_quick_start_reads_through_the_pooled_replica(
+        tmp_path: Path, names: tuple[str, str], server_dsn: str) -> None:
+    """The tutorial's site, then docs/replicas.rst's quick start: its export, its settings (the
+    replica on the pooled backend), ``check``, and its shell session, where a read goes to the
+    replica through the replica's own pool and the scope's reads follow its write."""
+    project = Project(tmp_path, names)
+    project.follow(_tutorial())
+    _replayed(project, server_dsn)
+    project.follow(_replicas_quick_start())
+    assert project.env["REPLICA_URL"].endswith(f"/{project.dbname}")
+    settings = (project.root / "shop" / "shop" / "settings.py").read_text()
+    assert 'DATABASES["replica1"]' in settings

@@ -13,6 +13,7 @@ Only the database ``poolkit_services`` (created and dropped here) and the scratc
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -208,3 +209,55 @@ def test_scratch_cluster_starts_restarts_crashes_and_stops() -> None:
     finally:
         run("scratch-cluster", "destroy", SCRATCH_PORT)
     assert not Path(f"/var/lib/postgresql/poolkit-scratch-{SCRATCH_PORT}").exists()
+
+
+HBA_SAMPLE = """# PostgreSQL Client Authentication Configuration File
+#
+# TYPE  DATABASE        USER            ADDRESS                 METHOD
+
+local   all             postgres                                peer
+host    all             all             127.0.0.1/32            scram-sha-256
+"""
+
+
+def marked(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """One of scripts/lib.sh's marked-block helpers on a file of the test's own."""
+    return subprocess.run(["bash", "-c", f'. "{SCRIPTS}/lib.sh" && "$@"', "marked", *args],
+                          capture_output=True, text=True, timeout=30, check=False,
+                          cwd=tmp_path)
+
+
+def test_replica_pg_hba_lines_are_added_once_said_and_removed_exactly(tmp_path: Path) -> None:
+    """scripts/replica's edit of the primary's pg_hba.conf, on a copy: its lines go before the
+    first rule between its markers, are printed, are not added twice, and ``destroy``'s removal
+    gives back the file byte for byte (the real one is shared: it is not touched here)."""
+    source = (SCRIPTS / "replica").read_text()
+    mark = "# added by django-poolkit scripts/replica"
+    assert f'HBA_MARK="{mark}"' in source
+    assert 'marked_remove "$hba" "$HBA_MARK"' in source.split("cmd_destroy()")[1]
+    hba = tmp_path / "pg_hba.conf"
+    hba.write_text(HBA_SAMPLE)
+    lines = ["local   replication     all                                     trust",
+             "host    replication     all             127.0.0.1/32            trust"]
+
+    added = marked(tmp_path, "marked_insert", str(hba), mark, *lines)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.splitlines() == [f"  + {line}" for line in lines]
+    rules = [line for line in hba.read_text().splitlines() if line and not line.startswith("#")]
+    assert rules[:2] == lines  # before the first rule, so no earlier line shadows them
+    assert hba.read_text().count(mark) == 2  # the opening marker and its "(end)"
+    assert marked(tmp_path, "marked_insert", str(hba), mark, *lines).returncode == 1
+    assert hba.read_text().count(lines[0]) == 1
+
+    assert marked(tmp_path, "marked_remove", str(hba), mark).returncode == 0
+    assert hba.read_text() == HBA_SAMPLE
+    assert marked(tmp_path, "marked_remove", str(hba), mark).returncode == 1
+
+
+def test_the_scripts_own_variables_stay_out_of_the_poolkit_prefix() -> None:
+    """POOLKIT_* is the strict prefix of the pool settings: a script variable a user exports
+    under it would make every manage.py command fail. Scripts read PK_* instead."""
+    read = {name for path in SCRIPTS.iterdir() if path.is_file()
+            for name in re.findall(r"\$\{?(POOLKIT_\w+|PK_\w+)", path.read_text())}
+    assert read >= {"PK_REPLICA_PORT", "PK_PGBOUNCER_PORT"}
+    assert sorted(name for name in read if name.startswith("POOLKIT_")) == []

@@ -4,6 +4,7 @@ runtime check in ``DatabaseWrapper.check_settings()``.
 - poolkit.E010: ``CONN_MAX_AGE`` is not 0 on an alias using the pooled backend.
 - poolkit.E011: ``OPTIONS["pool"]`` (Django's own psycopg pool) on an alias using the pooled
   backend.
+- poolkit.E012: Celery's ``CELERY_DB_REUSE_MAX`` set while an alias uses the pooled backend.
 - poolkit.W010: ``pgbouncer="transaction"`` with ``OPTIONS["assume_role"]``.
 - poolkit.W011: ``pgbouncer`` set and ``statement_timeout`` not None: it cannot be sent.
 - poolkit.W012: ``pgbouncer="transaction"`` with a ``reset_on_return`` other than rollback.
@@ -26,6 +27,7 @@ from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 
 from ..check_ids import (
+    E_CELERY_REUSE,
     E_CONN_MAX_AGE,
     E_NATIVE_POOL,
     W_APP_NOT_INSTALLED,
@@ -41,6 +43,7 @@ from ..exceptions import Problem
 __all__ = [
     "backend_problems",
     "check_app_installed",
+    "check_celery_reuse",
     "check_pgbouncer",
     "check_pooled_backend",
     "pgbouncer_warnings",
@@ -111,6 +114,31 @@ def check_pooled_backend(
             messages.append(Error(f"{problem.path}: {problem.message}.", hint=problem.hint,
                                   id=problem.check_id))
     return messages
+
+
+@register()
+def check_celery_reuse(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """poolkit.E012: ``CELERY_DB_REUSE_MAX`` (read by Celery's Django fixup from Django's
+    settings) makes a worker skip its close after each task, so a pooled connection stays
+    checked out across tasks: what E010 forbids for ``CONN_MAX_AGE``."""
+    from django.conf import settings
+
+    reuse_max = getattr(settings, "CELERY_DB_REUSE_MAX", None)
+    pooled = [alias for alias, database in settings.DATABASES.items()
+              if database.get("ENGINE") == POOLED_BACKEND]
+    if not reuse_max or not pooled:
+        return []
+    aliases = ", ".join(f'"{alias}"' for alias in pooled)
+    return [Error(
+        f"CELERY_DB_REUSE_MAX={reuse_max!r}: Celery's workers keep each task's connection for "
+        f"the next tasks instead of returning it to the pool ({aliases} "
+        f"{'uses' if len(pooled) == 1 else 'use'} {POOLED_BACKEND}); after one idle kill or "
+        "server restart the tasks of each worker process fail until Celery recycles it.",
+        hint="Remove CELERY_DB_REUSE_MAX: the pool keeps connections open between tasks, and "
+             "its pre-ping replaces a dead one at the next task's checkout.",
+        id=E_CELERY_REUSE)]
 
 
 def pgbouncer_warnings(alias: str, database: Mapping[str, Any], pool: Any) -> list[Problem]:

@@ -19,13 +19,15 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .. import signals
 from ..exceptions import describe_error
 from ..stats import Counters, PoolKind
 
-__all__ = ["CHECKOUT_AT", "CONNECTION_ID", "PoolEvents", "attach_listeners", "connection_id"]
+__all__ = ["CHECKOUT_AT", "CONNECTION_ID", "PING_ERROR", "PoolEvents", "attach_listeners",
+           "connection_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 CHECKOUT_AT = "poolkit_checkout_at"
 # Key in a connection's ``info`` dict: the number poolkit gave it when it was opened.
 CONNECTION_ID = "poolkit_id"
+# Attribute of a DB-API connection: the error of its failed pre-ping. SQLAlchemy turns a failed
+# ping into a bare ``InvalidatePoolError()``; the log line names the ping's error instead.
+PING_ERROR = "poolkit_ping_error"
 
 _ids = itertools.count(1)
 
@@ -115,10 +120,24 @@ class PoolEvents:
                      record.info[CONNECTION_ID])
         self._send(signals.pool_connect, record)
 
-    def invalidated(self, record: Any, error: BaseException | None) -> None:
+    def invalidated(self, record: Any, error: BaseException | None,
+                    dbapi_connection: Any = None) -> None:
         self.counters.add("invalidations")
-        logger.warning("pool %r (%s) invalidated connection #%s: %s", self.alias, self.kind,
-                       record.info.get(CONNECTION_ID), describe_error(error, quote=True))
+        if isinstance(error, InvalidatePoolError):
+            # Found dead at checkout: SQLAlchemy replaces it now, and every connection opened
+            # before it at its own next checkout (they most likely died with it).
+            ping_error = getattr(dbapi_connection, PING_ERROR, None)
+            cause = (f"the pre-ping found it dead at checkout "
+                     f"({describe_error(ping_error, quote=True)})" if ping_error is not None
+                     else "the pre-ping or a checkout listener found it disconnected at "
+                          "checkout")  # SQLAlchemy's own ping (async, SQLite) keeps no error
+            logger.warning("pool %r (%s) invalidated connection #%s: %s; replacing it, and the "
+                           "pool's older connections at their next checkout", self.alias,
+                           self.kind, record.info.get(CONNECTION_ID), cause)
+        else:
+            logger.warning("pool %r (%s) invalidated connection #%s: %s", self.alias,
+                           self.kind, record.info.get(CONNECTION_ID),
+                           describe_error(error, quote=True))
         self._send(signals.pool_invalidate, record, error=error)
 
     def soft_invalidated(self, record: Any, error: BaseException | None) -> None:
@@ -163,7 +182,7 @@ def attach_listeners(engine: Engine, events: PoolEvents, *, checkin: bool,
     @_guarded
     def on_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry,
                       error: BaseException | None) -> None:
-        events.invalidated(record, error)
+        events.invalidated(record, error, dbapi_connection)
 
     @_guarded
     def on_soft_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry,

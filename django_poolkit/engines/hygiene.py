@@ -16,7 +16,7 @@ from sqlalchemy import event
 
 from ..exceptions import UnusableConnection
 from .deadline import bounded
-from .events import CONNECTION_ID, PoolEvents
+from .events import CONNECTION_ID, PING_ERROR, PoolEvents
 from .pool import ISOLATION_LEVEL
 
 __all__ = [
@@ -157,11 +157,20 @@ def install_pre_ping(engine: Any, mode: str, *, bound: float | None = None) -> N
                     return True
             except (OSError, ValueError):
                 pass  # no usable socket: let the round trip fail properly
-        if bound is None:
-            _empty_query(dbapi_connection)
-        else:
-            with bounded(dbapi_connection, bound, "the pool's pre-ping"):
+        try:
+            if bound is None:
                 _empty_query(dbapi_connection)
+            else:
+                with bounded(dbapi_connection, bound, "the pool's pre-ping"):
+                    _empty_query(dbapi_connection)
+        except Exception as error:
+            # For the invalidation's log line (SQLAlchemy keeps only a bare
+            # InvalidatePoolError); the connection is discarded after this.
+            try:
+                setattr(dbapi_connection, PING_ERROR, error)
+            except AttributeError:  # pragma: no cover (a connection class with __slots__)
+                pass
+            raise
         return True
 
     # Per engine: every create_engine() has its own dialect instance.

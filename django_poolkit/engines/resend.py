@@ -4,18 +4,14 @@ A pooled connection can be ended by the server (``pg_terminate_backend``, a rest
 failover, PgBouncer's ``RECONNECT``) in the instant between the pool's pre-ping and the first
 statement: the ping saw a quiet socket, the server's goodbye was still on its way. The first
 statement then fails with ``57P01``. Replacing the connection and sending the statement again
-is safe only when the statement cannot have done anything, and this module decides that (the
-rule and its proof from PostgreSQL's protocol: ``docs/resend.rst``):
+is safe only when the statement cannot have done anything; :func:`may_resend` decides that
+(the rule and its proof from PostgreSQL's and psycopg's source: ``docs/resend.rst``). In
+short: one statement that cannot commit by itself, sent alone (never ``executemany``), first
+of its checkout with no transaction open, answered first by ``57P01``/``57P05`` within
+:data:`RESEND_WINDOW_S` of being sent. Anything else surfaces as before.
 
-- it is the first statement of the checkout, the session holding no transaction before it;
-- the error is the server's ErrorResponse with SQLSTATE ``57P01`` (``admin_shutdown``) or
-  ``57P05`` (``idle_session_timeout``): the backend ends the session at an interrupt check,
-  and a statement ended that way is rolled back (the commit holds interrupts off);
-- that error is the first thing the server answered to the statement (no result came before
-  it: a ``CommandComplete`` before it could follow a commit).
-
-Anything else surfaces as before. The check costs no round trip: the pre-ping stays a look at
-the socket, and the resend happens only on the failure path.
+The check costs no round trip: the pre-ping stays a look at the socket, the first statement
+reads the clock once, and the rest happens only on the failure path.
 """
 
 from __future__ import annotations
@@ -30,13 +26,27 @@ from sqlalchemy.pool.base import _ConnectionFairy
 from .events import CHECKOUT_AT
 from .pool import FRESH
 
-__all__ = ["RESEND_SQLSTATES", "answer_tracking", "install_resend", "never_ran"]
+__all__ = ["RESEND_SQLSTATES", "RESEND_WINDOW_S", "answer_tracking", "install_resend",
+           "may_resend", "resendable_statement"]
 
 logger = logging.getLogger(__name__)
 
 #: SQLSTATEs a backend sends when it ends the session from an interrupt check: the statement
-#: it answered with one of them was never run, or was rolled back.
+#: it answered with one of them was never run, or was rolled back (if it cannot commit).
 RESEND_SQLSTATES = frozenset({"57P01", "57P05"})
+
+#: The longest a statement may have been under way (sent to error, on the client's clock) for
+#: its ``57P01`` to count as the race with the pre-ping rather than an operator's kill of a
+#: running statement, which must surface. An idle session's goodbye is already on the wire
+#: when the statement leaves: in that race (47 resends, twelve threads, two busy cores) the
+#: error came 0.2-15 ms after the send, median 5 ms (docs/resend.rst).
+RESEND_WINDOW_S = 0.1
+
+#: The first keywords of statements that run inside one implicit transaction and cannot end
+#: it: no ``COMMIT`` can run inside them (a function called from one may not commit; only
+#: ``CALL`` and ``DO`` may), so the server's FATAL rolls back everything they did.
+_RESENDABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "VALUES",
+                         "TABLE"})
 
 _tracking: dict[type[Any], type[Any]] = {}
 
@@ -70,16 +80,68 @@ def answer_tracking(cursor_class: type[Any]) -> type[Any]:
     return tracked
 
 
-def never_ran(error: BaseException, cursor: Any) -> bool:
-    """Whether ``error``, raised by ``cursor``'s first statement of a checkout, proves that
-    the server did not run the statement (or rolled it back): the server's ``57P01``/``57P05``
-    was its first answer. The caller checks that no transaction was open before it."""
+def resendable_statement(statement: object) -> bool:
+    """Whether ``statement`` is one statement of a kind that cannot commit by itself.
+
+    Leading blanks, comments and parentheses are skipped; the first keyword must be one of
+    :data:`_RESENDABLE`, and no ``;`` may follow but at the end (one inside a string literal
+    refuses too: a refusal only surfaces the error). Anything but text (psycopg's
+    ``sql.Composed``) is refused."""
+    if isinstance(statement, bytes):
+        statement = statement.decode("latin-1")
+    if not isinstance(statement, str):
+        return False
+    text = statement.rstrip(" \t\r\n\f;")
+    if ";" in text:
+        return False
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char in " \t\r\n\f(":
+            i += 1
+        elif text.startswith("--", i):
+            newline = text.find("\n", i)
+            i = n if newline < 0 else newline + 1
+        elif text.startswith("/*", i):
+            i = _comment_end(text, i)
+        else:
+            break
+    j = i
+    while j < n and (text[j].isalnum() or text[j] in "_$" or not text[j].isascii()):
+        j += 1  # the whole identifier: SELECTÉ is not SELECT
+    return text[i:j].upper() in _RESENDABLE
+
+
+def _comment_end(text: str, i: int) -> int:
+    """The index after the ``/* */`` comment at ``i`` (PostgreSQL's comments nest)."""
+    depth, i, n = 0, i, len(text)
+    while i < n:
+        if text.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif text.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return n
+
+
+def may_resend(error: BaseException, cursor: Any, statement: object, started: float) -> bool:
+    """Whether ``error``, raised by ``cursor``'s first statement of a checkout sent at
+    ``started`` (``time.perf_counter()``), proves that the server did not run ``statement``
+    or rolled all of it back, and that no operator ended it while it ran: the server's
+    ``57P01``/``57P05`` was its first answer, within :data:`RESEND_WINDOW_S`, to a statement
+    that cannot commit by itself. The caller checks that no transaction was open before it
+    and that the statement was sent alone (not ``executemany``)."""
     if getattr(error, "sqlstate", None) not in RESEND_SQLSTATES:
+        return False
+    if time.perf_counter() - started > RESEND_WINDOW_S:
         return False
     driver_cursor = getattr(cursor, "_cursor", cursor)  # SQLAlchemy's async adapter
     if not getattr(type(driver_cursor), "_poolkit_tracks_answers", False):
         return False
-    return not driver_cursor.poolkit_answered
+    return not driver_cursor.poolkit_answered and resendable_statement(statement)
 
 
 _SESSION_MODE = ("autocommit", "isolation_level", "read_only", "deferrable")
@@ -110,7 +172,7 @@ def _replace(fairy: Any, error: BaseException) -> None:
 
 
 def install_resend(engine: Any, alias: str) -> None:
-    """Resend a SQLAlchemy checkout's first statement when :func:`never_ran` proves it safe
+    """Resend a SQLAlchemy checkout's first statement when :func:`may_resend` proves it safe
     (``do_execute`` listeners: they run only where SQLAlchemy calls the driver, and do nothing
     but pop a flag after the first statement)."""
 
@@ -126,11 +188,12 @@ def install_resend(engine: Any, alias: str) -> None:
             return False
         driver: Any = fairy.driver_connection
         idle = driver.autocommit or _idle(driver)
+        started = time.perf_counter()
         try:
             _execute(cursor, statement, parameters)
             return True
         except Exception as error:
-            if not (idle and never_ran(error, cursor)):
+            if not (idle and may_resend(error, cursor, statement, started)):
                 raise
             logger.warning("database %r: the server ended a pooled connection before its "
                            "checkout's first statement ran (SQLSTATE %s); sending it again on "
@@ -146,9 +209,18 @@ def install_resend(engine: Any, alias: str) -> None:
     def on_do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
         return run(cursor, statement, None, context)
 
+    def on_do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        # Never resent (without libpq's pipeline psycopg commits row by row in autocommit);
+        # what follows it is not the checkout's first statement.
+        fairy: Any = context.root_connection._dbapi_connection
+        if type(fairy) is _ConnectionFairy:
+            fairy.info.pop(FRESH, None)
+        return False
+
     event.listen(engine, "connect", on_connect)
     event.listen(engine, "do_execute", on_do_execute)
     event.listen(engine, "do_execute_no_params", on_do_execute_no_params)
+    event.listen(engine, "do_executemany", on_do_executemany)
 
 
 def _idle(driver: Any) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
 from typing import Any
@@ -47,7 +48,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from ....conf import get_settings
 from ....engines import engine_registry, sharing
 from ....engines.hygiene import PRISTINE
-from ....engines.resend import answer_tracking, never_ran
+from ....engines.resend import answer_tracking, may_resend
 from ....exceptions import PoolkitConfigurationError
 from ...checks import backend_problems
 from .creation import DatabaseCreation
@@ -63,6 +64,7 @@ _inherited: list[Any] = []
 # Django's two cursor classes as the ORM's checkouts use them (resend's answer tracking).
 _TRACKED = {cls: answer_tracking(cls) for cls in (base.Cursor, base.ServerBindingCursor)}
 _BAD = psycopg.pq.ConnStatus.BAD
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 def _after_fork_in_child() -> None:
@@ -71,37 +73,63 @@ def _after_fork_in_child() -> None:
         wrapper._poolkit_let_go_after_fork()
 
 
+class _ThreadEnd:
+    """Kept in a thread-local, so reference counting frees it as its thread ends (the cyclic
+    GC, which a wrapper needs, may run much later): it gives that thread's open checkouts
+    back to their pools (:meth:`DatabaseWrapper._poolkit_thread_ended`)."""
+
+    __slots__ = ("ident", "wrappers")
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+        self.wrappers: list[weakref.ref[DatabaseWrapper]] = []
+
+    def __del__(self) -> None:
+        for ref in self.wrappers:
+            wrapper = ref()
+            if wrapper is not None and wrapper._poolkit_thread == self.ident:
+                try:
+                    wrapper._poolkit_thread_ended()
+                except BaseException:  # never out of a thread's teardown
+                    logger.warning("database %r: could not return the connection of an "
+                                   "ended thread", wrapper.alias, exc_info=True)
+
+
+_thread_end = threading.local()
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _FirstStatement:
     """Cursor wrapper mixin for the cursors made while a checkout has sent nothing yet: the
-    first statement gets one resend when the server ended the connection before running it.
+    first statement gets one resend when the server ended the connection before running it
+    (:func:`~django_poolkit.engines.resend.may_resend`); an ``executemany`` never does.
     Later statements, and every cursor made after the first statement, pay nothing."""
 
     db: DatabaseWrapper
     cursor: Any
 
     def _execute(self, *args: Any) -> Any:
-        return self._poolkit_first(super()._execute, args)  # type: ignore[misc]
-
-    def _executemany(self, *args: Any) -> Any:
-        return self._poolkit_first(super()._executemany, args)  # type: ignore[misc]
-
-    def _poolkit_first(self, execute: Any, args: tuple[Any, ...]) -> Any:
+        execute = super()._execute  # type: ignore[misc]
         db = self.db
         if not db._poolkit_fresh:
             return execute(*args)
         db._poolkit_fresh = False
         idle = db.get_autocommit() and not db.in_atomic_block
+        started = time.perf_counter()
         try:
             return execute(*args)
         except OperationalError as error:
             if not (idle and error.__cause__ is not None
-                    and never_ran(error.__cause__, self.cursor)):
+                    and may_resend(error.__cause__, self.cursor, args[0], started)):
                 raise
             db._poolkit_replace(self, error.__cause__)
         return execute(*args)
+
+    def _executemany(self, *args: Any) -> Any:
+        self.db._poolkit_fresh = False
+        return super()._executemany(*args)  # type: ignore[misc]
 
 
 class _FirstStatementCursor(_FirstStatement, CursorWrapper):
@@ -130,6 +158,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         #: True from a checkout until its first statement through a cursor wrapper.
         self._poolkit_fresh = False
         self._poolkit_cursor_factory: Any = None
+        #: The thread whose _ThreadEnd knows this wrapper (its last checkout's thread).
+        self._poolkit_thread = 0
         #: The isolation level OPTIONS asks for (None: the pool's), for sharing decisions.
         self.poolkit_isolation_level: Any = None
         # What connect() last checked the settings with (see connect()).
@@ -291,7 +321,48 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # A connection shared with SQLAlchemy's checkout in this thread may carry its
         # transaction: only an unshared checkout's first statement may be resent.
         self._poolkit_fresh = fairy._counter == 1
+        ident = threading.get_ident()
+        if self._poolkit_thread != ident:  # once per wrapper and thread
+            self._poolkit_thread = ident
+            end = getattr(_thread_end, "end", None)
+            if end is None:
+                end = _thread_end.end = _ThreadEnd(ident)
+            end.wrappers.append(weakref.ref(self))
         return connection
+
+    def _poolkit_thread_ended(self) -> None:
+        """The thread of this checkout ended without closing it (this runs in the thread's
+        teardown): give the slot back now, so a worker's threads hold at most one checkout
+        each. An idle session goes back through the pool's checkin (its reset); one with a
+        transaction or named cursors open is discarded, which ends its server session and
+        rolls the transaction back at once, as the stock backend's closed socket would.
+        Not for a connection shared on purpose (``inc_thread_sharing()``), nor one that
+        SQLAlchemy's side still counts (a ``Connection`` of that thread returns it)."""
+        fairy = self._poolkit_fairy
+        if (fairy is None or self._poolkit_pid != os.getpid() or self.allow_thread_sharing
+                or fairy._counter != 1):
+            return
+        pool = self._poolkit_pool
+        open_cursors = any(not cursor.closed for cursor in self._poolkit_server_cursors)
+        connection = self.connection
+        self._poolkit_fairy = self._poolkit_pool = None
+        self._poolkit_cursor_factory = None
+        self._poolkit_server_cursors = weakref.WeakSet()
+        self._poolkit_named = False
+        self.connection = None
+        if self.in_atomic_block:  # as close() inside atomic()
+            self.closed_in_transaction = True
+            self.needs_rollback = True
+        # (The sharing slot is in the ended thread's locals, gone with them: not read here,
+        # where a thread-local would be created anew.)
+        if (open_cursors or connection.pgconn.status == _BAD
+                or connection.pgconn.transaction_status != _IDLE):
+            fairy.invalidate()
+            return
+        current = engine_registry.built(self.alias, "sync")
+        if current is None or current.pool is not pool:
+            fairy.detach()
+        fairy.close()
 
     def make_cursor(self, cursor: Any) -> Any:
         if self._poolkit_fresh and not isinstance(cursor, psycopg.ServerCursor):
