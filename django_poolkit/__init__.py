@@ -4,6 +4,15 @@ Importing this package has no side effects: nothing reads settings or connects u
 function below is called.
 """
 
+try:
+    import psycopg  # noqa: F401  (the driver of every pool: fail here, with the fix)
+except ImportError as error:
+    raise ImportError(
+        f"django-poolkit needs psycopg 3 and a libpq, and importing psycopg failed ({error}). "
+        "Install psycopg's wheels, which bring their own libpq: pip install "
+        "'django-poolkit[binary]' (or 'psycopg[binary]'); or install libpq on the host "
+        "(Debian: apt-get install libpq5).") from error
+
 from .api import adispose_all, all_pool_stats, dispose_all, get_async_engine, get_engine, pool_stats
 from .engines.sharing import unshared
 from .exceptions import (

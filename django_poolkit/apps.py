@@ -71,9 +71,10 @@ class PoolkitConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
-        from .dashboard import checks as dashboard_checks  # noqa: F401  (its admin link)
+        from .dashboard.adminlink import link_admin_index
         from .db import checks as backend_checks  # noqa: F401  (the pooled backend's checks)
 
+        link_admin_index()
         _install_process_hooks()
         # A Celery worker imports Celery before it sets Django up; a process that has not
         # loaded Celery by now runs no worker.

@@ -26,6 +26,7 @@ W_PGBOUNCER_TIMEOUT = "poolkit.W011"  # pgbouncer set and statement_timeout not 
 W_PGBOUNCER_RESET = "poolkit.W012"  # pgbouncer="transaction" with a reset other than rollback
 W_PGBOUNCER_OVERRIDE = "poolkit.W013"  # pgbouncer="transaction" overrides an OPTIONS value
 W_PGBOUNCER_OPTIONS = "poolkit.W014"  # pgbouncer set and OPTIONS["options"] given
+W_APP_NOT_INSTALLED = "poolkit.W015"  # the pooled backend without django_poolkit installed
 
 # POOLKIT["ROUTING"] and its wiring.
 E_ROUTING_TYPE = "poolkit.E020"  # a routing section or entry has the wrong type
@@ -37,6 +38,8 @@ E_ROUTING_CONFLICT = "poolkit.E025"  # options that cannot be combined
 E_ROUTING_NOT_POSTGRES = "poolkit.E026"  # a cluster member is not a PostgreSQL database
 W_NO_ROUTER = "poolkit.W020"  # replicas declared, no PrimaryReplicaRouter installed
 W_NO_MIDDLEWARE = "poolkit.W021"  # replicas routed, PoolkitMiddleware not installed
+W_NO_MIDDLEWARE_TIMEOUT = "poolkit.W022"  # pools serve requests, no PoolkitMiddleware: a 500
+W_UNPOOLED_REPLICA = "poolkit.W023"  # a routed replica on Django's stock backend, not pooled
 
 # POOLKIT["HEALTH"].
 E_HEALTH_NOT_A_DICT = "poolkit.E030"  # POOLKIT["HEALTH"] is not a dict
@@ -55,4 +58,5 @@ W_BUDGET_UNKNOWN = "poolkit.W041"  # max_connections could not be read
 W_THREADS_OVER_POOL = "poolkit.W042"  # more request threads than a pool has connections
 
 # The staff dashboard (django_poolkit.dashboard).
-W_DASHBOARD_ADMIN_ORDER = "poolkit.W050"  # admin before django_poolkit: no link to the dashboard
+# poolkit.W050 (retired): admin before django_poolkit hid the admin's link to the dashboard;
+# the link no longer depends on the order of INSTALLED_APPS.

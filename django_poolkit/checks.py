@@ -24,8 +24,10 @@ from .check_ids import (
     W_BUDGET_EXCEEDED,
     W_BUDGET_UNKNOWN,
     W_NO_MIDDLEWARE,
+    W_NO_MIDDLEWARE_TIMEOUT,
     W_NO_ROUTER,
     W_THREADS_OVER_POOL,
+    W_UNPOOLED_REPLICA,
     W_URL_SECRET,
 )
 from .conf import validate
@@ -214,6 +216,11 @@ def check_connection_budget(
 #   PrimaryReplicaRouter, so every read still goes to the default database.
 # - poolkit.W021: replicas are routed but PoolkitMiddleware is not in MIDDLEWARE, so a client
 #   that just wrote may read stale data on its next request.
+# - poolkit.W022: pools serve requests (the pooled backend or POOLKIT["ENGINES"]) but
+#   PoolkitMiddleware is not in MIDDLEWARE, so a pool timeout is a 500. Django has no
+#   documented hook that turns a view's exception into a response outside a middleware
+#   (handler500 is the project's URLconf's), so the check says it instead.
+# - poolkit.W023: a replica the router reads from is not on the pooled backend.
 
 
 def _installed(entries: Sequence[Any], wanted: type) -> bool:
@@ -251,19 +258,74 @@ def check_routing_wiring(
     except PoolkitConfigurationError:
         return []  # check_poolkit_settings reports it (poolkit.E020-E026)
     if routing is None or not any(cluster.replicas for cluster in routing.clusters.values()):
-        return []
+        return _without_middleware()
     if not _installed(settings.DATABASE_ROUTERS, PrimaryReplicaRouter):
         return [CheckWarning(
             'POOLKIT["ROUTING"] declares replicas, but DATABASE_ROUTERS has no '
             "PrimaryReplicaRouter: every read still goes to the primary.",
             hint='Add "django_poolkit.routers.PrimaryReplicaRouter" to DATABASE_ROUTERS.',
-            id=W_NO_ROUTER)]
+            id=W_NO_ROUTER), *_without_middleware()]
+    messages = _unpooled_replicas(routing)
     if not _installed(settings.MIDDLEWARE, PoolkitMiddleware):
-        return [CheckWarning(
+        messages.append(CheckWarning(
             "Reads are routed to replicas, but PoolkitMiddleware is not in MIDDLEWARE: a "
             "client that just wrote may read stale data on its next request, and a pool "
             "timeout is a 500 instead of a 503.",
             hint='Add "django_poolkit.middleware.PoolkitMiddleware" near the top of '
                  "MIDDLEWARE, above the middleware that reads the database.",
-            id=W_NO_MIDDLEWARE)]
-    return []
+            id=W_NO_MIDDLEWARE))
+    return messages
+
+
+def _unpooled_replicas(routing: Any) -> list[CheckMessage]:
+    """W023: a routed replica on another backend than the pooled one (Django's stock
+    backend, as the replicas quick start left it): its reads bypass the replica's pool."""
+    from django.conf import settings
+    from django.core.checks import Warning as CheckWarning
+
+    from .engines.params import POOLED_BACKEND
+
+    messages: list[CheckMessage] = []
+    for cluster in routing.clusters.values():
+        for replica in cluster.replicas:
+            engine = settings.DATABASES.get(replica.alias, {}).get("ENGINE")
+            if engine == POOLED_BACKEND:
+                continue
+            messages.append(CheckWarning(
+                f'DATABASES["{replica.alias}"], a replica of cluster "{cluster.name}", uses '
+                f'ENGINE "{engine}", not the pooled backend: the reads routed to it bypass '
+                "its pool (with CONN_MAX_AGE 0, each request opens a new server connection), "
+                "and the dashboard shows that pool idle.",
+                hint=f'Set DATABASES["{replica.alias}"]["ENGINE"] = "{POOLED_BACKEND}" and '
+                     '"CONN_MAX_AGE": 0, as for the primary.', id=W_UNPOOLED_REPLICA))
+    return messages
+
+
+def _without_middleware() -> list[CheckMessage]:
+    """W022: pools that serve requests, and no PoolkitMiddleware to answer their timeouts."""
+    from django.conf import settings
+    from django.core.checks import Warning as CheckWarning
+
+    from .conf import get_settings
+    from .engines.params import POOLED_BACKEND
+    from .exceptions import PoolkitConfigurationError
+    from .middleware import PoolkitMiddleware
+
+    if _installed(settings.MIDDLEWARE, PoolkitMiddleware):
+        return []
+    pooled = [f'DATABASES["{alias}"]' for alias, database in settings.DATABASES.items()
+              if database.get("ENGINE") == POOLED_BACKEND]
+    try:
+        pooled += [f'POOLKIT["ENGINES"]["{name}"]' for name, pool in get_settings().pools.items()
+                   if pool.url is not None]
+    except PoolkitConfigurationError:
+        pass  # check_poolkit_settings reports it; the backend's aliases are known anyway
+    if not pooled:
+        return []
+    return [CheckWarning(
+        f"{', '.join(pooled)} {'is' if len(pooled) == 1 else 'are'} pooled, but "
+        "PoolkitMiddleware is not in MIDDLEWARE: a request that waits pool_timeout for a "
+        "connection fails with a 500 instead of a 503 with Retry-After.",
+        hint='Add "django_poolkit.middleware.PoolkitMiddleware" near the top of MIDDLEWARE, '
+             "above the middleware that reads the database (or silence poolkit.W022 in a "
+             "project that serves no HTTP requests).", id=W_NO_MIDDLEWARE_TIMEOUT)]

@@ -23,11 +23,11 @@ What the hooks do, and why:
 - ``post_worker_init`` (each worker, app loaded): checks the configuration
   (:func:`~django_poolkit.lifecycle.validate_configuration`); a broken one stops the server
   with one log line, exit status 4 ("App failed to load"), instead of every worker
-  answering 500. Then warms the pools up when asked, and starts the Prometheus histograms
-  when prometheus-client is installed.
+  answering 500; warns about each pool smaller than ``--threads``. Then warms the pools up
+  when asked, and starts the Prometheus histograms when prometheus-client is installed.
 - ``worker_exit`` (each worker, after gunicorn finished its in-flight requests on
   ``SIGTERM``): waits up to ``shutdown_timeout`` seconds for checked-out connections,
-  then closes every pool; one log line per worker says what it closed.
+  then closes every pool; one log line per worker that had pools says what it closed.
 - ``child_exit`` (master): with ``PROMETHEUS_MULTIPROC_DIR``, drops the dead worker's live
   gauges.
 
@@ -129,6 +129,23 @@ def _fail_fast(log: Any) -> None:
         sys.exit(APP_LOAD_ERROR)
 
 
+def _warn_small_pools(worker: Any) -> None:
+    """One warning per pool that opens fewer connections than the worker has threads
+    (``--threads``), as ``poolplan`` and ``poolkit.W042`` say: under load the other threads
+    wait ``pool_timeout`` seconds and fail with ``PoolTimeout``."""
+    from .conf import get_settings
+
+    threads = int(getattr(worker.cfg, "threads", 1) or 1)
+    for alias, pool in get_settings().pools.items():
+        if pool.capacity is not None and pool.capacity < threads:
+            worker.log.warning(
+                'poolkit: pool "%s" opens at most %d connection(s) per process (pool_size %d '
+                "+ max_overflow %d), but this worker runs %d threads: under load the others "
+                "wait pool_timeout and fail with PoolTimeout; raise pool_size or max_overflow "
+                "to at least %d, or run fewer threads (manage.py poolplan)", alias,
+                pool.capacity, pool.pool_size, pool.max_overflow, threads, threads)
+
+
 def hooks(*, warm_up: bool | Sequence[str] = False, shutdown_timeout: float = 10.0,
           validate: bool = True) -> dict[str, Callable[..., None]]:
     """The four hooks, configured: ``globals().update(hooks(...))`` in a gunicorn config.
@@ -152,6 +169,7 @@ def hooks(*, warm_up: bool | Sequence[str] = False, shutdown_timeout: float = 10
 
         if validate:
             _fail_fast(worker.log)
+            _warn_small_pools(worker)
         if warm_up:
             opened = lifecycle.warm_up(None if warm_up is True else list(warm_up))
             worker.log.info("poolkit: worker %s warmed up %s", os.getpid(), opened)
@@ -164,7 +182,8 @@ def hooks(*, warm_up: bool | Sequence[str] = False, shutdown_timeout: float = 10
         from .lifecycle import shutdown
 
         report = shutdown(timeout=shutdown_timeout)
-        server.log.info("poolkit: worker %s %s", os.getpid(), report)
+        if report.pools:  # not "closed pools none" from a worker that refused to start
+            server.log.info("poolkit: worker %s %s", os.getpid(), report)
 
     def child_exit(server: Any, worker: Any) -> None:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and importlib.util.find_spec(

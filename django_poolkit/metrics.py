@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -72,10 +72,11 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from . import health, signals
 from .api import all_pool_stats, pool_stats
+from .exceptions import PoolkitConfigurationError
 from .health.access import may_see_details_sync
 from .health.views import EveryAlias
 from .stats import COUNTERS as POOL_COUNTERS
-from .stats import PoolKind
+from .stats import PoolKind, PoolStats
 
 __all__ = [
     "COUNTERS",
@@ -139,6 +140,15 @@ class PoolCollector(Collector):
         self.pools = pools
         self.health = health
 
+    def describe(self) -> Iterable[Metric]:
+        """The families without their samples, read from no state: a registry describes a
+        collector when it is registered (at import of the metrics URLconf, so during
+        ``manage.py check``), which must not build a pool nor run a probe."""
+        families = list(self._pools(()) if self.pools else ())
+        families += list(self._health({}) if self.health else ())
+        families += list(self._routing(()) if self.health else ())
+        return families
+
     def collect(self) -> Iterable[Metric]:
         """Yield one family per metric; an error in poolkit's state drops the families
         rather than failing the whole scrape."""
@@ -146,13 +156,19 @@ class PoolCollector(Collector):
             families = list(self._pools() if self.pools else ())
             families += list(self._health() if self.health else ())
             families += list(self._routing() if self.health else ())
+        except PoolkitConfigurationError as error:
+            # manage.py check and the first request report it in full: one line here.
+            logger.error("poolkit metrics: not collecting, the configuration is broken "
+                         "(%d problem(s); run manage.py check)", len(error.problems))
+            return []
         except Exception:
             logger.exception("poolkit metrics: collecting failed")
             return []
         return families
 
-    def _pools(self) -> Iterator[Metric]:
-        snapshots = all_pool_stats()
+    def _pools(self, snapshots: Sequence[PoolStats] | None = None) -> Iterator[Metric]:
+        if snapshots is None:
+            snapshots = all_pool_stats()
         for name, (key, text) in GAUGES.items():
             family = GaugeMetricFamily(name, text, labels=LABELS)
             for stats in snapshots:
@@ -166,11 +182,12 @@ class PoolCollector(Collector):
                 counter.add_metric([stats.alias, stats.kind], getattr(stats, key))
             yield counter
 
-    def _routing(self) -> Iterator[Metric]:
+    def _routing(self, clusters: Sequence[Any] | None = None) -> Iterator[Metric]:
         """The router's shared replica state (no I/O: its prober keeps it current)."""
         from .routing.state import replica_state
 
-        clusters = replica_state.snapshot()
+        if clusters is None:
+            clusters = replica_state.snapshot()
         rotation = GaugeMetricFamily(
             "poolkit_replica_in_rotation", "1 when the router sends reads to the replica.",
             labels=["cluster", "alias"])
@@ -183,15 +200,16 @@ class PoolCollector(Collector):
                 rotation.add_metric([cluster.name, replica.alias], int(replica.in_rotation))
         yield from (rotation, fallbacks)
 
-    def _health(self) -> Iterator[Metric]:
-        report = health.checker.check()
+    def _health(self, databases: Mapping[str, Any] | None = None) -> Iterator[Metric]:
+        if databases is None:
+            databases = health.checker.check().databases
         up = GaugeMetricFamily("poolkit_database_up",
                                "1 when the health probe reached the database.", labels=["alias"])
         status = GaugeMetricFamily("poolkit_database_status",
                                    "0 healthy, 1 degraded, 2 unhealthy.", labels=["alias"])
         lag = GaugeMetricFamily("poolkit_replica_lag_seconds",
                                 "Replay lag of a replica, seconds.", labels=["alias"])
-        for alias, verdict in report.databases.items():
+        for alias, verdict in databases.items():
             up.add_metric([alias], 0 if verdict.error else 1)
             status.add_metric([alias], _STATUS_VALUE[verdict.status])
             if verdict.lag_s is not None:

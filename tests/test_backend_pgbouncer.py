@@ -129,7 +129,8 @@ def test_sqlalchemy_through_the_same_pool_from_several_clients(alias):
 def test_warnings_name_what_transaction_pooling_cannot_support(settings):
     settings.DATABASES["bouncer_prepared"]["OPTIONS"]["assume_role"] = "somebody"
     settings.POOLKIT = {"DATABASES": {"bouncer_prepared": {
-        "pgbouncer": "transaction", "reset_on_return": "discard_all"}}}
+        "pgbouncer": "transaction", "reset_on_return": "discard_all",
+        "statement_timeout": 30000}}}
     try:
         found = [message for message in check_pgbouncer() if "bouncer_prepared" in message.msg]
     finally:

@@ -279,6 +279,8 @@ URL_ROWS: list[tuple[Row, str]] = [
           ("client_timeout=1e-9", "1e-9", "poolkit.E003", f'{OPT}["client_timeout"]', "1e-09"),
           ("leak_detection_threshold=1e-320", "1e-320", "poolkit.E003",
            f'{OPT}["leak_detection_threshold"]', "1e-320"),
+          ("sslmode=bogus", "bogus", "poolkit.E003", f'{OPT}["sslmode"]', "'bogus'"),
+          ("sslmode=requir", "requir", "poolkit.E003", f'{OPT}["sslmode"]', "'requir'"),
       )],
     (accepted("DATABASE_URL ?pool_timeout=0.001", 0.001, "the 1 ms floor of every wait"),
      "?pool_timeout=0.001"),

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core.checks import Error, run_checks
+from django.core.checks import Warning as CheckWarning
 from django.test import override_settings
 
 from django_poolkit import conf
@@ -141,6 +142,17 @@ def test_manage_py_check_reports_errors_without_a_traceback() -> None:
     assert "System check identified 3 issues (0 silenced)." in lines
 
 
+def test_a_broken_configuration_with_the_metrics_mounted_prints_only_the_report() -> None:
+    """Importing the metrics URLconf registers its collector: that must read no state (it
+    printed a 14-line "collecting failed" traceback before the report)."""
+    result = _manage("tests.settings_broken_metrics", "check")
+    assert result.returncode == 1
+    output = result.stderr + result.stdout
+    assert "Traceback" not in output
+    assert "collecting failed" not in output
+    assert output.startswith("SystemCheckError: System check identified some issues:")
+
+
 def test_manage_py_check_passes_on_the_test_project() -> None:
     result = _manage("testproject.settings_test", "check")
     assert result.returncode == 0, result.stderr
@@ -164,7 +176,107 @@ def test_replicas_without_the_router_or_the_middleware_are_warned(
     assert found == expected
 
 
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by checks only
+def test_a_routed_replica_on_the_stock_backend_is_warned() -> None:
+    stock = {**settings.DATABASES, "replica": {**settings.DATABASES["replica"],
+                                               "ENGINE": "django.db.backends.postgresql"}}
+    with override_settings(POOLKIT=_ROUTED, DATABASE_ROUTERS=[_ROUTER],
+                           MIDDLEWARE=[_MIDDLEWARE], DATABASES=stock):
+        found = [message for message in run_checks() if message.id == "poolkit.W023"]
+    assert found == [CheckWarning(
+        'DATABASES["replica"], a replica of cluster "main", uses ENGINE '
+        '"django.db.backends.postgresql", not the pooled backend: the reads routed to it '
+        "bypass its pool (with CONN_MAX_AGE 0, each request opens a new server connection), "
+        "and the dashboard shows that pool idle.",
+        hint='Set DATABASES["replica"]["ENGINE"] = "django_poolkit.db.backends.postgresql" '
+             'and "CONN_MAX_AGE": 0, as for the primary.', id="poolkit.W023")]
+
+
 def test_no_routing_no_wiring_warning() -> None:
     with override_settings(POOLKIT={}, DATABASE_ROUTERS=[], MIDDLEWARE=[]):
         assert [message.id for message in run_checks()
-                if message.id.startswith("poolkit.W02")] == []
+                if message.id in ("poolkit.W020", "poolkit.W021")] == []
+
+
+def _w022(**overrides: Any) -> list[Any]:
+    with override_settings(**overrides):
+        return [message for message in run_checks() if message.id == "poolkit.W022"]
+
+
+def test_pools_without_the_middleware_are_warned_a_timeout_is_a_500() -> None:
+    pooled = ", ".join(f'DATABASES["{alias}"]' for alias in DATABASES
+                       if settings.DATABASES[alias]["ENGINE"].startswith("django_poolkit"))
+    assert _w022(POOLKIT={"ENGINES": {"stats": {"url": "sqlite:///stats.db"}}},
+                 MIDDLEWARE=[]) == [CheckWarning(
+        f'{pooled}, POOLKIT["ENGINES"]["stats"] are pooled, but PoolkitMiddleware is not in '
+        "MIDDLEWARE: a request that waits pool_timeout for a connection fails with a 500 "
+        "instead of a 503 with Retry-After.",
+        hint='Add "django_poolkit.middleware.PoolkitMiddleware" near the top of MIDDLEWARE, '
+             "above the middleware that reads the database (or silence poolkit.W022 in a "
+             "project that serves no HTTP requests).", id="poolkit.W022")]
+    assert _w022(MIDDLEWARE=[_MIDDLEWARE]) == []
+    # Routed replicas: W021 already says it.
+    assert _w022(POOLKIT=_ROUTED, DATABASE_ROUTERS=[_ROUTER], MIDDLEWARE=[]) == []
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read by checks only
+def test_no_pool_no_middleware_warning() -> None:
+    stock = {alias: {**database, "ENGINE": "django.db.backends.postgresql"}
+             for alias, database in settings.DATABASES.items()}
+    assert _w022(DATABASES=stock, POOLKIT={}, MIDDLEWARE=[]) == []
+
+
+def test_the_pooled_backend_without_the_app_is_warned(settings) -> None:
+    from django.apps import apps as registry
+
+    from django_poolkit.db.checks import check_app_installed
+
+    assert check_app_installed() == []
+    settings.INSTALLED_APPS = [name for name in settings.INSTALLED_APPS
+                               if name != "django_poolkit"]
+    try:
+        pooled = [f'DATABASES["{alias}"]' for alias in DATABASES
+                  if settings.DATABASES[alias]["ENGINE"].startswith("django_poolkit")]
+        assert check_app_installed() == [CheckWarning(
+            f"{', '.join(pooled)} use django_poolkit.db.backends.postgresql, but "
+            '"django_poolkit" is not in INSTALLED_APPS: POOLKIT is not checked, the pools '
+            "are not closed at exit, and a forked worker (gunicorn --preload, Celery prefork) "
+            "keeps its parent's pools.",
+            hint='Add "django_poolkit" to INSTALLED_APPS.', id="poolkit.W015")]
+    finally:
+        registry.clear_cache()
+
+
+@pytest.mark.parametrize("engine", ["django_poolkit", "django_poolkit.db.backends.postgres"])
+def test_a_wrong_engine_under_django_poolkit_names_the_backend(tmp_path: Path,
+                                                               engine: str) -> None:
+    (tmp_path / "wrong_engine_settings.py").write_text(
+        "from testproject.settings_test import *  # noqa: F403\n"
+        f'DATABASES["default"]["ENGINE"] = "{engine}"  # noqa: F405\n')
+    environ = {key: value for key, value in os.environ.items()
+               if not key.startswith("POOLKIT_")}
+    environ.update(DJANGO_SETTINGS_MODULE="wrong_engine_settings",
+                   PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f'django.core.exceptions.ImproperlyConfigured: DATABASES ENGINE "{engine}" is not a '
+        'database backend: the pooled backend is "django_poolkit.db.backends.postgresql" (and '
+        '"django_poolkit" belongs in INSTALLED_APPS).')
+
+
+def test_a_missing_psycopg_says_how_to_install_it() -> None:
+    """pip install django-poolkit without [binary] on a host without libpq."""
+    code = ("import sys; sys.modules['psycopg'] = None\n"
+            "from django.core.management import execute_from_command_line\n"
+            "execute_from_command_line(['manage.py', 'check'])\n")
+    environ = {key: value for key, value in os.environ.items()
+               if not key.startswith("POOLKIT_")}
+    environ["DJANGO_SETTINGS_MODULE"] = "testproject.settings_test"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        "ImportError: django-poolkit needs psycopg 3 and a libpq, and importing psycopg failed")
+    assert "pip install 'django-poolkit[binary]'" in result.stderr

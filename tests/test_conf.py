@@ -89,7 +89,7 @@ def test_defaults() -> None:
     assert pool.pool_recycle == 3600
     assert pool.pool_pre_ping is True
     assert pool.connect_timeout == 10
-    assert pool.statement_timeout == 30000  # ms: the seed's "-c statement_timeout=30000"
+    assert pool.statement_timeout is None  # an ORM pool: the server's (stock Django's)
     assert pool.pool_use_lifo is False
     assert pool.application_name == "poolkit:{alias}:{host}:{pid}"
     assert (pool.preset, pool.sizing, pool.cores, pool.concurrency, pool.environment) == (
@@ -105,9 +105,25 @@ def test_defaults() -> None:
 def test_an_empty_poolkit_gives_every_alias_the_defaults(poolkit: Any) -> None:
     built = build(poolkit)
     assert list(built.pools) == ["default", "replica1"]
-    assert built.pools["default"] == replace(built.pools["replica1"], alias="default")
+    # replica1 is on Django's stock backend: its pool serves SQLAlchemy only.
+    assert built.pools["default"] == replace(built.pools["replica1"], alias="default",
+                                             statement_timeout=None)
     assert built.env_prefix == "POOLKIT_"
     assert built.for_alias("nope") is None
+
+
+def test_statement_timeout_is_the_servers_on_orm_pools_and_30_s_elsewhere() -> None:
+    """A pool that serves the ORM (the pooled backend) sends none unless asked; the seed's
+    30 s stays the default of SQLAlchemy-only pools (ENGINES, an alias on another backend)."""
+    built = build({"ENGINES": {"stats": {"url": "postgresql://u@h/stats"}}})
+    assert [(name, pool.statement_timeout, pool.origins["statement_timeout"])
+            for name, pool in built.pools.items()] == [
+        ("default", None, "default"), ("replica1", 30000, "default"),
+        ("stats", 30000, "default")]
+    asked = build({"DEFAULTS": {"statement_timeout": 5000}}).pools["default"]
+    assert (asked.statement_timeout, asked.origins["statement_timeout"]) == (5000, "setting")
+    from_env = build(environ={"POOLKIT_STATEMENT_TIMEOUT": "7000"}).pools["default"]
+    assert from_env.statement_timeout == 7000
 
 
 def test_unlimited_overflow_has_no_capacity() -> None:
@@ -664,3 +680,27 @@ def test_pool_parameters_on_an_alias_of_the_stock_backend_are_an_error() -> None
         ('DATABASES["default"]["OPTIONS"]["pool_size"]', "poolkit.E005")]
     assert "uses ENGINE 'django.db.backends.postgresql'" in problems[0].message
     assert 'Set ENGINE to "django_poolkit.db.backends.postgresql"' in problems[0].hint
+
+
+def test_an_empty_url_parameter_is_an_error_as_an_empty_variable_is() -> None:
+    """django-environ drops ``?pool_size=`` before OPTIONS, where ``POOLKIT_POOL_SIZE=`` is
+    an error: the URL variable that points at the alias is read for it."""
+    _, from_env = build_settings({}, DATABASES, {"POOLKIT_DEFAULT__POOL_SIZE": ""})
+    assert [(problem.path, problem.check_id) for problem in from_env] == [
+        ("environment variable POOLKIT_DEFAULT__POOL_SIZE", "poolkit.E006")]
+    database = {**DATABASES["default"], "HOST": "db", "PORT": "6543"}
+    url = "postgres://u:s3cret@db:6543/app?pool_size=&sslmode=require&pool_timeout= "
+    _, from_url = build_settings({}, {"default": database}, {"DATABASE_URL": url})
+    assert from_url == [
+        Problem("environment variable DATABASE_URL: ?pool_size=",
+                'is empty (for DATABASES["default"])',
+                "Remove the parameter to keep the value configured elsewhere, or give one: "
+                f"{KNOBS['pool_size'].accepted}.", "poolkit.E003"),
+        Problem("environment variable DATABASE_URL: ?pool_timeout=",
+                'is empty (for DATABASES["default"])',
+                "Remove the parameter to keep the value configured elsewhere, or give one: "
+                f"{KNOBS['pool_timeout'].accepted}.", "poolkit.E003")]
+    assert "s3cret" not in repr(from_url)
+    # A URL of another database is not this alias's.
+    other = url.replace("/app?", "/other?")
+    assert build_settings({}, {"default": database}, {"OTHER_URL": other})[1] == []

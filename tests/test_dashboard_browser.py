@@ -2,7 +2,9 @@
 against a live server on the real PostgreSQL and its streaming replica.
 
 ``scripts/ensure-chromium`` (run by ``scripts/test``) installs both packages. Waits are for
-conditions, generous, and never assert a speed; the screenshots land in docs/dashboard/.
+conditions, generous, and never assert a speed. The screenshots land in a temporary
+directory, or in ``DASHBOARD_SHOTS_DIR`` when set (``DASHBOARD_SHOTS_DIR=docs/dashboard``
+refreshes the manual's on purpose): a test run never rewrites the committed ones.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from .helpers.users import view_dashboard
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "dashboard"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 PASSWORD = "browser-test-only-7c1e"
@@ -52,6 +53,13 @@ def _chrome(width: int, height: int) -> Any:
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT_S)
     return driver
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: never the repository's docs/dashboard/ unless asked."""
+    chosen = os.environ.get("DASHBOARD_SHOTS_DIR")
+    return Path(chosen) if chosen else tmp_path_factory.mktemp("dashboard-shots")
 
 
 @pytest.fixture
@@ -85,11 +93,10 @@ def _text(driver: Any, selector: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, selector).text)
 
 
-def _screenshot(driver: Any, name: str, width: int, *, screen: str | None = None) -> Path:
+def _screenshot(driver: Any, target: Path, width: int, *, screen: str | None = None) -> Path:
     """A full-page screenshot at ``width`` CSS pixels, or with ``screen`` (a CSS selector)
     one phone screen (``width`` x 844) scrolled to that element."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    target = SHOTS / name
+    target.parent.mkdir(parents=True, exist_ok=True)
     if screen is not None:
         driver.set_window_size(width, 844)
         driver.execute_script("document.querySelector(arguments[0]).scrollIntoView();", screen)
@@ -123,7 +130,8 @@ def test_anonymous_browser_is_sent_to_the_login(browser: Any, live_server: Any) 
 
 
 def test_staff_watches_pools_and_replicas_change(browser: Any, live_server: Any,
-                                                 route: Callable[..., None]) -> None:
+                                                 route: Callable[..., None],
+                                                 shots: Path) -> None:
     from selenium.webdriver.common.by import By
 
     # Reads of the demo app go to the replica; auth and sessions stay on the primary, so a
@@ -142,6 +150,12 @@ def test_staff_watches_pools_and_replicas_change(browser: Any, live_server: Any,
                              ("pk-plan", "Connection budget"), ("pk-workers", "All workers")):
         assert heading in _text(browser, f"#{section} h2")
     assert browser.find_elements(By.CSS_SELECTOR, "#pk-pools table th[scope=col]")
+    # With the admin's stylesheet (Django 6 underlines content links; 5.2 styles only its
+    # div.breadcrumbs): the section links are not underlined, the breadcrumbs are a bar.
+    assert browser.execute_script(
+        "return [getComputedStyle(document.querySelector('.pk-toc a')).textDecorationLine,"
+        "        getComputedStyle(document.querySelector('ol.pk-breadcrumbs')).backgroundColor];"
+    ) == ["none", "rgb(38, 75, 93)"]
     assert "primary" in _text(browser, "#pk-server")
     assert "PROMETHEUS_MULTIPROC_DIR" in _text(browser, "#pk-workers")
     _until(lambda: "in rotation" in _text(browser, "tr[data-replica=replica]")
@@ -173,9 +187,9 @@ def test_staff_watches_pools_and_replicas_change(browser: Any, live_server: Any,
         assert len(line.get_attribute("points").split()) >= 3
         assert "overflow" in _text(browser, "#pk-alias-default").lower()
         assert "application_name" in _text(browser, "#pk-server").lower()
-        _screenshot(browser, "desktop.png", 1280)
-        _screenshot(browser, "phone.png", 390, screen="#pk-alias-default")
-        _screenshot(browser, "phone-top.png", 390, screen="body")
+        _screenshot(browser, shots / "desktop.png", 1280)
+        _screenshot(browser, shots / "phone.png", 390, screen="#pk-alias-default")
+        _screenshot(browser, shots / "phone-top.png", 390, screen="body")
     finally:
         for connection in held:
             connection.close()
@@ -194,7 +208,7 @@ def test_staff_watches_pools_and_replicas_change(browser: Any, live_server: Any,
         # another job meanwhile ("down"), which the page must explain just the same.
         assert any(word in _text(browser, "tr[data-replica=replica] td.pk-reason")
                    for word in ("lag", "connection"))
-        _screenshot(browser, "replica-out.png", 1280)
+        _screenshot(browser, shots / "replica-out.png", 1280)
 
     # Hidden tab: the refresh pauses and says so.
     browser.execute_script(
@@ -208,3 +222,36 @@ def test_staff_watches_pools_and_replicas_change(browser: Any, live_server: Any,
     assert "reload the page" in _text(browser, "#pk-refresh-status")
     assert "in rotation" in _text(browser, "#pk-replicas") or "out of rotation" in _text(
         browser, "#pk-replicas")
+
+
+def test_the_page_is_usable_when_nobody_serves_static_files(browser: Any, live_server: Any,
+                                                            shots: Path) -> None:
+    """gunicorn serves no STATIC_URL: with every /static/ request blocked (the admin's
+    stylesheet too) the charts keep their sizes, the script runs and the bars are styled."""
+    get_user_model().objects.create_user("operator", password=PASSWORD, is_staff=True)
+    _log_in(browser, live_server.url)
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/static/*"]})
+    browser.get(f"{live_server.url}/poolkit/?refresh=2")
+    # The admin's stylesheet did not load (its custom properties are missing).
+    assert browser.execute_script(
+        "return getComputedStyle(document.documentElement).getPropertyValue('--body-bg')"
+    ).strip() == ""
+    _until(lambda: "Refreshing every 2 s" in _text(browser, "#pk-refresh-status")
+           or "Updated" in _text(browser, "#pk-refresh-status"), "the inline script never ran")
+    sizes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#pk-body svg')).map(function (svg) {"
+        "  var box = svg.getBoundingClientRect(); return [svg.getAttribute('class') || '',"
+        "  box.width, box.height]; });")
+    assert sizes
+    for name, width, height in sizes:
+        assert 0 < width <= 700, (name, width, height)
+        assert 0 < height <= 120, (name, width, height)
+    style = browser.execute_script(
+        "var crumbs = document.querySelector('ol.pk-breadcrumbs');"
+        "var toc = document.querySelector('.pk-toc a');"
+        "return [getComputedStyle(crumbs).backgroundColor, getComputedStyle(crumbs).listStyleType,"
+        "        getComputedStyle(toc).textDecorationLine];")
+    assert style == ["rgb(38, 75, 93)", "none", "none"]
+    target = _screenshot(browser, shots / "no-static.png", 1280)
+    assert target.stat().st_size > 0

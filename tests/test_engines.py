@@ -37,13 +37,41 @@ def test_engine_connects_exactly_where_django_does():
     assert row[2] == int(settings_dict["PORT"] or 5432)
 
 
+def _statement_timeout_source(run) -> str:
+    """Where the session's statement_timeout came from: "client" when poolkit sent it."""
+    return run("SELECT source FROM pg_settings WHERE name = 'statement_timeout'")
+
+
 def test_pool_settings_reach_the_session_and_the_pool():
     engine = get_engine()
-    assert _session(engine, "statement_timeout", "TimeZone") == {
-        "statement_timeout": "30s", "TimeZone": "UTC"}
+    assert _session(engine, "TimeZone") == {"TimeZone": "UTC"}
     # The demo project's POOLKIT gives "default" the small_api preset: 10 + 10.
     assert engine.pool.size() == 10
     assert pool_stats().pool_capacity == 20
+
+
+def test_orm_connections_keep_the_servers_statement_timeout(settings):
+    """A drop-in backend sends no statement_timeout unless asked (stock Django sends none,
+    and a migration must not be cut at 30 s); a SQLAlchemy-only engine keeps the 30 s."""
+    def orm(sql: str) -> str:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(sql)
+            return str(cursor.fetchone()[0])
+
+    def engine_of(name: str):
+        def run(sql: str) -> str:
+            with get_engine(name).connect() as connection:
+                return str(connection.execute(text(sql)).scalar())
+        return run
+
+    assert _statement_timeout_source(orm) != "client"
+    assert _statement_timeout_source(engine_of("default")) != "client"  # the ORM's pool
+    settings.POOLKIT = {**settings.POOLKIT, "ENGINES": {"side": {
+        "url": "postgresql://postgres@127.0.0.1:5432/" + connections.settings["default"]["NAME"]}}}
+    assert _session(get_engine("side"), "statement_timeout") == {"statement_timeout": "30s"}
+    settings.POOLKIT = {"DATABASES": {"default": {"statement_timeout": 4000}}}
+    connections["default"].close()
+    assert orm("SELECT current_setting('statement_timeout')") == "4s"
 
 
 def test_application_name_names_poolkit_alias_and_process(admin):

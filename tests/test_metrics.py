@@ -3,16 +3,19 @@ protected view and its URL include."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import connections
 from django.test import RequestFactory
 from django.urls import include, path, reverse
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from django_poolkit import get_engine
-from django_poolkit.metrics import COUNTERS, GAUGES, metrics_view
+from django_poolkit.metrics import COUNTERS, GAUGES, PoolCollector, metrics_view
 
 from .helpers.users import pool_viewer
 
@@ -136,3 +139,26 @@ def test_the_routers_replica_state(settings):
     assert samples[("poolkit_replica_in_rotation",
                     (("alias", "replica"), ("cluster", "main")))] == 1
     assert samples[("poolkit_router_fallbacks_total", (("cluster", "main"),))] == 0
+
+
+def test_registering_the_collector_reads_no_state(settings, caplog):
+    """A registry describes a collector when it is registered (at import of the URLconf,
+    so during manage.py check): a broken configuration must not be read, nor logged."""
+    settings.POOLKIT = {"DATABASES": {"default": {"pool_sise": 10}}}
+    target = CollectorRegistry(auto_describe=True)
+    with caplog.at_level(logging.DEBUG, logger="django_poolkit"):
+        target.register(PoolCollector())
+    assert caplog.records == []
+    assert {"poolkit_pool_size", "poolkit_database_up",
+            "poolkit_replica_in_rotation"} <= {family.name for family in
+                                                PoolCollector().describe()}
+
+
+def test_a_broken_configuration_is_one_log_line_at_scrape_time(settings, caplog):
+    settings.POOLKIT = {"DATABASES": {"default": {"pool_sise": 10}}}
+    with caplog.at_level(logging.DEBUG, logger="django_poolkit"):
+        assert list(PoolCollector().collect()) == []
+    assert [(record.levelname, record.exc_info, record.getMessage())
+            for record in caplog.records] == [
+        ("ERROR", None, "poolkit metrics: not collecting, the configuration is broken "
+                        "(1 problem(s); run manage.py check)")]

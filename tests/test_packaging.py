@@ -64,9 +64,9 @@ def test_the_wheel_holds_the_package_and_its_data(built: tuple[Path, Path, str])
     # The dashboard's templates and static files travel with the package.
     for name in ("django_poolkit/templates/django_poolkit/dashboard/index.html",
                  "django_poolkit/templates/django_poolkit/dashboard/body.html",
-                 "django_poolkit/templates/admin/index.html",
-                 "django_poolkit/static/django_poolkit/dashboard/dashboard.js",
-                 "django_poolkit/static/django_poolkit/dashboard/dashboard.css"):
+                 "django_poolkit/templates/django_poolkit/admin/index.html",
+                 "django_poolkit/templates/django_poolkit/dashboard/script.html",
+                 "django_poolkit/templates/django_poolkit/dashboard/style.html"):
         assert name in names
 
 

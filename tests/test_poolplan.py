@@ -108,6 +108,17 @@ def test_async_pools_are_counted_with_async_concurrency():
     assert server["recommended_total"] == (1 + 10) * 2
 
 
+def test_a_preset_sizes_the_sync_pools_only():
+    """The docs: async pools always use the async formula, --preset or not."""
+    document = _json("--workers", "2", "--threads", "1", "--async-concurrency", "40",
+                     "--queries-per-request", "4", "--max-connections", "100",
+                     "--preset", "high_traffic")
+    kinds = {pool["kind"]: pool["recommended"] for pool in document["pools"]}
+    assert kinds["sync"]["rule"] == "preset:high_traffic"
+    assert kinds["async"] == {"pool_size": 10, "max_overflow": 0, "capacity": 10,
+                              "rule": "async: ceil(40 / 4)"}
+
+
 def test_over_budget_recommends_pgbouncer_in_transaction_mode():
     document = _json("--hosts", "4", "--workers", "8", "--threads", "8", "--cores", "4",
                      "--db-cores", "8", "--extra-connections", "5", "--max-connections", "100",

@@ -147,6 +147,28 @@ def test_server_side_covers_every_process_by_application_name_and_state(settings
     assert not any(name.startswith("poolkit-ops") for name in rows)
 
 
+def test_a_custom_application_name_template_keeps_the_attribution(settings):
+    """The server view read "billing/side@1234" as nobody's: rows are matched by the pools'
+    own templates, so a custom one names its alias and process as the default does."""
+    config = _side(connections.settings["default"]["NAME"])
+    config["ENGINES"]["side"]["application_name"] = "billing/{alias}@{pid}"
+    config["ENGINES"]["plain"] = {**config["ENGINES"]["side"],
+                                  "application_name": "billing-web"}
+    settings.POOLKIT = config
+    with get_engine("side").connect() as side, get_engine("plain").connect() as plain:
+        side.execute(text("SELECT 1"))
+        plain.execute(text("SELECT 1"))
+        document, code = _json("--database", "side")
+    assert code == 0
+    rows = {row["application_name"]: row for row in
+            _entry(document, "side")["server_status"]["applications"]}
+    mine = rows[f"billing/side@{os.getpid()}"]
+    assert (mine["alias"], mine["host"], mine["pid"], mine["total"]) == (
+        "side", None, os.getpid(), 1)
+    # No {pid} in the template: the alias still, the process not.
+    assert (rows["billing-web"]["alias"], rows["billing-web"]["pid"]) == ("plain", None)
+
+
 def test_the_command_never_builds_or_uses_an_application_pool(settings):
     settings.POOLKIT = _side(connections.settings["default"]["NAME"])
     _, code = _status()

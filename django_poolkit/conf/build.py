@@ -28,12 +28,14 @@ from .knobs import (
     DEFAULT_ENV_PREFIX,
     ENGINE_ONLY_KEYS,
     KNOBS,
+    ORM_DEFAULTS,
+    POOLED_BACKEND,
     SECTION_PARSERS,
     TOP_LEVEL_KEYS,
     PoolkitSettings,
     PoolSettings,
 )
-from .sources import read_environment, read_knobs, url_options
+from .sources import blank_url_knobs, read_environment, read_knobs, url_options
 
 __all__ = ["build_settings", "parse_url"]
 
@@ -231,11 +233,15 @@ def build_settings(
 
     env_global, env_alias = read_environment(prefix, environ_, databases, per_engine, problems)
     builtin = _Layer("default", {name: knob.default for name, knob in KNOBS.items()})
+    orm_builtin = _Layer("default", {**builtin.values, **ORM_DEFAULTS})
 
     pools: dict[str, PoolSettings] = {}
     for alias, database in databases.items():
         own = read_knobs(per_database.get(alias), ("DATABASES", alias), problems)
-        layers = [builtin, _Layer("setting", defaults), _Layer("setting", own),
+        serves_orm = database.get("ENGINE") == POOLED_BACKEND
+        blank_url_knobs(alias, database, environ_, problems)
+        layers = [orm_builtin if serves_orm else builtin, _Layer("setting", defaults),
+                  _Layer("setting", own),
                   _Layer("url", url_options(alias, database, problems)),
                   _Layer("environment", env_global),
                   _Layer("environment", env_alias.get(alias, {}))]

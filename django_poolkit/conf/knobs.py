@@ -32,6 +32,8 @@ __all__ = [
     "KNOBS",
     "OPTION_FIELDS",
     "ORIGINS",
+    "ORM_DEFAULTS",
+    "POOLED_BACKEND",
     "SECTION_PARSERS",
     "TOP_LEVEL_KEYS",
     "PoolSettings",
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 DEFAULT_ENV_PREFIX = "POOLKIT_"
+
+#: The ENGINE of poolkit's pooled ORM backend: its alias's sync pool is shared with the ORM.
+POOLED_BACKEND = "django_poolkit.db.backends.postgresql"
 
 
 #: The ceilings of the numbers below: generous for any real deployment, and each far from
@@ -140,6 +145,15 @@ KNOBS: dict[str, Field] = fields(
          float),
 )
 
+#: Defaults that differ for a pool that serves the ORM (a ``DATABASES`` alias on
+#: :data:`POOLED_BACKEND`): a drop-in backend changes nothing a query may do unless asked, so
+#: ``statement_timeout`` stays the server's (stock Django sends none). ENGINES and the pools
+#: only ``get_engine()`` uses keep KNOBS' defaults.
+ORM_DEFAULTS: dict[str, Any] = {"statement_timeout": None}
+
+#: The values libpq accepts for ``sslmode``.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
 #: ``OPTIONS`` keys of a ``DATABASES`` entry that poolkit reads for its engines, besides the
 #: knobs (a ``DATABASE_URL`` query parameter lands in ``OPTIONS``): checked like them.
 OPTION_FIELDS: dict[str, Field] = fields(
@@ -148,6 +162,9 @@ OPTION_FIELDS: dict[str, Field] = fields(
           "READ) or 4 (SERIALIZABLE)",
           "Django's OPTIONS['isolation_level'], e.g. psycopg.IsolationLevel.SERIALIZABLE "
           "(?isolation_level=4 in DATABASE_URL).", integer(1, 4), int),
+    Field("sslmode", None, "one of " + ", ".join(f'"{mode}"' for mode in SSL_MODES),
+          "libpq's sslmode (?sslmode=require in DATABASE_URL); libpq would refuse any other "
+          "value only at the first connection.", choice(SSL_MODES), str),
 )
 
 #: Keys an ``ENGINES`` entry accepts besides the knobs. ``password`` beside ``url`` is the

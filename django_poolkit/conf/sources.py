@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .._schema import Collector, Field, Invalid, did_you_mean, key_path, nearest, read_fields
 from ..check_ids import E_BAD_VALUE, E_CONFLICT, E_ENVIRONMENT, E_NOT_A_DICT, E_UNKNOWN_KEY
 from ..ops import sizing
 from .knobs import DEFAULT_ENV_PREFIX, ENGINE_ONLY_KEYS, KNOBS, OPTION_FIELDS
 
-__all__ = ["read_environment", "read_knobs", "url_options"]
+__all__ = ["blank_url_knobs", "read_environment", "read_knobs", "url_options"]
 
 
 def read_knobs(
@@ -146,6 +147,36 @@ def url_options(alias: str, database: Mapping[str, Any], problems: Collector) ->
             problems.add(f'DATABASES["{alias}"]["OPTIONS"]["{key}"]',
                          f"must be {knob.accepted}, {error}", _text_hint(knob), E_BAD_VALUE)
     return values
+
+
+_URL_SCHEMES = ("postgres", "postgresql", "pgsql", "postgis")
+
+
+def blank_url_knobs(alias: str, database: Mapping[str, Any], environ_: Mapping[str, str],
+                    problems: Collector) -> None:
+    """An empty knob in the query of a database URL variable (``?pool_size=``) that points
+    at this alias: django-environ drops blank parameters before ``OPTIONS``, where an empty
+    ``POOLKIT_POOL_SIZE=`` is an error; reported the same way. The URL is matched to the
+    alias by its database name, host and port; its text is never shown (it may hold a
+    password)."""
+    for variable, text in environ_.items():
+        if "?" not in text or not text.startswith(tuple(f"{s}://" for s in _URL_SCHEMES)):
+            continue
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            continue
+        if (unquote(parts.path.lstrip("/")), parts.hostname or "", str(port or "")) != (
+                str(database.get("NAME") or ""), str(database.get("HOST") or ""),
+                str(database.get("PORT") or "")):
+            continue
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in KNOBS and not value.strip():
+                problems.add(f"environment variable {variable}: ?{key}=",
+                             f'is empty (for DATABASES["{alias}"])',
+                             f"Remove the parameter to keep the value configured elsewhere, or "
+                             f"give one: {KNOBS[key].accepted}.", E_BAD_VALUE)
 
 
 def _env_key(alias: str) -> str:

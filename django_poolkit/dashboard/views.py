@@ -40,7 +40,6 @@ _REFRESH_RANGE = (2, 300)
 _BAR_WIDTH = 300.0
 _CHART_WIDTH = 300.0
 _CHART_HEIGHT = 60.0
-_MIN_SPAN = 30
 
 
 #: The anti-framing policy of every answer (a page of host names and pids must not be
@@ -115,14 +114,19 @@ def _polyline(values: Sequence[float], top: float) -> str:
     ``top`` is the chart's height."""
     if not values:
         return ""
-    # Right-aligned; a young series is spread over at least _MIN_SPAN points, not squeezed
-    # into the right edge of the full window.
-    span = max(_MIN_SPAN, len(values))
+    # The x axis spans the points there are (its label says how long): a young series
+    # fills the chart rather than a window it has no data for. One point sits at the right.
+    span = max(2, len(values))
     step = _CHART_WIDTH / (span - 1)
     start = _CHART_WIDTH - step * (len(values) - 1)
     scale = _CHART_HEIGHT / top if top > 0 else 0.0
     return " ".join(f"{start + step * index:.1f},{_CHART_HEIGHT - value * scale:.1f}"
                     for index, value in enumerate(values))
+
+
+def _duration_text(seconds: float) -> str:
+    """``"30 s"``, or ``"2.5 min"`` from two minutes on: the span of a chart's x axis."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _bar(gauges: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,7 +170,7 @@ def _view_model(document: Mapping[str, Any]) -> dict[str, Any]:
         wait_top = max([1.0, *wait_ms])
         databases.append({**entry, "pools": pools, "series": {
             "points": len(points),
-            "minutes": round(len(points) * data.SAMPLE_INTERVAL_S / 60, 1),
+            "window": _duration_text(max(0, len(points) - 1) * data.SAMPLE_INTERVAL_S),
             "out_line": _polyline(out, top), "waiting_line": _polyline(waiting, top),
             "wait_line": _polyline(wait_ms, wait_top), "top": top,
             "wait_top": round(wait_top, 1),

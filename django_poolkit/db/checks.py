@@ -12,6 +12,9 @@ runtime check in ``DatabaseWrapper.check_settings()``.
   ``DISABLE_SERVER_SIDE_CURSORS=False``.
 - poolkit.W014: ``pgbouncer`` set and ``OPTIONS["options"]`` given: PgBouncer refuses or drops
   the ``options`` startup parameter.
+- poolkit.W015: the pooled backend is an ENGINE but ``django_poolkit`` is not in
+  ``INSTALLED_APPS``. The backend imports this module (Django loads the default alias's
+  backend while it imports the models), so the check is registered even then.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..check_ids import (
     E_CELERY_REUSE,
     E_CONN_MAX_AGE,
     E_NATIVE_POOL,
+    W_APP_NOT_INSTALLED,
     W_PGBOUNCER_OPTIONS,
     W_PGBOUNCER_OVERRIDE,
     W_PGBOUNCER_RESET,
@@ -38,6 +42,7 @@ from ..exceptions import Problem
 
 __all__ = [
     "backend_problems",
+    "check_app_installed",
     "check_celery_reuse",
     "check_pgbouncer",
     "check_pooled_backend",
@@ -210,3 +215,25 @@ def check_pgbouncer(
             messages.append(CheckWarning(f"{problem.path}: {problem.message}.", hint=problem.hint,
                                     id=problem.check_id))
     return messages
+
+
+@register()
+def check_app_installed(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W015: the pooled backend without the app, which wires what the backend cannot."""
+    from django.apps import apps
+    from django.conf import settings
+
+    if apps.is_installed("django_poolkit"):
+        return []
+    aliases = [f'DATABASES["{alias}"]' for alias, database in settings.DATABASES.items()
+               if database.get("ENGINE") == POOLED_BACKEND]
+    if not aliases:
+        return []
+    return [CheckWarning(
+        f"{', '.join(aliases)} {'uses' if len(aliases) == 1 else 'use'} {POOLED_BACKEND}, "
+        'but "django_poolkit" is not in INSTALLED_APPS: POOLKIT is not checked, the pools '
+        "are not closed at exit, and a forked worker (gunicorn --preload, Celery prefork) "
+        "keeps its parent's pools.",
+        hint='Add "django_poolkit" to INSTALLED_APPS.', id=W_APP_NOT_INSTALLED)]

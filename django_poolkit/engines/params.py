@@ -28,6 +28,7 @@ from django.db.utils import load_backend
 from sqlalchemy.engine import URL
 
 from ..conf import KNOBS, PoolSettings, parse_url
+from ..conf.knobs import POOLED_BACKEND
 from ..exceptions import PoolkitError
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "vendor_of",
 ]
 
-#: The ENGINE of poolkit's pooled ORM backend: its alias's sync pool is shared with the ORM.
-POOLED_BACKEND = "django_poolkit.db.backends.postgresql"
 
 _ISOLATION_LEVELS = {
     1: "READ UNCOMMITTED", 2: "READ COMMITTED", 3: "REPEATABLE READ", 4: "SERIALIZABLE",

@@ -175,7 +175,7 @@ PLAN_FORMULAS = ("threads", "cores", "production")
 def _recommend(deployment: Deployment, kind: str, configured: sizing.PoolSize,
                preset: str | None, formula: str) -> tuple[sizing.PoolSize, str]:
     cores = deployment.effective_cores
-    if preset is not None:
+    if preset is not None and kind == "sync":  # async pools: always the async formula
         return sizing.PRESETS[preset], f"preset:{preset}"
     if kind == "sync" and formula == "cores":
         overflow = max(0, configured.max_overflow)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import re
+import string
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,8 +163,10 @@ STATES = ("active", "idle", "idle in transaction")
 class ApplicationConnections:
     """Connections to one database that share an ``application_name``.
 
-    For poolkit's default name ``poolkit:{alias}:{host}:{pid}``, ``alias``, ``host`` and
-    ``pid`` are parsed out so one row is one pool of one process.
+    ``alias``, ``host`` and ``pid`` are parsed out of the name by the pools'
+    ``application_name`` templates (the default ``poolkit:{alias}:{host}:{pid}`` or a custom
+    one), so one row is one pool of one process; a template without ``{pid}`` (or shared by
+    several pools without ``{alias}``) leaves what it cannot tell as None.
     """
 
     application_name: str
@@ -187,7 +191,42 @@ class ApplicationConnections:
                 "total": self.total}
 
 
-def _parse_application_name(name: str) -> tuple[str | None, str | None, int | None]:
+def _template_pattern(template: str, alias: str) -> re.Pattern[str]:
+    """The names ``application_name`` ``template`` renders for ``alias``: its text as is,
+    ``{alias}`` as the alias, ``{host}`` as any (shortened) host, ``{pid}`` as digits."""
+    pattern, seen = "", set()
+    for literal, field, _, _ in string.Formatter().parse(template):
+        pattern += re.escape(literal)
+        if field == "alias":
+            pattern += re.escape(alias)
+        elif field in ("host", "pid"):
+            pattern += f"(?P={field})" if field in seen else (
+                r"(?P<host>.+?)" if field == "host" else r"(?P<pid>\d+)")
+            seen.add(field)
+    return re.compile(pattern)
+
+
+def _application_patterns() -> list[tuple[str, re.Pattern[str]]]:
+    """(alias, pattern) for every configured pool's ``application_name`` template, so a
+    custom one (``"billing-{pid}"``) is attributed as the default one is."""
+    return [(alias, _template_pattern(pool.application_name, alias))
+            for alias, pool in get_settings().pools.items()
+            if pool.application_name is not None]
+
+
+def _parse_application_name(
+    name: str, patterns: Sequence[tuple[str, re.Pattern[str]]] = (),
+) -> tuple[str | None, str | None, int | None]:
+    """Alias, host and pid of a connection's name: by this project's templates (the alias
+    only when one pool's template matches), else by the default template's shape (another
+    process's aliases)."""
+    found = [(alias, match) for alias, pattern in patterns
+             if (match := pattern.fullmatch(name)) is not None]
+    if found:
+        groups = found[0][1].groupdict()
+        pid = groups.get("pid")
+        return (found[0][0] if len({alias for alias, _ in found}) == 1 else None,
+                groups.get("host"), int(pid) if pid is not None else None)
     parts = name.split(":")
     if len(parts) == 4 and parts[0] == "poolkit" and parts[3].isdigit():
         return parts[1], parts[2], int(parts[3])
@@ -279,8 +318,9 @@ def _query_snapshot(params: dict[str, Any], timeout_ms: int,
         counts.setdefault(name, {}).setdefault(key, 0)
         counts[name][key] += count
     applications = []
+    patterns = _application_patterns()
     for name, states in sorted(counts.items()):
-        alias, host, pid = _parse_application_name(name)
+        alias, host, pid = _parse_application_name(name, patterns)
         applications.append(ApplicationConnections(
             name, alias, host, pid, active=states.get("active", 0), idle=states.get("idle", 0),
             idle_in_transaction=states.get("idle_in_transaction", 0),
