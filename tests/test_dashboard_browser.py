@@ -228,7 +228,9 @@ def test_the_page_is_usable_when_nobody_serves_static_files(browser: Any, live_s
                                                             shots: Path) -> None:
     """gunicorn serves no STATIC_URL: with every /static/ request blocked (the admin's
     stylesheet too) the charts keep their sizes, the script runs and the bars are styled."""
-    get_user_model().objects.create_user("operator", password=PASSWORD, is_staff=True)
+    operator = get_user_model().objects.create_user("operator", password=PASSWORD,
+                                                    is_staff=True)
+    operator.user_permissions.add(view_dashboard())
     _log_in(browser, live_server.url)
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/static/*"]})
