@@ -20,10 +20,17 @@ Every request uses the ORM and ``get_engine()`` in one ``atomic()`` with the poo
 and SQLAlchemy shared a connection, this answered 503 (7 of 60 in the issue's measurement).
 Asserted: no 503 and no error, and no worker ever holds more server connections than it has
 threads (``pg_stat_activity`` sampled during the load). Bounds are generous; nothing is timed.
+Then, under gunicorn (which serves no static files), what the page says to do next: log in at
+the admin as the tutorial's superuser, follow its link to the dashboard, and find this
+worker's pool with the requests it served and both workers' connections in the server's view;
+Debian's Chromium loads the page (its script refreshes, its charts keep their sizes) and
+screenshots it into a temporary folder (``DASHBOARD_SHOTS_DIR`` to keep it).
 """
 
 from __future__ import annotations
 
+import http.cookiejar
+import json
 import os
 import re
 import shlex
@@ -38,7 +45,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -256,8 +263,10 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 
 
 def _serve(project: Project, command: str, extra_env: dict[str, str], port: int,
-           server_dsn: str, concurrency: int) -> dict[str, Any]:
-    """Start the server with the documented command, load it, stop it; what was seen."""
+           server_dsn: str, concurrency: int,
+           then: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Start the server with the documented command, load it, run ``then(port)`` while it
+    still runs (its result is ``seen["then"]``), stop it; what was seen."""
     words = shlex.split(command)
     words[0:1] = [str(SITE_PYTHON), "-m", words[0]]
     server = subprocess.Popen(words, cwd=project.cwd, env={**project.env, **extra_env},
@@ -290,6 +299,7 @@ def _serve(project: Project, command: str, extra_env: dict[str, str], port: int,
             answers = list(pool.map(lambda _: _get(port, "/report/"), range(REQUESTS)))
         stop.set()
         sampler.join()
+        after = then(port) if then is not None else None
     finally:
         stop.set()
         if server.poll() is None:
@@ -300,8 +310,63 @@ def _serve(project: Project, command: str, extra_env: dict[str, str], port: int,
             server.kill()
             _, log = server.communicate()
     return {"statuses": Counter(status for status, _ in answers), "peaks": dict(peaks),
+            "then": after,
             "log": log, "returncode": server.returncode,
             "errors": [body[:300] for status, body in answers if status != 200]}
+
+
+def _dashboard(port: int, password: str, shots: Path) -> dict[str, Any]:
+    """What the tutorial says to do next, over HTTP and in Debian's Chromium: log in at the
+    admin as the tutorial's superuser, open the dashboard and its JSON; a screenshot of the
+    page as gunicorn serves it (no static files) goes to ``shots``."""
+    base = f"http://127.0.0.1:{port}"
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(f"{base}/admin/login/?next=/poolkit/", timeout=30) as reply:
+        form = reply.read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+    assert token, form[:500]
+    fields = urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1), "username": "admin",
+                                     "password": password, "next": "/poolkit/"}).encode()
+    with opener.open(f"{base}/admin/login/?next=/poolkit/", fields, timeout=30) as reply:
+        page_url, page = reply.geturl(), reply.read().decode()
+    with opener.open(f"{base}/poolkit/data.json", timeout=30) as reply:
+        document = json.loads(reply.read())["data"]
+    with opener.open(f"{base}/admin/", timeout=30) as reply:
+        admin_index = reply.read().decode()
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--hide-scrollbars", "--window-size=1280,900",
+                     "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(f"{base}/admin/login/")
+        for cookie in jar:
+            driver.add_cookie({"name": cookie.name, "value": cookie.value or "", "path": "/"})
+        driver.get(f"{base}/poolkit/")
+        deadline = time.monotonic() + 30
+        while "Updated" not in driver.find_element("css selector", "#pk-refresh-status").text:
+            assert time.monotonic() < deadline, "the dashboard's script never refreshed"
+            time.sleep(0.25)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, min(int(height) + 150, 16000))
+        shots.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(shots / "tutorial-gunicorn.png"))
+        svgs = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#pk-body svg')).map(function (svg) {"
+            "  var box = svg.getBoundingClientRect(); return [box.width, box.height]; });")
+    finally:
+        driver.quit()
+    return {"page_url": page_url, "page": page, "document": document,
+            "admin_index": admin_index, "svgs": svgs}
 
 
 def test_a_new_project_built_from_the_tutorial_serves_one_connection_per_thread(
@@ -321,15 +386,41 @@ def test_a_new_project_built_from_the_tutorial_serves_one_connection_per_thread(
 
     gunicorn, uvicorn = servers
     assert "--workers 2 --threads 4" in gunicorn
+    shots = Path(os.environ.get("DASHBOARD_SHOTS_DIR") or tmp_path / "shots")
+    password = project.env["DJANGO_SUPERUSER_PASSWORD"]
     for preload in (False, True):
         port = _free_port()
         args = f"--bind 127.0.0.1:{port}" + (" --preload" if preload else "")
         seen = _serve(project, gunicorn, {"GUNICORN_CMD_ARGS": args}, port, server_dsn,
-                      concurrency=2 * THREADS)
+                      concurrency=2 * THREADS,
+                      then=None if preload else lambda port: _dashboard(port, password, shots))
         assert seen["returncode"] == 0, seen["log"]
         assert seen["statuses"] == {200: REQUESTS}, seen["errors"]
         assert len(seen["peaks"]) in (2, 3), seen  # the workers (and the master, preloaded)
         assert all(peak <= THREADS for peak in seen["peaks"].values()), seen["peaks"]
+        if preload:
+            continue
+        # The dashboard, as the tutorial says to open it: the admin links to it, the login
+        # leads to it, and it shows this worker's pool with the requests it served and the
+        # server's view of the site's connections.
+        board = seen["then"]
+        assert 'href="/poolkit/"' in board["admin_index"], board["admin_index"][-2000:]
+        assert urllib.parse.urlsplit(board["page_url"]).path == "/poolkit/", board["page_url"]
+        assert "Connection pools" in board["page"]
+        (database,) = [entry for entry in board["document"]["databases"]
+                       if entry["alias"] == "default"]
+        (pool,) = [entry for entry in database["pools"] if entry["kind"] == "sync"]
+        assert pool["counters"]["checkouts"] >= 1, pool
+        assert pool["counters"]["checkouts"] == pool["counters"]["checkins"] + \
+            pool["gauges"]["pool_checked_out"], pool
+        assert pool["gauges"]["pool_size"] == project.recommended[0], pool
+        # The server's view: both workers' connections, attributed by their pids.
+        assert database["server_status"]["snapshot"] is not None, database["server_status"]
+        snapshot = json.dumps(database["server_status"]["snapshot"])
+        workers = {int(pid) for pid in re.findall(r"poolkit:default:[^:\s\"]+:(\d+)", snapshot)}
+        assert len(workers) == 2, snapshot
+        assert board["svgs"] and all(0 < width <= 700 and 0 < height <= 120
+                                     for width, height in board["svgs"]), board["svgs"]
 
     port = _free_port()
     seen = _serve(project, uvicorn, {"UVICORN_PORT": str(port)}, port, server_dsn,
