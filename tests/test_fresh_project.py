@@ -417,10 +417,12 @@ def test_a_new_project_built_from_the_tutorial_serves_one_connection_per_thread(
         # The server's view: both workers' connections, attributed by their pids.
         assert database["server_status"]["snapshot"] is not None, database["server_status"]
         snapshot = json.dumps(database["server_status"]["snapshot"])
-        workers = {int(pid) for pid in re.findall(r"poolkit:default:[^:\s\"]+:(\d+)", snapshot)}
+        workers = {int(pid) for pid in
+                   re.findall(r"poolkit:default:[^:\s\"]+:(\d+)", snapshot)}
         assert len(workers) == 2, snapshot
-        assert board["svgs"] and all(0 < width <= 700 and 0 < height <= 120
-                                     for width, height in board["svgs"]), board["svgs"]
+        assert board["svgs"]
+        assert all(0 < width <= 700 and 0 < height <= 120
+                   for width, height in board["svgs"]), board["svgs"]
 
     port = _free_port()
     seen = _serve(project, uvicorn, {"UVICORN_PORT": str(port)}, port, server_dsn,
