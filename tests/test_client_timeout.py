@@ -33,6 +33,12 @@ ALIAS = "frozen"
 #: and is generous so that a loaded machine cannot fail it (the timing is not what is tested).
 SLACK = 10.0
 
+#: The deadline rides on psycopg 3.3's wait loop; on older releases the knob is refused (see
+#: test_an_old_psycopg_refuses_the_knob_instead_of_ignoring_it) and there is nothing to cut.
+needs_deadline = pytest.mark.skipif(
+    not deadline.supported(),
+    reason=f"psycopg {psycopg.__version__} has no wait deadline (3.3+): client_timeout is refused")
+
 
 @pytest.fixture
 def proxy() -> Iterator[TcpProxy]:
@@ -141,6 +147,7 @@ def test_text_sources_are_checked_too() -> None:
     assert "write 2.0 without quotes" in problems[0].hint
 
 
+@needs_deadline
 def test_a_url_parameter_is_not_passed_to_libpq(settings: Any, alias: str) -> None:
     connections.settings[alias]["OPTIONS"] = {"client_timeout": "3"}
     settings.POOLKIT = {}
@@ -150,6 +157,7 @@ def test_a_url_parameter_is_not_passed_to_libpq(settings: Any, alias: str) -> No
         assert sa.connection.driver_connection.poolkit_limit == 3.0
 
 
+@needs_deadline
 @pytest.mark.django_db
 def test_every_pool_connection_is_poolkits_even_with_the_knob_off() -> None:
     with connections["default"].cursor() as cursor:
@@ -173,6 +181,7 @@ def test_an_old_psycopg_refuses_the_knob_instead_of_ignoring_it(
 # --- the cut ----------------------------------------------------------------------------------
 
 
+@needs_deadline
 def test_orm_query_on_a_frozen_server_is_cut_and_the_slot_comes_back(
         settings: Any, alias: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture) -> None:
     configure(settings, client_timeout=0.6, statement_timeout=300)
@@ -199,6 +208,7 @@ def test_orm_query_on_a_frozen_server_is_cut_and_the_slot_comes_back(
     assert pool_stats(alias).invalidations >= 1
 
 
+@needs_deadline
 def test_sqlalchemy_query_in_flight_is_cut_and_invalidated(settings: Any, alias: str,
                                                            proxy: TcpProxy) -> None:
     configure(settings, client_timeout=0.6, statement_timeout=300)
@@ -218,6 +228,7 @@ def test_sqlalchemy_query_in_flight_is_cut_and_invalidated(settings: Any, alias:
     assert pool_stats(alias).pool_checked_out == 0
 
 
+@needs_deadline
 def test_commit_is_cut_too(settings: Any, alias: str, proxy: TcpProxy) -> None:
     configure(settings, client_timeout=0.5)
     with get_engine(alias).connect() as sa:
@@ -229,6 +240,7 @@ def test_commit_is_cut_too(settings: Any, alias: str, proxy: TcpProxy) -> None:
     assert pool_stats(alias).pool_checked_out == 0
 
 
+@needs_deadline
 def test_a_query_shorter_than_the_deadline_is_untouched(settings: Any, alias: str) -> None:
     configure(settings, client_timeout=1.0)
     with get_engine(alias).connect() as sa:
@@ -241,6 +253,7 @@ def test_a_query_shorter_than_the_deadline_is_untouched(settings: Any, alias: st
     assert pool_stats(alias).invalidations == 0
 
 
+@needs_deadline
 def test_listen_waits_are_not_cut(settings: Any, alias: str) -> None:
     configure(settings, client_timeout=0.3)
     with get_engine(alias).connect() as sa:
@@ -255,6 +268,7 @@ def test_listen_waits_are_not_cut(settings: Any, alias: str) -> None:
         conn.autocommit = False
 
 
+@needs_deadline
 def test_statement_timeout_still_answers_first_when_the_server_runs(settings: Any,
                                                                     alias: str) -> None:
     configure(settings, client_timeout=2, statement_timeout=200)
@@ -268,6 +282,7 @@ def test_statement_timeout_still_answers_first_when_the_server_runs(settings: An
 # --- the pool's own round trips, with client_timeout off --------------------------------------
 
 
+@needs_deadline
 def test_query_pre_ping_is_bounded_and_hands_out_a_fresh_connection(
         settings: Any, alias: str, proxy: TcpProxy) -> None:
     configure(settings, pre_ping_mode="query", connect_timeout=1)
@@ -291,6 +306,7 @@ def test_query_pre_ping_is_bounded_and_hands_out_a_fresh_connection(
     assert pool_stats(alias).pool_checked_out == 0
 
 
+@needs_deadline
 def test_checkin_reset_is_bounded(settings: Any, alias: str, proxy: TcpProxy,
                                   caplog: pytest.LogCaptureFixture) -> None:
     configure(settings, connect_timeout=1, reset_on_return="discard_all")
@@ -310,6 +326,7 @@ def test_checkin_reset_is_bounded(settings: Any, alias: str, proxy: TcpProxy,
     wrapper.close()
 
 
+@needs_deadline
 def test_sqlalchemy_close_rollback_is_bounded(settings: Any, alias: str,
                                               proxy: TcpProxy) -> None:
     configure(settings, connect_timeout=1)
@@ -332,6 +349,7 @@ def test_the_bound_without_connect_timeout_is_fixed() -> None:
 # --- async ------------------------------------------------------------------------------------
 
 
+@needs_deadline
 async def test_async_query_on_a_frozen_server_is_cut(settings: Any, alias: str,
                                                      proxy: TcpProxy) -> None:
     configure(settings, client_timeout=0.6)
@@ -356,6 +374,7 @@ async def test_async_query_on_a_frozen_server_is_cut(settings: Any, alias: str,
         await engine.dispose()
 
 
+@needs_deadline
 async def test_async_rollback_is_bounded(settings: Any, alias: str,
                                                        proxy: TcpProxy) -> None:
     configure(settings, connect_timeout=1)
@@ -377,6 +396,7 @@ async def test_async_rollback_is_bounded(settings: Any, alias: str,
         await engine.dispose()
 
 
+@needs_deadline
 async def test_async_pre_ping_is_bounded_and_hands_out_a_fresh_connection(
         settings: Any, alias: str, proxy: TcpProxy) -> None:
     configure(settings, connect_timeout=1)
