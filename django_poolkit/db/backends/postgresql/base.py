@@ -359,6 +359,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 or connection.pgconn.transaction_status != _IDLE):
             fairy.invalidate()
             return
+        self._poolkit_check_in(fairy, pool)
+
+    def _poolkit_check_in(self, fairy: Any, pool: Any) -> None:
+        """Return ``fairy`` to ``pool``; if the pool was disposed while this connection was
+        out, nobody would use it: detach it, so the checkin closes it."""
         current = engine_registry.built(self.alias, "sync")
         if current is None or current.pool is not pool:
             fairy.detach()
@@ -541,13 +546,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 except BaseException:
                     fairy.invalidate()
                     raise
-            current = engine_registry.built(self.alias, "sync")
-            if current is None or current.pool is not pool:
-                # The pool was disposed while we held this connection: nobody would use it.
-                fairy.detach()
-                fairy.close()
-            else:
-                fairy.close()
+            self._poolkit_check_in(fairy, pool)
             # As Django's own pool does: the connection is no longer ours, so is_usable() and
             # any other use must not reach a session another checkout may hold now.
             self.connection = None
