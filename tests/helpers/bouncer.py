@@ -1,0 +1,133 @@
+"""A PgBouncer of a test's own: the Debian binary on a free port with its own configuration in
+a temporary directory (the shared one of ``scripts/pgbouncer`` is never reconfigured or
+restarted by a test). It runs as ``postgres`` when the suite runs as root (PgBouncer refuses
+root), serves only the databases it is given, and is stopped (SIGTERM, then SIGKILL) on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+#: The settings ``scripts/pgbouncer`` writes, which a test may override.
+BASE_SETTINGS: dict[str, Any] = {
+    "pool_mode": "transaction",
+    "auth_type": "trust",
+    "admin_users": "postgres",
+    "stats_users": "postgres",
+    "max_client_conn": 100,
+    "default_pool_size": 20,
+    "reserve_pool_size": 0,
+    "ignore_startup_parameters": "extra_float_digits,options",
+    "server_idle_timeout": 60,
+    "log_connections": 0,
+    "log_disconnections": 0,
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Bouncer:
+    """A running PgBouncer of a test: its port, directory and process."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    def url(self, dbname: str, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def admin(self, sql: str) -> list[Any]:
+        """Run one admin console command (simple query protocol) and return its rows."""
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=pgbouncer",
+                             autocommit=True, connect_timeout=5,
+                             cursor_factory=psycopg.ClientCursor) as console:
+            cursor = console.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def log(self) -> str:
+        path = self.directory / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _config(port: int, directory: Path, databases: dict[str, str], settings: dict[str, Any]
+            ) -> str:
+    lines = ["[databases]"]
+    lines += [f"{name} = host=127.0.0.1 port=5432 dbname={target}"
+              for name, target in databases.items()]
+    lines += ["", "[pgbouncer]", "listen_addr = 127.0.0.1", f"listen_port = {port}",
+              f"unix_socket_dir = {directory}", f"auth_file = {directory}/userlist.txt",
+              f"logfile = {directory}/pgbouncer.log"]
+    lines += [f"{key} = {value}" for key, value in {**BASE_SETTINGS, **settings}.items()]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def own_pgbouncer(databases: dict[str, str], users: tuple[str, ...] = ("postgres",),
+                  **settings: Any) -> Iterator[Bouncer]:
+    """Start a PgBouncer serving ``databases`` (name in PgBouncer -> database on the
+    primary) for ``users``; ``settings`` override :data:`BASE_SETTINGS`."""
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="poolkit-bouncer-"))
+    as_postgres = os.geteuid() == 0
+    try:
+        (directory / "userlist.txt").write_text("".join(f'"{user}" ""\n' for user in users))
+        ini = directory / "pgbouncer.ini"
+        ini.write_text(_config(port, directory, databases, settings))
+        if as_postgres:
+            owner = pwd.getpwnam("postgres")
+            for path in (directory, *directory.iterdir()):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        command = ["pgbouncer", "-q", str(ini)]
+        if as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        bouncer = Bouncer(port, directory, process)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                bouncer.admin("SHOW VERSION")
+                break
+            except psycopg.OperationalError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("pgbouncer did not start: " + bouncer.log()) from None
+                time.sleep(0.1)
+        try:
+            yield bouncer
+        finally:
+            stop(bouncer)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def stop(bouncer: Bouncer) -> None:
+    """Stop it (SIGTERM to its process group: runuser and pgbouncer), SIGKILL after 10 s."""
+    if bouncer.process.poll() is not None:
+        return
+    os.killpg(bouncer.process.pid, signal.SIGTERM)
+    try:
+        bouncer.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(bouncer.process.pid, signal.SIGKILL)
+        bouncer.process.wait(timeout=10)
