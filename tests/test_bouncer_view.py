@@ -198,6 +198,14 @@ def test_the_dashboard_json_has_pgbouncers_view(settings, bouncer):
     assert view["snapshot"]["config"]["default_pool_size"] == 2
     plain = next(item for item in document["databases"] if item["alias"] == "default")
     assert plain["pgbouncer_status"] is None
+    # The page's small block renders the same reading.
+    from django.test import RequestFactory
+
+    from django_poolkit.dashboard.views import _body
+
+    html = _body(document, RequestFactory().get("/poolkit/"))
+    assert "PgBouncer&#x27;s view" in html or "PgBouncer's view" in html
+    assert f"poolkit:bounced:{socket.gethostname()}:{os.getpid()}" in html
 
 
 def test_the_shared_pgbouncer_is_read_as_it_runs(settings):

@@ -330,8 +330,10 @@ def _clusters(now: float) -> list[dict[str, Any]]:
     return clusters
 
 
-def _plan(config: Any, readings: Mapping[str, Reading[ServerSnapshot]]) -> dict[str, Any]:
-    """The ``poolplan`` verdict, from the limits in the cached server snapshots (no I/O)."""
+def _plan(config: Any, readings: Mapping[str, Reading[ServerSnapshot]],
+          bouncers: Mapping[str, Reading[BouncerSnapshot]]) -> dict[str, Any]:
+    """The ``poolplan`` verdict, from the limits in the cached server and PgBouncer snapshots
+    (no I/O)."""
     declared = deployment_settings()
     deployment = declared or Deployment()
 
@@ -342,7 +344,14 @@ def _plan(config: Any, readings: Mapping[str, Reading[ServerSnapshot]]) -> dict[
                                     else "not read yet")
         return reading.value.limits
 
-    plan = build_plan(deployment, config, limits)
+    def bouncer(alias: str) -> BouncerSnapshot:
+        reading = bouncers.get(alias)
+        if reading is None or reading.value is None:
+            raise ServerUnreachable(reading.error if reading and reading.error
+                                    else "not read yet")
+        return reading.value
+
+    plan = build_plan(deployment, config, limits, bouncer=bouncer)
     data = plan.as_dict()
     data["declared"] = declared is not None
     return data
@@ -422,7 +431,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
                    "reasons": list(report.reasons) if report is not None else []},
         "databases": databases,
         "clusters": _clusters(now),
-        "plan": _plan(config, readings),
+        "plan": _plan(config, readings, bouncer_readings),
         "workers": workers.summary(),
         "series": {"interval_s": SAMPLE_INTERVAL_S, "capacity": SERIES_POINTS,
                    "points": [{"t": _iso(point["t"]), "aliases": point["aliases"]}
