@@ -33,6 +33,7 @@ def test_sdist_and_wheel_contain_only_the_package(tmp_path):
                  "django_poolkit/templates/django_poolkit/dashboard/body.html",
                  "django_poolkit/templates/admin/index.html",
                  "django_poolkit/static/django_poolkit/dashboard/dashboard.js",
-                 "django_poolkit/static/django_poolkit/dashboard/dashboard.css"):
+                 "django_poolkit/static/django_poolkit/dashboard/dashboard.css",
+                 "django_poolkit/contrib/prometheus/poolkit.rules.yml"):
         assert name in wheel_names
         assert name in sdist_names
