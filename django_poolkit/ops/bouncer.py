@@ -25,8 +25,8 @@ from ..engines.params import connection_spec, connection_target, direct_connect_
 from ..exceptions import ServerUnreachable, describe_error
 from .serverinfo import _bounded, _parse_application_name
 
-__all__ = ["CONFIG_KEYS", "BouncerClients", "BouncerPool", "BouncerSnapshot", "admin_target",
-           "read_bouncer"]
+__all__ = ["COMMANDS", "CONFIG_KEYS", "BouncerClients", "BouncerPool", "BouncerSnapshot",
+           "admin_target", "read_bouncer", "snapshot_of"]
 
 #: ``SHOW CONFIG`` keys kept: the pool mode and every limit a budget compares with (seconds
 #: for the timeouts, 0 meaning no limit for the ``max_*`` ones).
@@ -111,6 +111,7 @@ class BouncerSnapshot:
     client_connections: int
     server_connections: int
     stats: Mapping[str, int] = field(default_factory=dict)
+    unsupported: tuple[str, ...] = ()
 
     @property
     def waiting(self) -> int:
@@ -141,6 +142,7 @@ class BouncerSnapshot:
             "pools": [pool.as_dict() for pool in self.pools],
             "clients": [row.as_dict() for row in self.clients],
             "stats": dict(self.stats),
+            "unsupported": list(self.unsupported),
         }
 
 
@@ -198,32 +200,76 @@ def _wait(row: Mapping[str, Any], seconds: str, micros: str) -> float:
     return round(int(row.get(seconds) or 0) + int(row.get(micros) or 0) / 1e6, 6)
 
 
+#: What :func:`_query` asks, in order; each answer is a list of rows (dicts by column name).
+COMMANDS = ("SHOW VERSION", "SHOW CONFIG", "SHOW DATABASES", "SHOW POOLS", "SHOW CLIENTS",
+            "SHOW SERVERS", "SHOW STATS")
+
+#: Commands a pooler may lack (PgDog has no ``SHOW DATABASES``): their answer is then empty
+#: and the snapshot says so in ``unsupported``.
+OPTIONAL = frozenset({"SHOW CONFIG", "SHOW DATABASES", "SHOW SERVERS", "SHOW STATS"})
+
+
 def _query(params: dict[str, Any], database: str) -> BouncerSnapshot:
+    answers: dict[str, list[dict[str, Any]]] = {}
+    unsupported: list[str] = []
     with psycopg.connect(autocommit=True, cursor_factory=psycopg.ClientCursor,
                          **params) as console:
-        version = str(_rows(console, "SHOW VERSION")[0].get("version", ""))
-        config = {row["key"]: _number(row["value"]) for row in _rows(console, "SHOW CONFIG")
-                  if row.get("key") in CONFIG_KEYS}
-        databases = [row for row in _rows(console, "SHOW DATABASES")
-                     if row.get("name") == database]
-        pools = _rows(console, "SHOW POOLS")
-        clients = _rows(console, "SHOW CLIENTS")
-        servers = _rows(console, "SHOW SERVERS")
-        stats = [row for row in _rows(console, "SHOW STATS") if row.get("database") == database]
+        for command in COMMANDS:
+            try:
+                answers[command] = _rows(console, command)
+            except psycopg.Error:
+                # An error answer to a command a pooler lacks; a lost connection is not one.
+                if command not in OPTIONAL or console.broken or console.closed:
+                    raise
+                answers[command] = []
+                unsupported.append(command)
+    return snapshot_of(answers, database, tuple(unsupported))
+
+
+def _client_state(row: Mapping[str, Any]) -> str:
+    """``active`` (linked to a server connection), ``idle`` or ``waiting``. PgBouncer says
+    ``active`` for every logged-in client and names the linked server in ``link``; poolers
+    without a ``link`` column (pgcat, PgDog) say ``active`` only while one is held."""
+    state = str(row.get("state") or "")
+    if state.startswith("waiting"):
+        return "waiting"
+    if state == "active" and ("link" not in row or row["link"]):
+        return "active"
+    return "idle"
+
+
+def _client_wait(row: Mapping[str, Any]) -> float:
+    """Seconds a waiting client has waited: PgBouncer's ``wait`` + ``wait_us``, else pgcat's
+    ``maxwait`` + ``maxwait_us``, else PgDog's ``wait_time`` (milliseconds)."""
+    if "wait" in row:
+        return _wait(row, "wait", "wait_us")
+    if "maxwait" in row:
+        return _wait(row, "maxwait", "maxwait_us")
+    return round(float(row.get("wait_time") or 0) / 1000, 6)
+
+
+def snapshot_of(answers: Mapping[str, list[dict[str, Any]]], database: str,
+                unsupported: tuple[str, ...] = ()) -> BouncerSnapshot:
+    """The snapshot of ``database`` from the console's answers (:data:`COMMANDS` -> rows),
+    whatever extra columns the release adds; pure, so other poolers' rows can be checked."""
+    versions = answers.get("SHOW VERSION") or [{}]
+    version = str(versions[0].get("version", ""))
+    config = {row["key"]: _number(row["value"]) for row in answers.get("SHOW CONFIG", ())
+              if row.get("key") in CONFIG_KEYS}
+    own = next((row for row in answers.get("SHOW DATABASES", ())
+                if row.get("name") == database), {})
+    clients = answers.get("SHOW CLIENTS", [])
+    servers = answers.get("SHOW SERVERS", [])
     by_name: dict[str, dict[str, Any]] = {}
     for row in clients:
         if row.get("database") != database:
             continue
         name = str(row.get("application_name") or "")
         entry = by_name.setdefault(name, {"active": 0, "idle": 0, "waiting": 0, "wait": 0.0})
-        state = str(row.get("state") or "")
-        if state.startswith("waiting"):
-            entry["waiting"] += 1
-            entry["wait"] = max(entry["wait"], _wait(row, "wait", "wait_us"))
-        elif row.get("link"):
-            entry["active"] += 1
-        else:
-            entry["idle"] += 1
+        state = _client_state(row)
+        entry[state] += 1
+        if state == "waiting":
+            entry["wait"] = max(entry["wait"], _client_wait(row))
     grouped = []
     for name, entry in sorted(by_name.items()):
         alias, host, pid = _parse_application_name(name)
@@ -232,9 +278,11 @@ def _query(params: dict[str, Any], database: str) -> BouncerSnapshot:
     server_states = dict.fromkeys(SERVER_STATES, 0)
     for row in servers:
         state = str(row.get("state") or "")
-        if row.get("database") == database and state in server_states:
+        if row.get("database", row.get("database_name")) == database and (
+                state in server_states):
             server_states[state] += 1
-    own = databases[0] if databases else {}
+    stats = next((row for row in answers.get("SHOW STATS", ())
+                  if row.get("database") == database), {})
     return BouncerSnapshot(
         version=version, database=database, config=config,
         pool_size=_number(own["pool_size"]) if "pool_size" in own else None,
@@ -246,12 +294,14 @@ def _query(params: dict[str, Any], database: str) -> BouncerSnapshot:
             int(row.get("sv_active") or 0), int(row.get("sv_idle") or 0),
             int(row.get("sv_used") or 0), int(row.get("sv_tested") or 0),
             int(row.get("sv_login") or 0), _wait(row, "maxwait", "maxwait_us"))
-            for row in pools if row.get("database") == database),
+            for row in answers.get("SHOW POOLS", ()) if row.get("database") == database),
         clients=tuple(grouped), servers=server_states,
         # The console's own connection (this one) is a client too: left out.
         client_connections=max(0, len(clients) - 1), server_connections=len(servers),
-        stats={key: _number(value) for key, value in (stats[0] if stats else {}).items()
-               if key != "database"})
+        stats={key: value for key, value in ((key, _number(value))
+                                             for key, value in stats.items())
+               if isinstance(value, int) and not isinstance(value, bool)},
+        unsupported=unsupported)
 
 
 def read_bouncer(alias: str, timeout: float = 2.0) -> BouncerSnapshot:

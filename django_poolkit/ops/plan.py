@@ -167,8 +167,9 @@ class BouncerBudget:
     @property
     def fits(self) -> bool | None:
         """Whether no connection is refused (waiting in PgBouncer's queue is allowed). None
-        when the limits are unknown."""
-        if self.error is not None:
+        when the limits are unknown (not read, or not reported in PgBouncer's names)."""
+        if self.error is not None or self.server_connections is None or not any(
+                limit.name == "max_client_conn" for limit in self.limits):
             return None
         return not any(limit.hit for limit in self.limits if limit.effect == "refused")
 
@@ -428,12 +429,18 @@ def _bouncer_budget(address: str, sized: list[tuple[str, sizing.PoolSize]],
         return BouncerBudget(address, aliases, databases, clients, None, server, (), error)
     config = next(iter(snapshots.values())).config
     reserve = int(config.get("reserve_pool_size") or 0)
-    most_clients = int(config.get("max_client_conn") or 0)
-    found = [_linear("max_client_conn", most_clients, most_clients, every, hosts, "refused")]
+    found: list[BouncerLimit] = []
+    # A limit the console does not report (another pooler's names) is left out, not zero.
+    if isinstance(config.get("max_client_conn"), int):
+        most_clients = int(config["max_client_conn"])
+        found.append(_linear("max_client_conn", most_clients, most_clients, every, hosts,
+                             "refused"))
     caps: dict[str, int] = {}
     for snapshot in {snapshot.database: snapshot for snapshot in snapshots.values()}.values():
-        pool_size = snapshot.pool_size if snapshot.pool_size is not None else int(
-            config.get("default_pool_size") or 0)
+        pool_size = snapshot.pool_size if snapshot.pool_size is not None else (
+            config.get("default_pool_size"))
+        if not isinstance(pool_size, int):
+            continue
         demand = per_host[snapshot.database]
         caps[snapshot.database] = pool_size + reserve
         found.append(_linear(f"pool_size ({snapshot.database})", pool_size,
@@ -450,6 +457,12 @@ def _bouncer_budget(address: str, sized: list[tuple[str, sizing.PoolSize]],
         return sum(cap if per_host[database] is None else min(
             cap, (per_host[database] or 0) * count) for database, cap in caps.items())
 
+    if len(caps) < len(set(per_host)):
+        # Some pool's size is unknown: how much PgBouncer may open is unknown too.
+        found.sort(key=lambda limit: (limit.hosts_admitted is None, limit.hosts_admitted or 0,
+                                      limit.effect != "refused"))
+        return BouncerBudget(address, aliases, databases, clients, None, server,
+                             tuple(found), None)
     fitting: int | None = None
     if opened > room:  # else these pools can never fill the server
         fitting = 0

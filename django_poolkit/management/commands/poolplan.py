@@ -225,13 +225,21 @@ class Command(UsageExit2, BaseCommand):
                    f"{budget.clients // deployment.processes} per process x "
                    f"{deployment.processes} processes = {budget.clients}")
         self.stdout.write(f"  client connections (pool_size + max_overflow): {clients}")
+        opens = ("an unknown number of server connections (no pool size reported)"
+                 if budget.server_connections is None
+                 else f"at most {budget.server_connections} server connection(s)")
         self.stdout.write(
-            f"  PgBouncer opens at most {budget.server_connections} server connection(s) for "
+            f"  PgBouncer opens {opens} for "
             f"{', '.join(budget.databases)}; the server has {server.available} available "
             f"(max_connections {server.max_connections} - reserved "
             f"{server.max_connections - server.available}"
             + (f", {deployment.extra_connections} extra" if deployment.extra_connections
                else "") + "; read from the running PgBouncer and server)")
+        if not budget.limits:
+            self.stdout.write(self.style.WARNING(
+                "  its console reports none of PgBouncer's limits (max_client_conn, pool "
+                "sizes): plan them from the pooler's own configuration"))
+            return
         rows: list[tuple[str, ...]] = [
             ("LIMIT", "VALUE", "ADMITS", "DEMAND", "HOSTS THAT FIT", "BEYOND IT")]
         for limit in budget.limits:
@@ -250,7 +258,7 @@ class Command(UsageExit2, BaseCommand):
             hit = [limit.name for limit in budget.limits if limit.hit]
             line += ("; the deployment as declared goes beyond " + ", ".join(hit)
                      if hit else "; the deployment as declared is within every limit")
-            style = (self.style.ERROR if not budget.fits else
+            style = (self.style.ERROR if budget.fits is False else
                      self.style.WARNING if hit else self.style.SUCCESS)
             self.stdout.write(style(line))
 
