@@ -53,13 +53,16 @@ class Bouncer:
     port: int
     directory: Path
     process: subprocess.Popen[bytes]
+    command: list[str]
 
     def url(self, dbname: str, user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
     def admin(self, sql: str) -> list[Any]:
-        """Run one admin console command (simple query protocol) and return its rows."""
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=pgbouncer",
+        """Run one admin console command (simple query protocol) and return its rows, over
+        its Unix socket (which works from outside a network namespace too)."""
+        with psycopg.connect(f"host={self.directory} port={self.port} user=postgres "
+                             "dbname=pgbouncer",
                              autocommit=True, connect_timeout=5,
                              cursor_factory=psycopg.ClientCursor) as console:
             cursor = console.execute(sql)
@@ -70,12 +73,12 @@ class Bouncer:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _config(port: int, directory: Path, databases: dict[str, str], settings: dict[str, Any]
-            ) -> str:
+def _config(port: int, directory: Path, databases: dict[str, str], settings: dict[str, Any],
+            listen_addr: str, server_host: str) -> str:
     lines = ["[databases]"]
-    lines += [f"{name} = host=127.0.0.1 port=5432 dbname={target}"
+    lines += [f"{name} = host={server_host} port=5432 dbname={target}"
               for name, target in databases.items()]
-    lines += ["", "[pgbouncer]", "listen_addr = 127.0.0.1", f"listen_port = {port}",
+    lines += ["", "[pgbouncer]", f"listen_addr = {listen_addr}", f"listen_port = {port}",
               f"unix_socket_dir = {directory}", f"auth_file = {directory}/userlist.txt",
               f"logfile = {directory}/pgbouncer.log"]
     lines += [f"{key} = {value}" for key, value in {**BASE_SETTINGS, **settings}.items()]
@@ -83,17 +86,21 @@ def _config(port: int, directory: Path, databases: dict[str, str], settings: dic
 
 
 @contextmanager
-def own_pgbouncer(databases: dict[str, str], users: tuple[str, ...] = ("postgres",),
-                  **settings: Any) -> Iterator[Bouncer]:
+def own_pgbouncer(databases: dict[str, str], users: tuple[str, ...] = ("postgres",), *,
+                  netns: str | None = None, listen_addr: str = "127.0.0.1",
+                  server_host: str = "127.0.0.1", **settings: Any) -> Iterator[Bouncer]:
     """Start a PgBouncer serving ``databases`` (name in PgBouncer -> database on the
-    primary) for ``users``; ``settings`` override :data:`BASE_SETTINGS`."""
+    primary) for ``users``; ``settings`` override :data:`BASE_SETTINGS`. With ``netns`` it
+    runs in that network namespace (reach the primary there through its Unix socket:
+    ``server_host="/var/run/postgresql"``)."""
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="poolkit-bouncer-"))
     as_postgres = os.geteuid() == 0
     try:
         (directory / "userlist.txt").write_text("".join(f'"{user}" ""\n' for user in users))
         ini = directory / "pgbouncer.ini"
-        ini.write_text(_config(port, directory, databases, settings))
+        ini.write_text(_config(port, directory, databases, settings, listen_addr,
+                               server_host))
         if as_postgres:
             owner = pwd.getpwnam("postgres")
             for path in (directory, *directory.iterdir()):
@@ -101,24 +108,40 @@ def own_pgbouncer(databases: dict[str, str], users: tuple[str, ...] = ("postgres
         command = ["pgbouncer", "-q", str(ini)]
         if as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)
-        bouncer = Bouncer(port, directory, process)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                bouncer.admin("SHOW VERSION")
-                break
-            except psycopg.OperationalError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("pgbouncer did not start: " + bouncer.log()) from None
-                time.sleep(0.1)
+        if netns is not None:
+            command = ["ip", "netns", "exec", netns, *command]
+        bouncer = Bouncer(port, directory, _launch(command), command)
+        _wait_ready(bouncer)
         try:
             yield bouncer
         finally:
             stop(bouncer)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _launch(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_ready(bouncer: Bouncer) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            bouncer.admin("SHOW VERSION")
+            return
+        except psycopg.OperationalError:
+            if bouncer.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("pgbouncer did not start: " + bouncer.log()) from None
+            time.sleep(0.05)
+
+
+def restart(bouncer: Bouncer) -> None:
+    """Stop it (SIGTERM: every client connection is cut) and start it again on its port."""
+    stop(bouncer)
+    bouncer.process = _launch(bouncer.command)
+    _wait_ready(bouncer)
 
 
 def stop(bouncer: Bouncer) -> None:
