@@ -6,13 +6,15 @@ connections equal what ``poolplan`` predicts; with one host's link down the othe
 request, and the cut-off host answers again once the link is back. Namespaces and processes
 are removed whatever happens. A second test counts the requests that fail when PgBouncer
 is told to RECONNECT, RELOAD, or is restarted under load, with poolkit and with Django's own
-backend in the same run. About 25 s and 50 s."""
+backend in the same run; a third runs Debian's Prometheus against the three hosts and
+compares a fleet query with the server's count. About 25 s, 45 s and 20 s."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +30,7 @@ from typing import Any
 import pytest
 from django.db import connections
 
-from .helpers.bouncer import own_pgbouncer, restart
+from .helpers.bouncer import free_port, own_pgbouncer, restart
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,6 +48,17 @@ from django.db import close_old_connections, connection
 
 
 def application(environ, start_response):
+    if environ["PATH_INFO"] == "/metrics":
+        from prometheus_client import generate_latest
+        from django_poolkit.metrics import registry
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [generate_latest(registry())]
+    if environ["PATH_INFO"] == "/hold":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(6)")
+        close_old_connections()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"held"]
     if environ["PATH_INFO"] != "/work":
         return django_application(environ, start_response)
     # What Django's request_started and request_finished do around every request: drop a
@@ -75,18 +88,20 @@ class _UnixHTTP(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def _get(path: str, timeout: float = 5.0) -> dict[str, Any] | None:
+def _get(path: str, timeout: float = 5.0, url: str = "/work") -> dict[str, Any] | None:
     """One request; None when it failed (an error status, a timeout, a reset)."""
     connection = _UnixHTTP(path, timeout)
     try:
-        connection.request("GET", "/work")
+        connection.request("GET", url)
         reply = connection.getresponse()
         body = reply.read()
     except OSError:
         return None
     finally:
         connection.close()
-    return json.loads(body) if reply.status == 200 else None
+    if reply.status != 200:
+        return None
+    return json.loads(body) if url == "/work" else {"body": body.decode()}
 
 
 @dataclass
@@ -134,6 +149,7 @@ def _environment(fleet: Fleet, number: int, settings: str = "testproject.setting
             "POOLKIT_DEFAULT__MAX_OVERFLOW": "0",
             "POOLKIT_DEFAULT__POOL_TIMEOUT": "10",
             "POOLKIT_DEFAULT__CONNECT_TIMEOUT": "3",
+            "PROMETHEUS_MULTIPROC_DIR": str(fleet.directory / f"metrics{number}"),
             "PYTHONPATH": f"{fleet.directory}{os.pathsep}{REPO}"}
 
 
@@ -151,6 +167,8 @@ def fleet(tmp_path_factory: Any) -> Iterator[Fleet]:
     os.chmod(directory, 0o755)  # noqa: S103  gunicorn's workers and PgBouncer read it
     (directory / "fleet_app.py").write_text(APP)
     (directory / "fleet_stock.py").write_text(STOCK_SETTINGS)
+    for number in range(1, HOSTS + 1):
+        (directory / f"metrics{number}").mkdir()
     made = Fleet(f"pk{os.getpid() % 10000}", directory)
     try:
         yield made
@@ -376,3 +394,86 @@ def test_pgbouncer_reconnect_reload_and_restart_under_load_beside_the_stock_back
     for backend in ("poolkit", "stock"):
         assert failed[backend]["restart"][1] > 0, failed
         assert failed[backend]["after"][1] > 0, failed
+
+
+PROMETHEUS_CONFIG = """
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: app
+    metrics_path: /metrics
+    static_configs:
+      - targets: [{targets}]
+"""
+
+
+def _prometheus_query(fleet: Fleet, hub: str, port: int, query: str) -> list[Any]:
+    """An instant query to the Prometheus in the PgBouncer namespace (reached from there)."""
+    import urllib.parse
+
+    result = subprocess.run(
+        ["ip", "netns", "exec", hub, "curl", "-s", "--max-time", "5",
+         f"http://10.27.1.1:{port}/api/v1/query?query=" + urllib.parse.quote(query)],
+        capture_output=True, text=True, timeout=20, check=False)
+    if result.returncode != 0:
+        return []
+    answer = json.loads(result.stdout)
+    found: list[Any] = answer.get("data", {}).get("result", [])
+    return found
+
+
+def test_prometheus_fleet_sum_equals_the_servers_count(fleet: Fleet, admin: Any) -> None:
+    """Debian's Prometheus scrapes the three hosts (every worker summed through
+    ``PROMETHEUS_MULTIPROC_DIR``); with one request per host holding its connection in a
+    transaction, the fleet query ``sum(poolkit_pool_checked_out)`` equals the server's
+    count of active connections to the test database at the same time."""
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is missing: run scripts/ensure-prometheus")
+    dbname = connections.settings["default"]["NAME"]
+    hub = _make_network(fleet)
+    with own_pgbouncer({dbname: dbname}, netns=hub, listen_addr="*",
+                       server_host="/var/run/postgresql", default_pool_size=BOUNCER_POOL,
+                       max_client_conn=200) as bouncer:
+        fleet.bouncer_port = bouncer.port
+        for number in range(1, HOSTS + 1):
+            _start_host(fleet, number)
+        _wait_serving(fleet)
+        port = free_port()
+        targets = ", ".join(f'"10.27.{number}.2:8000"' for number in range(1, HOSTS + 1))
+        (fleet.directory / "prometheus.yml").write_text(
+            PROMETHEUS_CONFIG.format(targets=targets))
+        prometheus = subprocess.Popen(
+            ["ip", "netns", "exec", hub, "prometheus",
+             f"--config.file={fleet.directory / 'prometheus.yml'}",
+             f"--storage.tsdb.path={fleet.directory / 'tsdb'}",
+             f"--web.listen-address=10.27.1.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while len(_prometheus_query(fleet, hub, port, 'up{job="app"} == 1')) < HOSTS:
+                assert time.monotonic() < deadline, "Prometheus does not scrape the hosts"
+                time.sleep(0.5)
+            holders = [threading.Thread(target=_get, args=(fleet.socket(number), 15, "/hold"))
+                       for number in range(1, HOSTS + 1)]
+            for holder in holders:
+                holder.start()
+            time.sleep(3)  # the holds run 6 s; Prometheus scrapes every second
+            fleet_sum = _prometheus_query(
+                fleet, hub, port, 'sum(poolkit_pool_checked_out{alias="default"})')
+            server = admin.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = %s AND "
+                "state = 'active' AND pid <> pg_backend_pid()", (dbname,)).fetchone().n
+            per_host = _prometheus_query(
+                fleet, hub, port, 'sum by (instance) (poolkit_pool_checked_out)')
+            for holder in holders:
+                holder.join(timeout=20)
+        finally:
+            os.killpg(prometheus.pid, signal.SIGTERM)
+            prometheus.wait(timeout=30)
+        _stop_hosts(fleet)
+        bouncer.admin(f"RECONNECT {dbname}")
+    assert float(fleet_sum[0]["value"][1]) == server == HOSTS, (fleet_sum, server)
+    assert sorted(float(row["value"][1]) for row in per_host) == [1.0] * HOSTS, per_host
+    print(f"\nprometheus: sum(poolkit_pool_checked_out) {fleet_sum[0]['value'][1]}, "
+          f"server's active connections {server}")
