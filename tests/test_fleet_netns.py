@@ -176,7 +176,7 @@ def fleet(tmp_path_factory: Any) -> Iterator[Fleet]:
         for master in made.masters:
             if master.poll() is None:
                 os.killpg(master.pid, signal.SIGKILL)
-            master.communicate(timeout=30)
+            master.wait(timeout=30)
         for name in made.namespaces:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20,
                            check=False)
@@ -210,11 +210,18 @@ def _start_host(fleet: Fleet, number: int, settings: str = "testproject.settings
         "--bind", f"unix:{fleet.socket(number)}", "--bind", f"10.27.{number}.2:8000",
         "--workers", str(WORKERS), "--threads", str(THREADS), "--worker-class", "gthread",
         "--graceful-timeout", "5", "--no-control-socket", "fleet_app:application"])
-    master = subprocess.Popen(command, cwd=fleet.directory,
-                              env=_environment(fleet, number, settings),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    # A log file, not a pipe: a pipe nobody reads fills up with the tracebacks of failed
+    # requests, and every worker thread then blocks on the logging lock.
+    with open(fleet.directory / f"h{number}.log", "a") as log:
+        master = subprocess.Popen(command, cwd=fleet.directory,
+                                  env=_environment(fleet, number, settings),
+                                  stdout=log, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True)
     fleet.masters.append(master)
+
+
+def _log(fleet: Fleet, number: int) -> str:
+    return (fleet.directory / f"h{number}.log").read_text(errors="replace")[-3000:]
 
 
 def _wait_serving(fleet: Fleet) -> None:
@@ -223,8 +230,7 @@ def _wait_serving(fleet: Fleet) -> None:
         master = fleet.masters[-HOSTS + number - 1]
         while _get(fleet.socket(number)) is None:
             if master.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"host {number} does not serve: "
-                            + master.communicate(timeout=10)[0][-3000:])
+                pytest.fail(f"host {number} does not serve: " + _log(fleet, number))
             time.sleep(0.2)
 
 
@@ -234,7 +240,7 @@ def _stop_hosts(fleet: Fleet) -> None:
         if master.poll() is None:
             os.killpg(master.pid, signal.SIGTERM)
     for master in fleet.masters:
-        master.communicate(timeout=30)
+        master.wait(timeout=30)
     fleet.masters.clear()
 
 
@@ -258,14 +264,19 @@ def _server_connections(admin: Any) -> int:
     return int(row.n)
 
 
-def _load(fleet: Fleet, hosts: list[int], seconds: float) -> dict[int, list[bool]]:
-    """THREADS x WORKERS concurrent requests per host for ``seconds``: which succeeded."""
+def _load(fleet: Fleet, hosts: list[int], seconds: float,
+          failures: list[float] | None = None) -> dict[int, list[bool]]:
+    """THREADS x WORKERS concurrent requests per host for ``seconds``: which succeeded;
+    ``failures`` gets the time (``time.monotonic()``) each failed request ended."""
     results: dict[int, list[bool]] = {number: [] for number in hosts}
     stop = time.monotonic() + seconds
 
     def run(number: int) -> None:
         while time.monotonic() < stop:
-            results[number].append(_get(fleet.socket(number)) is not None)
+            ok = _get(fleet.socket(number)) is not None
+            results[number].append(ok)
+            if not ok and failures is not None:
+                failures.append(time.monotonic())
 
     with ThreadPoolExecutor(max_workers=len(hosts) * THREADS * WORKERS) as pool:
         for future in [pool.submit(run, number) for number in hosts
@@ -360,6 +371,7 @@ def test_pgbouncer_reconnect_reload_and_restart_under_load_beside_the_stock_back
     dbname = connections.settings["default"]["NAME"]
     hub = _make_network(fleet)
     failed: dict[str, dict[str, tuple[int, int]]] = {}
+    outage: dict[str, dict[str, float]] = {"poolkit": {}, "stock": {}}
     with own_pgbouncer({dbname: dbname}, netns=hub, listen_addr="*",
                        server_host="/var/run/postgresql", default_pool_size=BOUNCER_POOL,
                        max_client_conn=200, query_wait_timeout=20) as bouncer:
@@ -373,27 +385,32 @@ def test_pgbouncer_reconnect_reload_and_restart_under_load_beside_the_stock_back
             for fault, act in FAULTS.items():
                 timer = threading.Timer(1.0, act, (bouncer, dbname))
                 timer.start()
-                results = _load(fleet, list(range(1, HOSTS + 1)), 3)
+                ends: list[float] = []
+                results = _load(fleet, list(range(1, HOSTS + 1)), 3, ends)
                 timer.join(timeout=30)
                 outcomes = [ok for oks in results.values() for ok in oks]
                 failed[backend][fault] = (outcomes.count(False), len(outcomes))
+                # How long requests failed: from the first failure to the last.
+                outage[backend][fault] = round(max(ends) - min(ends), 2) if ends else 0.0
             # And once it is over: every pool serves again.
             results = _load(fleet, list(range(1, HOSTS + 1)), 2)
             outcomes = [ok for oks in results.values() for ok in oks]
             failed[backend]["after"] = (outcomes.count(False), len(outcomes))
             _stop_hosts(fleet)
         bouncer.admin(f"RECONNECT {dbname}")
-    print("\nfleet faults (failed, requests): " + json.dumps(failed))
+    print("\nfleet faults (failed, requests): " + json.dumps(failed)
+          + "; seconds from the first failure to the last: " + json.dumps(outage))
     # RECONNECT and RELOAD close nothing a client holds: neither backend fails a request.
     for backend in ("poolkit", "stock"):
         assert failed[backend]["RECONNECT"][0] == 0, failed
         assert failed[backend]["RELOAD"][0] == 0, failed
-    # A restart cuts every client connection: requests fail with either backend, during the
-    # restart and (measured, not yet explained: docs/fleet.rst) about one per load thread in
-    # the 2 s after it. Counted beside each other; only that both were measured is asserted.
+    # A restart cuts every client connection and refuses new ones until PgBouncer listens
+    # again: requests fail with either backend while it is down (the load retries at once,
+    # so the count is the load's rate, the outage is the figure), and none once it is back.
     for backend in ("poolkit", "stock"):
-        assert failed[backend]["restart"][1] > 0, failed
-        assert failed[backend]["after"][1] > 0, failed
+        assert failed[backend]["restart"][0] > 0, failed
+        assert failed[backend]["after"][0] == 0, failed
+        assert outage[backend]["restart"] < 5, outage
 
 
 PROMETHEUS_CONFIG = """

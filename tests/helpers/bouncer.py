@@ -6,6 +6,7 @@ root), serves only the databases it is given, and is stopped (SIGTERM, then SIGK
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -80,7 +81,7 @@ def _config(port: int, directory: Path, databases: dict[str, str], settings: dic
               for name, target in databases.items()]
     lines += ["", "[pgbouncer]", f"listen_addr = {listen_addr}", f"listen_port = {port}",
               f"unix_socket_dir = {directory}", f"auth_file = {directory}/userlist.txt",
-              f"logfile = {directory}/pgbouncer.log"]
+              f"logfile = {directory}/pgbouncer.log", f"pidfile = {directory}/pgbouncer.pid"]
     lines += [f"{key} = {value}" for key, value in {**BASE_SETTINGS, **settings}.items()]
     return "\n".join(lines) + "\n"
 
@@ -145,12 +146,23 @@ def restart(bouncer: Bouncer) -> None:
 
 
 def stop(bouncer: Bouncer) -> None:
-    """Stop it (SIGTERM to its process group: runuser and pgbouncer), SIGKILL after 10 s."""
+    """Stop it: SIGTERM to pgbouncer itself (an immediate shutdown), then to its process
+    group (runuser, which on a signal of its own waits 2 s before it kills its child);
+    SIGKILL after 10 s."""
     if bouncer.process.poll() is not None:
         return
-    os.killpg(bouncer.process.pid, signal.SIGTERM)
+    pidfile = bouncer.directory / "pgbouncer.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     try:
         bouncer.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(bouncer.process.pid, signal.SIGKILL)
         bouncer.process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(bouncer.process.pid, signal.SIGKILL)  # anything left in its group
