@@ -56,6 +56,7 @@ E_DEPLOYMENT_UNKNOWN_POOL = "poolkit.E043"  # "databases" names a pool nobody co
 W_BUDGET_EXCEEDED = "poolkit.W040"  # the pools can open more than the server accepts
 W_BUDGET_UNKNOWN = "poolkit.W041"  # max_connections could not be read
 W_THREADS_OVER_POOL = "poolkit.W042"  # more request threads than a pool has connections
+W_BOUNCER_BUDGET = "poolkit.W043"  # behind PgBouncer, a limit that refuses connections is hit
 
 # The staff dashboard (django_poolkit.dashboard).
 # poolkit.W050 (retired): admin before django_poolkit hid the admin's link to the dashboard;

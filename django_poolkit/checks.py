@@ -21,6 +21,7 @@ from django.core.checks import CheckMessage, Error, register
 
 from .check_ids import (
     E_DEPLOYMENT_UNKNOWN_POOL,
+    W_BOUNCER_BUDGET,
     W_BUDGET_EXCEEDED,
     W_BUDGET_UNKNOWN,
     W_NO_MIDDLEWARE,
@@ -99,6 +100,8 @@ def _sentence(text: str) -> str:
 #   (a Tags.database check: runs with ``manage.py check --database ALIAS``).
 # - poolkit.W041: the budget check could not read the server's max_connections.
 # - poolkit.W042: a process has more request threads than a pool has connections.
+# - poolkit.W043: behind PgBouncer, the pools go beyond a limit that refuses connections
+#   (the running max_client_conn, or the server's max_connections behind PgBouncer's pools).
 
 from django.core import checks as django_checks  # noqa: E402  (kept with its section)
 
@@ -167,6 +170,7 @@ def check_connection_budget(
     ``POOLKIT["DEPLOYMENT"]`` there is nothing to add up and nothing is read.
     """
     from .exceptions import ServerUnreachable
+    from .ops.bouncer import read_bouncer
     from .ops.deployment import server_of
     from .ops.plan import build_plan
     from .ops.serverinfo import read_limits
@@ -183,8 +187,39 @@ def check_connection_budget(
             raise ServerUnreachable("not selected")
         return read_limits(alias)
 
+    def bouncer(alias: str) -> Any:
+        if server_of(alias, config.pools[alias]) not in selected:
+            raise ServerUnreachable("not selected")
+        return read_bouncer(alias)
+
+    plan = build_plan(deployment, config, limits, bouncer=bouncer)
     messages: list[CheckMessage] = []
-    for budget in build_plan(deployment, config, limits).servers:
+    for behind in plan.bouncers:
+        if behind.pgbouncer not in selected:
+            continue
+        if behind.error is not None:
+            messages.append(django_checks.Warning(
+                f"Cannot check the connection budget behind PgBouncer {behind.pgbouncer}: "
+                f"{behind.error}.",
+                hint="Run the check where PgBouncer's admin console is reachable (the "
+                     "pgbouncer_admin setting says where it is, with a user in its "
+                     "stats_users).", id=W_BUDGET_UNKNOWN))
+        elif not behind.fits:
+            refused = [limit for limit in behind.limits if limit.effect == "refused"
+                       and limit.hit]
+            clients = ("an unlimited number of client connections (max_overflow=-1)"
+                       if behind.clients is None else f"{behind.clients} client connections")
+            messages.append(django_checks.Warning(
+                f"The deployment ({deployment.hosts} host(s) x {deployment.workers} "
+                f"worker(s)) can open {clients} to PgBouncer {behind.pgbouncer} "
+                f"({', '.join(behind.aliases)}), beyond "
+                + ", ".join(f"{limit.name} {limit.value} (admits {limit.admits}, asked "
+                            f"{_text(limit.demand)})" for limit in refused)
+                + ": those connections are refused.",
+                hint="Raise max_client_conn (or max_connections), or shrink the pools "
+                     "(pool_size + max_overflow per process): run manage.py poolplan for "
+                     "the limits in the order they are hit.", id=W_BOUNCER_BUDGET))
+    for budget in plan.servers:
         if budget.server not in selected:
             continue
         if budget.limits is None:
@@ -209,6 +244,10 @@ def check_connection_budget(
                 + "run manage.py poolplan for the sizes and settings.",
                 id=W_BUDGET_EXCEEDED))
     return messages
+
+
+def _text(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
 
 
 # Routing wiring (django_poolkit.routers, django_poolkit.middleware):

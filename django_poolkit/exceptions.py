@@ -171,6 +171,8 @@ _MESSAGE_PHRASES = (
     ("remaining connection slots are reserved", "too many connections"),
     ("password authentication failed", "authentication failed"),
     ("no password supplied", "authentication failed"),
+    ('"trust" authentication failed', "authentication failed"),  # PgBouncer: not in auth_file
+    ("fatal:  not allowed", "admin login refused"),  # PgBouncer: not an admin or stats user
     ("no pg_hba.conf entry", "rejected by pg_hba.conf"),
     ("connection refused", "connection refused"),
     ("timeout expired", "connect timeout"),

@@ -66,7 +66,8 @@ def test_the_wheel_holds_the_package_and_its_data(built: tuple[Path, Path, str])
                  "django_poolkit/templates/django_poolkit/dashboard/body.html",
                  "django_poolkit/templates/django_poolkit/admin/index.html",
                  "django_poolkit/templates/django_poolkit/dashboard/script.html",
-                 "django_poolkit/templates/django_poolkit/dashboard/style.html"):
+                 "django_poolkit/templates/django_poolkit/dashboard/style.html",
+                 "django_poolkit/contrib/prometheus/poolkit.rules.yml"):
         assert name in names
 
 

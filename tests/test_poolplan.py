@@ -67,7 +67,8 @@ def test_pgbouncer_settings_split_the_server_and_admit_every_client():
 
 def test_budget_arithmetic_against_the_real_max_connections(available):
     document = _json("--hosts", "2", "--workers", "4", "--threads", "8", "--cores", "2")
-    assert list(document) == ["deployment", "pools", "servers", "skipped", "warnings", "fits"]
+    assert list(document) == ["deployment", "pools", "servers", "skipped", "pgbouncers", "warnings",
+                              "fits"]
     assert document["deployment"] == {
         "hosts": 2, "workers": 4, "threads": 8, "processes": 8, "async_concurrency": None,
         "queries_per_request": 1.0, "cores": 2, "spindles": 0, "extra_connections": 0}

@@ -69,7 +69,8 @@ def test_json_has_the_documented_keys_and_the_origins(admin):
     assert [entry["alias"] for entry in document["databases"]] == list(connections.settings)
     entry = _entry(document, "default")
     assert list(entry) == ["alias", "vendor", "server", "target", "settings", "pools",
-                           "server_status", "error"]
+                           "server_status", "error", "pgbouncer"]
+    assert entry["pgbouncer"] is None  # not behind PgBouncer
     assert entry["alias"] == "default"
     assert entry["error"] is None
     assert list(entry["settings"]) == list(KNOBS)

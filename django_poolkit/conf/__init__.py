@@ -26,6 +26,7 @@ from .knobs import (
     TOP_LEVEL_KEYS,
     PoolkitSettings,
     PoolSettings,
+    shown_value,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "on_reload",
     "parse_url",
     "reload",
+    "shown_value",
     "validate",
 ]
 

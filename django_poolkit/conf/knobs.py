@@ -15,6 +15,7 @@ from typing import Any
 from .._schema import (
     SHORTEST_WAIT,
     Field,
+    Invalid,
     boolean,
     choice,
     fields,
@@ -25,6 +26,40 @@ from .._schema import (
     text,
 )
 from ..ops import sizing
+
+
+def admin_url(value: Any) -> Any:
+    """A ``postgresql://`` URL with a host (PgBouncer's admin console), or None. The refusal
+    never shows the value: it may hold a password."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+        from sqlalchemy.exc import ArgumentError
+
+        from .build import parse_url
+
+        try:
+            url = parse_url(value)
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+            pass
+        else:
+            if url.host:
+                return value
+    raise Invalid("got a value that is not a postgresql:// URL with a host")
+
+
+def shown_value(name: str, value: Any) -> Any:
+    """A knob's value as commands and the dashboard show it: a secret URL (``pgbouncer_admin``)
+    as ``postgresql://user@host:port/database``, its password and query left out."""
+    knob = KNOBS.get(name)
+    if value is None or knob is None or not knob.secret:
+        return value
+    from .build import parse_url
+
+    url = parse_url(value)
+    user = f"{url.username}@" if url.username else ""
+    port = f":{url.port}" if url.port else ""
+    return f"postgresql://{user}{url.host}{port}/{url.database or ''}"
 
 __all__ = [
     "DEFAULT_ENV_PREFIX",
@@ -38,6 +73,8 @@ __all__ = [
     "TOP_LEVEL_KEYS",
     "PoolSettings",
     "PoolkitSettings",
+    "admin_url",
+    "shown_value",
 ]
 
 DEFAULT_ENV_PREFIX = "POOLKIT_"
@@ -133,6 +170,11 @@ KNOBS: dict[str, Field] = fields(
          "The pool connects through a PgBouncer in this pooling mode: no startup options; "
          "in transaction mode also no prepared statements and no server-side cursors.",
          choice(("transaction", "session"), none=True), str),
+    Field("pgbouncer_admin", None,
+         "a postgresql:// URL of PgBouncer's admin console (database pgbouncer), or None",
+         "Where poolstatus, poolplan and the dashboard read PgBouncer's own view (SHOW POOLS, "
+         "CLIENTS, SERVERS, STATS, CONFIG) when pgbouncer is set; None: the pool's own host, "
+         "port, user and password, database pgbouncer.", admin_url, str, secret=True),
     Field("leak_detection_threshold", None, f"a number of seconds >= {SHORTEST_WAIT} and <= "
          f"{DAY}, or None (off)",
          "Log once, with the checkout's stack, a connection held longer than this.",
@@ -229,6 +271,7 @@ class PoolSettings:
     pre_ping_mode: str = "socket"
     leak_detection_threshold: float | None = None
     pgbouncer: str | None = None
+    pgbouncer_admin: str | None = None
     client_timeout: float | None = None
     password: str | None = field(default=None, repr=False)
 

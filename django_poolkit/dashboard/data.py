@@ -37,10 +37,11 @@ from django.db import connections
 
 from .. import health, signals
 from ..api import pool_stats
-from ..conf import KNOBS, PoolSettings, get_settings
+from ..conf import KNOBS, PoolSettings, get_settings, shown_value
 from ..engines import engine_registry
 from ..engines.params import connection_target
 from ..exceptions import ServerUnreachable
+from ..ops.bouncer import BouncerSnapshot, admin_target, read_bouncer
 from ..ops.deployment import Deployment, deployment_settings, server_of
 from ..ops.plan import build_plan
 from ..ops.serverinfo import ServerLimits, ServerSnapshot, read_server
@@ -133,6 +134,7 @@ class _State:
         self.last_counters: dict[str, tuple[int, float]] = {}
         self.sampler: threading.Thread | None = None
         self.servers: dict[str, Refreshed[ServerSnapshot]] = {}
+        self.bouncers: dict[str, Refreshed[BouncerSnapshot]] = {}
         # The checker caches its own report for cache_ttl: asking it often costs nothing.
         self.health: Refreshed[health.HealthReport] = Refreshed(
             health.checker.check, HEALTH_TTL_S, "health")
@@ -258,7 +260,8 @@ def _settings(pool: PoolSettings) -> list[dict[str, Any]]:
     rows = []
     for name in KNOBS:
         origin = pool.origins.get(name, "default")
-        rows.append({"name": name, "value": getattr(pool, name), "origin": origin,
+        rows.append({"name": name, "value": shown_value(name, getattr(pool, name)),
+                     "origin": origin,
                      "main": name in MAIN_SETTINGS or origin != "default"})
     return rows
 
@@ -290,6 +293,16 @@ def _server(alias: str, state: _State) -> Refreshed[ServerSnapshot]:
     return found
 
 
+def _bouncer(alias: str, state: _State) -> Refreshed[BouncerSnapshot]:
+    found = state.bouncers.get(alias)
+    if found is None:
+        with state.lock:
+            found = state.bouncers.setdefault(alias, Refreshed(
+                lambda: read_bouncer(alias, SERVER_TIMEOUT_S), SERVER_TTL_S,
+                f"pgbouncer-{alias}"))
+    return found
+
+
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
@@ -317,8 +330,10 @@ def _clusters(now: float) -> list[dict[str, Any]]:
     return clusters
 
 
-def _plan(config: Any, readings: Mapping[str, Reading[ServerSnapshot]]) -> dict[str, Any]:
-    """The ``poolplan`` verdict, from the limits in the cached server snapshots (no I/O)."""
+def _plan(config: Any, readings: Mapping[str, Reading[ServerSnapshot]],
+          bouncers: Mapping[str, Reading[BouncerSnapshot]]) -> dict[str, Any]:
+    """The ``poolplan`` verdict, from the limits in the cached server and PgBouncer snapshots
+    (no I/O)."""
     declared = deployment_settings()
     deployment = declared or Deployment()
 
@@ -329,7 +344,14 @@ def _plan(config: Any, readings: Mapping[str, Reading[ServerSnapshot]]) -> dict[
                                     else "not read yet")
         return reading.value.limits
 
-    plan = build_plan(deployment, config, limits)
+    def bouncer(alias: str) -> BouncerSnapshot:
+        reading = bouncers.get(alias)
+        if reading is None or reading.value is None:
+            raise ServerUnreachable(reading.error if reading and reading.error
+                                    else "not read yet")
+        return reading.value
+
+    plan = build_plan(deployment, config, limits, bouncer=bouncer)
     data = plan.as_dict()
     data["declared"] = declared is not None
     return data
@@ -343,6 +365,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
     if state.config_id != id(config):
         # A configuration reload (tests, override_settings) forgets reads of the old one.
         state.servers = {}
+        state.bouncers = {}
         state.config_id = id(config)
     ensure_sampler()
     started = time.monotonic()
@@ -351,10 +374,16 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
     if health_event is not None:
         pending.append(health_event)
     servers: dict[str, Refreshed[ServerSnapshot]] = {}
+    bouncers: dict[str, Refreshed[BouncerSnapshot]] = {}
     for alias, pool in config.pools.items():
         if server_of(alias, pool) is not None:
             servers[alias] = _server(alias, state)
             event = servers[alias].start()
+            if event is not None:
+                pending.append(event)
+        if pool.pgbouncer is not None:
+            bouncers[alias] = _bouncer(alias, state)
+            event = bouncers[alias].start()
             if event is not None:
                 pending.append(event)
     for event in pending:
@@ -369,6 +398,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
     health_reading = state.health.read()
     report = health_reading.value
     readings = {alias: refreshed.read() for alias, refreshed in servers.items()}
+    bouncer_readings = {alias: refreshed.read() for alias, refreshed in bouncers.items()}
     databases = []
     for alias, pool in config.pools.items():
         reading = readings.get(alias)
@@ -388,6 +418,7 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
             "server_status": None if reading is None else {
                 **reading.describe(),
                 "snapshot": reading.value.as_dict() if reading.value is not None else None},
+            "pgbouncer_status": _bouncer_status(alias, pool, bouncer_readings.get(alias)),
         })
     with state.lock:
         points = list(state.series)
@@ -400,12 +431,22 @@ def collect(*, wait: float = WAIT_S) -> dict[str, Any]:
                    "reasons": list(report.reasons) if report is not None else []},
         "databases": databases,
         "clusters": _clusters(now),
-        "plan": _plan(config, readings),
+        "plan": _plan(config, readings, bouncer_readings),
         "workers": workers.summary(),
         "series": {"interval_s": SAMPLE_INTERVAL_S, "capacity": SERIES_POINTS,
                    "points": [{"t": _iso(point["t"]), "aliases": point["aliases"]}
                               for point in points]},
     }
+
+
+def _bouncer_status(alias: str, pool: PoolSettings,
+                    reading: Reading[BouncerSnapshot] | None) -> dict[str, Any] | None:
+    """PgBouncer's view of an alias with ``pgbouncer`` set: the reading's freshness, where the
+    console is (never a password) and the snapshot (None until read)."""
+    if reading is None:
+        return None
+    return {**reading.describe(), "admin": admin_target(alias, pool),
+            "snapshot": reading.value.as_dict() if reading.value is not None else None}
 
 
 def series_for(document: Mapping[str, Any], alias: str) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ...conf import get_settings
 from ...exceptions import PoolkitConfigurationError
 from ...ops import sizing
+from ...ops.bouncer import read_bouncer
 from ...ops.deployment import (
     FIELDS,
     MOST,
@@ -34,7 +35,7 @@ from ...ops.deployment import (
     check_pool_names,
     deployment_settings,
 )
-from ...ops.plan import PLAN_FORMULAS, Plan, build_plan
+from ...ops.plan import PLAN_FORMULAS, BouncerBudget, Plan, build_plan
 from ...ops.serverinfo import ServerLimits, read_limits
 from ..arguments import (
     TIMEOUT_RANGE,
@@ -144,7 +145,8 @@ class Command(UsageExit2, BaseCommand):
 
         plan = build_plan(deployment, config, limits, preset=options["preset"],
                           formula=options["formula"],
-                          limits_source=source, db_cores=options["db_cores"])
+                          limits_source=source, db_cores=options["db_cores"],
+                          bouncer=lambda alias: read_bouncer(alias, options["timeout"]))
         if options["format"] == "json":
             self.stdout.write(json.dumps(plan.as_dict(), indent=2))
         else:
@@ -153,6 +155,10 @@ class Command(UsageExit2, BaseCommand):
         if unreachable:
             raise CommandError("cannot read max_connections of " + ", ".join(unreachable)
                                + "; pass --max-connections to plan offline", returncode=1)
+        unread = [budget.pgbouncer for budget in plan.bouncers if budget.error]
+        if unread:
+            raise CommandError("cannot read the running PgBouncer (or the server behind it) "
+                               "at " + ", ".join(unread), returncode=1)
 
     def _rows(self, rows: list[tuple[str, ...]], indent: str = "  ") -> None:
         widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
@@ -182,12 +188,16 @@ class Command(UsageExit2, BaseCommand):
                          f"{configured.pool_size} + {overflow}", pool.origin,
                          f"{pool.recommended.pool_size} + {pool.recommended.max_overflow}",
                          pool.rule))
-        self._rows(rows)
+        if plan.pools:
+            self._rows(rows)
         for warning in plan.warnings:
             self.stdout.write(self.style.WARNING(f"  warning: {warning['message']}"))
         if plan.skipped:
-            self.stdout.write("  not counted (SQLite, or behind PgBouncer, whose max_client_conn "
-                              f"they use): {', '.join(plan.skipped)}")
+            self.stdout.write(f"  not counted (SQLite): {', '.join(plan.skipped)}")
+        for number, behind in enumerate(plan.bouncers):
+            if plan.pools or number:
+                self.stdout.write("")
+            self._bouncer(behind, deployment)
         for budget in plan.servers:
             self.stdout.write("")
             self.stdout.write(self.style.MIGRATE_HEADING(
@@ -207,6 +217,56 @@ class Command(UsageExit2, BaseCommand):
             bouncer = budget.pgbouncer
             if bouncer is not None:
                 self._pgbouncer(bouncer, budget.client_connections)
+
+    def _bouncer(self, budget: BouncerBudget, deployment: Deployment) -> None:
+        self.stdout.write(self.style.MIGRATE_HEADING(
+            f"PgBouncer {budget.pgbouncer} ({', '.join(budget.aliases)})"))
+        if budget.error is not None:
+            self.stdout.write(self.style.ERROR(
+                f"  cannot read the running PgBouncer or the server behind it ({budget.error})"))
+            return
+        server = budget.server_limits
+        assert server is not None
+        clients = ("unlimited (max_overflow=-1)" if budget.clients is None else
+                   f"{budget.clients // deployment.processes} per process x "
+                   f"{deployment.processes} processes = {budget.clients}")
+        self.stdout.write(f"  client connections (pool_size + max_overflow): {clients}")
+        opens = ("an unknown number of server connections (no pool size reported)"
+                 if budget.server_connections is None
+                 else f"at most {budget.server_connections} server connection(s)")
+        self.stdout.write(
+            f"  PgBouncer opens {opens} for "
+            f"{', '.join(budget.databases)}; the server has {server.available} available "
+            f"(max_connections {server.max_connections} - reserved "
+            f"{server.max_connections - server.available}"
+            + (f", {deployment.extra_connections} extra" if deployment.extra_connections
+               else "") + "; read from the running PgBouncer and server)")
+        if not budget.limits:
+            self.stdout.write(self.style.WARNING(
+                "  its console reports none of PgBouncer's limits (max_client_conn, pool "
+                "sizes): plan them from the pooler's own configuration"))
+            return
+        rows: list[tuple[str, ...]] = [
+            ("LIMIT", "VALUE", "ADMITS", "DEMAND", "HOSTS THAT FIT", "BEYOND IT")]
+        for limit in budget.limits:
+            rows.append((limit.name, str(limit.value),
+                         "-" if limit.admits is None else str(limit.admits),
+                         "unlimited" if limit.demand is None else str(limit.demand),
+                         "any" if limit.hosts_admitted is None else str(limit.hosts_admitted),
+                         "connections refused" if limit.effect == "refused"
+                         else "transactions wait in PgBouncer"))
+        self._rows(rows)
+        first = budget.first
+        if first is not None:
+            line = (f"  hit first: {first.name} {first.value}"
+                    + (f", at {first.hosts_admitted + 1} host(s)"
+                       if first.hosts_admitted is not None else ""))
+            hit = [limit.name for limit in budget.limits if limit.hit]
+            line += ("; the deployment as declared goes beyond " + ", ".join(hit)
+                     if hit else "; the deployment as declared is within every limit")
+            style = (self.style.ERROR if budget.fits is False else
+                     self.style.WARNING if hit else self.style.SUCCESS)
+            self.stdout.write(style(line))
 
     def _verdict(self, label: str, total: int | None, available: int,
                  deployment: Deployment) -> None:

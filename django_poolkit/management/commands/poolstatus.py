@@ -30,10 +30,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...api import pool_stats
-from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings
+from ...conf import KNOBS, PoolkitSettings, PoolSettings, get_settings, shown_value
 from ...engines import engine_registry
 from ...engines.params import connection_target
 from ...exceptions import PoolkitConfigurationError, ServerUnreachable
+from ...ops.bouncer import BouncerSnapshot, admin_target, read_bouncer
 from ...ops.deployment import server_of
 from ...ops.serverinfo import ServerSnapshot, read_server
 from ..arguments import TIMEOUT_RANGE, UsageExit2, bounded, timeout_seconds
@@ -47,8 +48,23 @@ _LOW_HEADROOM = 0.1
 
 
 def _settings(pool: PoolSettings) -> dict[str, dict[str, Any]]:
-    return {name: {"value": getattr(pool, name), "origin": pool.origins.get(name, "default")}
-            for name in KNOBS}
+    return {name: {"value": shown_value(name, getattr(pool, name)),
+                   "origin": pool.origins.get(name, "default")} for name in KNOBS}
+
+
+def bouncer_status(alias: str, pool: PoolSettings, timeout: float) -> dict[str, Any] | None:
+    """PgBouncer's view for an alias with ``pgbouncer`` set (None otherwise): ``admin`` (where
+    its console is, never a password), ``error`` (a fixed phrase) or the snapshot's keys."""
+    if pool.pgbouncer is None:
+        return None
+    snapshot: BouncerSnapshot | None = None
+    error: str | None = None
+    try:
+        snapshot = read_bouncer(alias, timeout)
+    except ServerUnreachable as problem:
+        error = str(problem)
+    return {"admin": admin_target(alias, pool), "error": error,
+            **(snapshot.as_dict() if snapshot is not None else {})}
 
 
 def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> dict[str, Any]:
@@ -66,6 +82,9 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
             except ServerUnreachable as problem:
                 error = str(problem)
                 reachable = False
+        bouncer = bouncer_status(alias, pool, timeout)
+        if bouncer is not None and bouncer["error"]:
+            reachable = False
         pools = [pool_stats(alias).as_dict()]
         if engine_registry.built(alias, "async") is not None:
             pools.append(pool_stats(alias, kind="async").as_dict())
@@ -78,6 +97,7 @@ def collect(aliases: Sequence[str], config: PoolkitSettings, timeout: float) -> 
             "pools": pools,
             "server_status": snapshot.as_dict() if snapshot is not None else None,
             "error": error,
+            "pgbouncer": bouncer,
         })
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -149,6 +169,8 @@ class Command(UsageExit2, BaseCommand):
             pass
         if document.get("status") == "unreachable":
             failed = [entry["alias"] for entry in document["databases"] if entry["error"]]
+            failed += [f"{entry['alias']}'s PgBouncer console" for entry in document["databases"]
+                       if entry["pgbouncer"] and entry["pgbouncer"]["error"]]
             raise CommandError("cannot reach " + ", ".join(failed), returncode=1)
 
     def _json(self, document: dict[str, Any]) -> None:
@@ -197,6 +219,9 @@ class Command(UsageExit2, BaseCommand):
             self._rows(pool_rows)
             self.stdout.write("")
             self._server(entry)
+            if entry["pgbouncer"] is not None:
+                self.stdout.write("")
+                self._bouncer(entry["pgbouncer"])
 
     def _server(self, entry: dict[str, Any]) -> None:
         if entry["error"]:
@@ -231,6 +256,48 @@ class Command(UsageExit2, BaseCommand):
                              app["host"] or "-", _text(app["pid"]), str(app["active"]),
                              str(app["idle"]), str(app["idle_in_transaction"]),
                              str(app["other"]), str(app["total"])))
+            self._rows(rows)
+
+    def _bouncer(self, bouncer: dict[str, Any]) -> None:
+        admin = bouncer["admin"]
+        where = f"{admin['user'] + '@' if admin['user'] else ''}{admin['host']}:{admin['port']}"
+        if bouncer["error"]:
+            self.stdout.write(self.style.ERROR(
+                f"  pgbouncer: console {where} unreachable ({bouncer['error']})"))
+            return
+        config = bouncer["config"]
+        self.stdout.write(f"  pgbouncer: {bouncer['version']}, pool_mode "
+                          f"{config.get('pool_mode', '-')}, console {where}")
+        headroom = bouncer["client_headroom"]
+        line = (f"  clients: max_client_conn {_text(config.get('max_client_conn'))}; "
+                f"{bouncer['client_connections']} connected (all databases); headroom "
+                f"{_text(headroom)}")
+        low = headroom is not None and headroom < _LOW_HEADROOM * max(
+            1, config.get("max_client_conn") or 1)
+        self.stdout.write(self.style.WARNING(line) if low else line)
+        self.stdout.write(
+            f"  pool of {bouncer['database']}: pool_size {_text(bouncer['pool_size'])}, "
+            f"reserve {_text(config.get('reserve_pool_size'))}, max_db_connections "
+            f"{_text(bouncer['max_db_connections'])} (0: no limit); server connections "
+            + ", ".join(f"{state} {count}" for state, count in bouncer["servers"].items()))
+        waiting = (f"  waiting clients: {bouncer['waiting']}, longest "
+                   f"{bouncer['longest_wait_s']:.3f} s")
+        self.stdout.write(self.style.WARNING(waiting) if bouncer["waiting"] else waiting)
+        stats = bouncer["stats"]
+        if stats:
+            self.stdout.write(
+                f"  counters: transactions {_text(stats.get('total_xact_count'))}, queries "
+                f"{_text(stats.get('total_query_count'))}, wait "
+                f"{(stats.get('total_wait_time') or 0) / 1000:.1f} ms in total")
+        if bouncer["clients"]:
+            rows: list[tuple[str, ...]] = [
+                ("PGBOUNCER CLIENTS", "ALIAS", "HOST", "PID", "ACTIVE", "IDLE", "WAITING",
+                 "LONGEST WAIT", "TOTAL")]
+            for app in bouncer["clients"]:
+                rows.append((app["application_name"] or "(none)", app["alias"] or "-",
+                             app["host"] or "-", _text(app["pid"]), str(app["active"]),
+                             str(app["idle"]), str(app["waiting"]),
+                             f"{app['longest_wait_s']:.3f} s", str(app["total"])))
             self._rows(rows)
 
 
