@@ -7,7 +7,10 @@ request, and the cut-off host answers again once the link is back. Namespaces an
 are removed whatever happens. A second test counts the requests that fail when PgBouncer
 is told to RECONNECT, RELOAD, or is restarted under load, with poolkit and with Django's own
 backend in the same run; a third runs Debian's Prometheus against the three hosts and
-compares a fleet query with the server's count. About 25 s, 45 s and 20 s."""
+compares a fleet query with the server's count. About 25 s, 45 s and 20 s. Marked
+``reliability`` with the fault-injection group (a link cut, PgBouncer restarts): it runs on
+Django 5.2 and 6.1, not again in every version environment (its faults do not depend on
+the versions)."""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from django.db import connections
 
 from .helpers.bouncer import free_port, own_pgbouncer, restart
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTS = 3
