@@ -114,7 +114,7 @@ def resendable_statement(statement: object) -> bool:
 
 def _comment_end(text: str, i: int) -> int:
     """The index after the ``/* */`` comment at ``i`` (PostgreSQL's comments nest)."""
-    depth, i, n = 0, i, len(text)
+    depth, n = 0, len(text)
     while i < n:
         if text.startswith("/*", i):
             depth, i = depth + 1, i + 2
